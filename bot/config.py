@@ -1,0 +1,176 @@
+"""Settings from the environment (and flags), one dataclass shared by every process."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from decimal import Decimal, InvalidOperation
+from typing import Any, Mapping
+
+from bot.keys import DEFAULT_PREFIX, Keys
+
+ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
+ALPACA_DATA_URL = "https://data.alpaca.markets"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message says which and why."""
+
+
+def parse_symbols(text: str) -> tuple[str, ...]:
+    symbols = tuple(s.strip().upper() for s in text.split(",") if s.strip())
+    if not symbols:
+        raise ConfigError("TRADEBOT_SYMBOLS is empty: give at least one ticker, e.g. NVDA")
+    for symbol in symbols:
+        if not symbol.replace(".", "").replace("/", "").isalnum() or len(symbol) > 12:
+            raise ConfigError(f"TRADEBOT_SYMBOLS: {symbol!r} is not a ticker")
+    return symbols
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def parse_weights(text: str, symbols: tuple[str, ...]) -> dict[str, Decimal]:
+    """``NVDA=0.6,AAPL=0.4`` -> weights; empty text -> equal weights over ``symbols``."""
+    if not text.strip():
+        equal = Decimal(1) / Decimal(len(symbols))
+        return {s: equal for s in symbols}
+    weights: dict[str, Decimal] = {}
+    for part in parse_list(text):
+        name, sep, value = part.partition("=")
+        symbol = name.strip().upper()
+        if not sep or not symbol:
+            raise ConfigError(f"TRADEBOT_WEIGHTS: {part!r} is not SYMBOL=WEIGHT")
+        if symbol not in symbols:
+            raise ConfigError(f"TRADEBOT_WEIGHTS: {symbol} is not in TRADEBOT_SYMBOLS {','.join(symbols)}")
+        try:
+            weight = Decimal(value.strip())
+        except InvalidOperation:
+            raise ConfigError(f"TRADEBOT_WEIGHTS: weight of {symbol} {value!r} is not a number") from None
+        if not weight.is_finite() or weight < 0:
+            raise ConfigError(f"TRADEBOT_WEIGHTS: weight of {symbol} must be >= 0, got {value}")
+        weights[symbol] = weight
+    total = sum(weights.values(), Decimal(0))
+    if total > 1:
+        raise ConfigError(f"TRADEBOT_WEIGHTS: weights sum to {total}, which is more than 1")
+    return {s: weights.get(s, Decimal(0)) for s in symbols}
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)  # may carry a password
+    alpaca_api_key: str = field(default="", repr=False)
+    alpaca_secret_key: str = field(default="", repr=False)
+    alpaca_base_url: str = ALPACA_PAPER_URL
+    alpaca_data_url: str = ALPACA_DATA_URL
+    data_feed: str = "iex"
+    symbols: tuple[str, ...] = ("NVDA",)
+    source_streams: tuple[str, ...] = ("nvda",)
+    workers: int = 2
+    prefix: str = DEFAULT_PREFIX
+    weights_text: str = ""
+    max_price_age: float = 5.0
+    max_signal_age: float = 60.0
+    max_order_notional: Decimal = Decimal("1000000")
+    max_position_value: Decimal = Decimal("1000000")
+    rate_limit_per_minute: int = 200
+    extended_hours: bool = False
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    @property
+    def weights(self) -> dict[str, Decimal]:
+        return parse_weights(self.weights_text, self.symbols)
+
+    @property
+    def has_alpaca_credentials(self) -> bool:
+        return bool(self.alpaca_api_key and self.alpaca_secret_key)
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        """Flags win over the environment; ``None`` means 'flag not given'."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **given)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        get = env.get
+        symbols = parse_symbols(get("TRADEBOT_SYMBOLS", "NVDA"))
+        settings = cls(
+            redis_url=get("REDIS_URL", DEFAULT_REDIS_URL),
+            alpaca_api_key=get("ALPACA_API_KEY", ""),
+            alpaca_secret_key=get("ALPACA_SECRET_KEY", ""),
+            alpaca_base_url=get("ALPACA_BASE_URL", ALPACA_PAPER_URL).rstrip("/"),
+            alpaca_data_url=get("ALPACA_DATA_URL", "").rstrip("/") or _default_data_url(get("ALPACA_BASE_URL", "")),
+            data_feed=get("ALPACA_DATA_FEED", "iex"),
+            symbols=symbols,
+            source_streams=parse_list(get("TRADEBOT_SOURCE_STREAMS", "nvda")) or ("nvda",),
+            workers=_int(get, "TRADEBOT_WORKERS", 2, minimum=1),
+            prefix=get("TRADEBOT_PREFIX", DEFAULT_PREFIX) or DEFAULT_PREFIX,
+            weights_text=get("TRADEBOT_WEIGHTS", ""),
+            max_price_age=_float(get, "TRADEBOT_MAX_PRICE_AGE", 5.0),
+            max_signal_age=_float(get, "TRADEBOT_MAX_SIGNAL_AGE", 60.0),
+            max_order_notional=_decimal(get, "TRADEBOT_MAX_ORDER_NOTIONAL", "1000000"),
+            max_position_value=_decimal(get, "TRADEBOT_MAX_POSITION_VALUE", "1000000"),
+            rate_limit_per_minute=_int(get, "TRADEBOT_RATE_LIMIT", 200, minimum=1),
+            extended_hours=get("TRADEBOT_EXTENDED_HOURS", "").lower() in ("1", "true", "yes"),
+        )
+        settings = settings.with_overrides(**overrides)
+        settings.weights  # validate early: a bad TRADEBOT_WEIGHTS fails at start, not at the first signal
+        return settings
+
+    def public_view(self) -> dict[str, Any]:
+        """Settings fit for logs and status: no keys, Redis password masked."""
+        from bot.logs import redact_url
+
+        view = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("alpaca_api_key", "alpaca_secret_key")}
+        view["redis_url"] = redact_url(self.redis_url)
+        view["alpaca_credentials"] = "set" if self.has_alpaca_credentials else "none"
+        return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in view.items()}
+
+
+def _default_data_url(base_url: str) -> str:
+    # A local paper broker serves market data under its own base URL.
+    if base_url and "alpaca.markets" not in base_url:
+        return base_url.rstrip("/")
+    return ALPACA_DATA_URL
+
+
+def _int(get: Any, name: str, default: int, minimum: int | None = None) -> int:
+    raw = get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(get: Any, name: str, default: float) -> float:
+    raw = get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={raw} must be > 0")
+    return value
+
+
+def _decimal(get: Any, name: str, default: str) -> Decimal:
+    raw = get(name, "") or default
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise ConfigError(f"{name}={raw} must be > 0")
+    return value

@@ -1,0 +1,89 @@
+"""Every Redis key and consumer-group name the fleet uses, built from one prefix.
+
+No other module spells a key: ask a ``Keys`` instance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "tradebot"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    # streams
+    @property
+    def signals(self) -> str:
+        return self._k("signals")
+
+    @property
+    def dlq(self) -> str:
+        return self._k("dlq")
+
+    @property
+    def orders(self) -> str:
+        """The journal stream."""
+        return self._k("orders")
+
+    # consumer groups
+    @property
+    def router_group(self) -> str:
+        return self._k("router")
+
+    @property
+    def workers_group(self) -> str:
+        return self._k("workers")
+
+    # market cache
+    def prices(self, symbol: str) -> str:
+        return self._k("prices", symbol.upper())
+
+    @property
+    def prices_pattern(self) -> str:
+        return self._k("prices", "*")
+
+    @property
+    def account(self) -> str:
+        return self._k("account")
+
+    @property
+    def positions(self) -> str:
+        return self._k("positions")
+
+    @property
+    def clock(self) -> str:
+        return self._k("clock")
+
+    @property
+    def refresh_request(self) -> str:
+        """Set by a worker after a fill: asks the poller to refresh account and positions now."""
+        return self._k("refresh")
+
+    # control
+    @property
+    def halt(self) -> str:
+        return self._k("halt")
+
+    # shared state of the workers
+    @property
+    def ledger(self) -> str:
+        """Hash of reservations: committed cash and shares of orders in flight."""
+        return self._k("ledger")
+
+    def ratelimit(self, bucket: str) -> str:
+        return self._k("ratelimit", bucket)
+
+    def done(self, source_stream: str, source_id: str) -> str:
+        """Marker that a signal's journal entry is written (exactly-one-journal-entry guard)."""
+        return self._k("done", source_stream, source_id)
+
+    def lock(self, name: str) -> str:
+        return self._k("lock", name)
+
+    def heartbeat(self, consumer: str) -> str:
+        return self._k("heartbeat", consumer)

@@ -1,0 +1,63 @@
+"""One logging format for every process, and a filter that keeps secrets out of logs."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from typing import Iterable
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
+
+_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)([^@\s]+)(@)")
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:pass@host`` -> ``redis://user:***@host``."""
+    return _URL_PASSWORD.sub(r"\1***\3", url)
+
+
+class SecretFilter(logging.Filter):
+    """Replaces known secret values and URL passwords in every record's final message."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_url(message)
+        for secret in self.secrets:
+            cleaned = cleaned.replace(secret, "***")
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_text is None:
+            # format the traceback now so the filter can scrub it too
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            text = redact_url(record.exc_text)
+            for secret in self.secrets:
+                text = text.replace(secret, "***")
+            record.exc_text = text
+        return True
+
+
+def secrets_from_env() -> list[str]:
+    found = [os.environ.get("ALPACA_API_KEY", ""), os.environ.get("ALPACA_SECRET_KEY", "")]
+    match = _URL_PASSWORD.search(os.environ.get("REDIS_URL", ""))
+    if match:
+        found.append(match.group(2))
+    return [s for s in found if s]
+
+
+def configure_logging(level: str | None = None, secrets: Iterable[str] = ()) -> None:
+    """Configure the root logger once per process: one format, stderr, secrets scrubbed."""
+    level = level or os.environ.get("TRADEBOT_LOG_LEVEL", "INFO")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(SecretFilter([*secrets, *secrets_from_env()]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
