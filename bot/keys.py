@@ -82,6 +82,10 @@ class Keys:
         """Marker that a signal's journal entry is written (exactly-one-journal-entry guard)."""
         return self._k("done", source_stream, source_id)
 
+    def routed(self, source_stream: str, source_id: str) -> str:
+        """Marker that a source entry was routed to the signals stream (exactly-once routing guard)."""
+        return self._k("routed", source_stream, source_id)
+
     def lock(self, name: str) -> str:
         return self._k("lock", name)
 

@@ -1,0 +1,569 @@
+"""The Alpaca REST client: one sync httpx.Client per process, typed results, typed errors.
+
+Retry policy, in one place:
+- Reads (GET, and DELETE of an order) are retried on 429, 5xx and transport errors with
+  exponential backoff plus jitter; a server hint (Retry-After, else X-RateLimit-Reset) replaces the
+  backoff, capped at ``max_wait``. A read makes at most ``1 + max_retries`` requests.
+- An order submit (POST /v2/orders) is never re-sent blindly. When its outcome is unknown (timeout
+  or transport error after the request may have left, 5xx, unreadable 2xx body) the order is looked
+  up by client_order_id: found -> returned; 404 -> it did not land and may be sent again; lookup
+  failed -> OrderOutcomeUnknown. A 429 or a failed connect means nothing was processed, so the POST
+  is repeated after the wait. A duplicate client_order_id returns the existing order. At most
+  ``max(1, max_retries)`` POSTs are sent per submit; if the last one's lookup says "not found" the
+  submit ends with BrokerUnavailable (no order was placed as far as the broker can tell).
+
+Rate-limit headers: X-RateLimit-Remaining/Reset of every response are kept in
+``rate_limit_remaining``/``rate_limit_reset`` (and per bucket in ``rate_limits``) and passed to
+``limiter.observe(bucket, remaining, reset)`` when the limiter has that method (either may be None).
+
+Credentials travel only in the client's default headers: they are not in its repr, not in log
+records and not in exception messages (wrapped httpx errors are re-raised ``from None`` with their
+text scrubbed, so their requests and headers are not chained either).
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from decimal import InvalidOperation
+from typing import Any, Callable, Iterable, Mapping, Protocol, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from bot.alpaca.errors import (
+    AlpacaError,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    InsufficientFunds,
+    InvalidOrder,
+    NotFound,
+    OrderOutcomeUnknown,
+    RateLimited,
+    Unauthorized,
+)
+from bot.alpaca.models import Account, Asset, Clock, Order, OrderRequest, Position, Snapshot
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=5.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=10, max_keepalive_connections=5, keepalive_expiry=30.0)
+# Symbols per snapshot request; a longer list is split into several requests.
+SNAPSHOT_SYMBOLS_PER_REQUEST = 100
+# Alpaca refuses list limits above 500.
+MAX_LIST_LIMIT = 500
+USER_AGENT = "tradebot/0.1 (+httpx)"
+
+TRADING = "trading"
+DATA = "data"
+
+# Alpaca's error codes (alpaca-api.md, section 4).
+CODE_UNAUTHORIZED = 40110000
+CODE_INSUFFICIENT = 40310000
+CODE_VALIDATION = 40010001
+_AUTH_MESSAGES = ("forbidden", "not authorized", "unauthorized", "access key", "api key", "authenticat")
+_DUPLICATE_MESSAGES = ("client_order_id must be unique", "client order id must be unique")
+# Transport errors raised before any byte of the request left: a POST that failed so is safe to repeat.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Transport errors worth another try (the rest, e.g. UnsupportedProtocol, are configuration faults).
+_RETRYABLE_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
+
+
+class Limiter(Protocol):
+    def acquire(self, bucket: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Api:
+    bucket: str  # limiter bucket: "trading" or "data"
+    base_url: str
+
+
+class _OutcomeUnknown(Exception):
+    """Internal: a submit whose fate the response does not tell (reason is already scrubbed)."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class _NotProcessed(Exception):
+    """Internal: a POST the broker did not process (429, or it failed before it was sent)."""
+
+    def __init__(self, reason: str, server_delay: float | None, error: AlpacaError) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.server_delay = server_delay
+        self.error = error
+
+
+def random_jitter(spread: float) -> float:
+    """Random extra delay in [0, spread]."""
+    return random.uniform(0.0, spread)
+
+
+class AlpacaClient:
+    """Alpaca Trading API v2 and Market Data API v2 (stocks) over one keep-alive httpx.Client.
+
+    Create one per process and share it; it is safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        secret_key: str,
+        base_url: str,
+        data_url: str,
+        feed: str = "iex",
+        timeout: float | httpx.Timeout | None = None,
+        transport: httpx.BaseTransport | None = None,
+        limiter: Limiter | None = None,
+        max_retries: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        max_wait: float = 30.0,
+        jitter: Callable[[float], float] = random_jitter,
+        clock: Callable[[], float] = time.time,
+        snapshot_batch: int = SNAPSHOT_SYMBOLS_PER_REQUEST,
+    ) -> None:
+        _check_header_value("api_key", api_key)
+        _check_header_value("secret_key", secret_key)
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if snapshot_batch < 1:
+            raise ValueError(f"snapshot_batch must be >= 1, got {snapshot_batch}")
+        self._secrets = tuple(s for s in (api_key, secret_key) if s)
+        self.trading = _Api(TRADING, base_url.rstrip("/"))
+        self.data = _Api(DATA, data_url.rstrip("/"))
+        self.feed = feed
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_wait = max_wait
+        self.snapshot_batch = snapshot_batch
+        self._limiter = limiter
+        self._sleep = sleep
+        self._jitter = jitter
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.request_count = 0
+        # X-RateLimit-Remaining / -Reset of the last response that carried them, and per bucket
+        self.rate_limit_remaining: int | None = None
+        self.rate_limit_reset: float | None = None
+        self.rate_limits: dict[str, tuple[int | None, float | None]] = {}
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT
+        elif not isinstance(timeout, httpx.Timeout):
+            timeout = httpx.Timeout(float(timeout))
+        self._http = httpx.Client(
+            headers={"APCA-API-KEY-ID": api_key, "APCA-API-SECRET-KEY": secret_key, "User-Agent": USER_AGENT,
+                     "Accept": "application/json"},
+            timeout=timeout,
+            limits=DEFAULT_LIMITS,
+            transport=transport,
+            follow_redirects=False,  # a redirect would be a misconfigured base URL; never re-send keys elsewhere
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kw: Any) -> "AlpacaClient":
+        options: dict[str, Any] = dict(
+            api_key=settings.alpaca_api_key,
+            secret_key=settings.alpaca_secret_key,
+            base_url=settings.alpaca_base_url,
+            data_url=settings.alpaca_data_url,
+            feed=settings.data_feed,
+        )
+        options.update(kw)
+        return cls(**options)
+
+    def __repr__(self) -> str:
+        return (f"AlpacaClient(base_url={self.trading.base_url!r}, data_url={self.data.base_url!r}, "
+                f"feed={self.feed!r}, requests={self.request_count})")
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "AlpacaClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ account and positions
+
+    def get_account(self) -> Account:
+        return self._parse(Account.from_json, self._get_json(self.trading, "/v2/account"), "account")
+
+    def list_positions(self) -> list[Position]:
+        rows = self._get_json(self.trading, "/v2/positions")
+        return [self._parse(Position.from_json, row, "position") for row in _as_list(rows, "positions")]
+
+    def get_position(self, symbol: str) -> Position | None:
+        """The open position in ``symbol``, or None when flat (Alpaca answers 404)."""
+        try:
+            data = self._get_json(self.trading, f"/v2/positions/{_seg(symbol)}")
+        except NotFound:
+            return None
+        return self._parse(Position.from_json, data, "position")
+
+    # ------------------------------------------------------------------ orders
+
+    def submit_order(self, request: OrderRequest) -> Order:
+        """Place an order exactly once; see the module docstring for how unknown outcomes are settled."""
+        if not request.client_order_id:
+            raise ValueError("submit_order needs a client_order_id: without one a lost response cannot be resolved")
+        body = request.to_json()
+        coid = request.client_order_id
+        max_posts = max(1, self.max_retries)
+        for post in range(1, max_posts + 1):
+            try:
+                return self._post_order(body)
+            except _OutcomeUnknown as unknown:
+                landed = self._settle_unknown_submit(coid, unknown)
+                if landed is not None:
+                    return landed
+                reason = f"{unknown.reason}; lookup by client_order_id {coid}: not found"
+                delay = self._backoff(post)
+            except _NotProcessed as refused:
+                reason = refused.reason
+                delay = refused.server_delay if refused.server_delay is not None else self._backoff(post)
+                if post == max_posts:
+                    raise refused.error from None
+            except DuplicateClientOrderId as duplicate:
+                return self._existing_order(request, duplicate)
+            if post < max_posts:
+                self._log_retry("POST", "/v2/orders", reason, delay, post + 1, max_posts)
+                self._sleep(delay)
+        raise BrokerUnavailable(f"order {coid} was not placed after {max_posts} attempts: {reason}")
+
+    def get_order(self, order_id: str) -> Order:
+        return self._parse(Order.from_json, self._get_json(self.trading, f"/v2/orders/{_seg(order_id)}"), "order")
+
+    def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        """The order with this client_order_id, or None when the broker has none (404)."""
+        try:
+            data = self._get_json(self.trading, "/v2/orders:by_client_order_id",
+                                  params={"client_order_id": client_order_id})
+        except NotFound:
+            return None
+        return self._parse(Order.from_json, data, "order")
+
+    def cancel_order(self, order_id: str) -> None:
+        """Ask for a cancel (204). An order that is no longer cancelable (422) is not an error.
+
+        Accepted means requested: the order may still fill first, so read it back.
+        """
+        response = self._call(self.trading, "DELETE", f"/v2/orders/{_seg(order_id)}", allow=(422,))
+        if response.status_code == 422:
+            log.info("order %s is no longer cancelable: %s", order_id, _error_body(response)[1])
+
+    def list_orders(self, status: str = "all", limit: int = 500, symbols: Iterable[str] | None = None,
+                    direction: str = "desc") -> list[Order]:
+        params: dict[str, Any] = {"status": status, "limit": min(max(1, limit), MAX_LIST_LIMIT),
+                                  "direction": direction}
+        if symbols:
+            params["symbols"] = ",".join(symbols)
+        rows = self._get_json(self.trading, "/v2/orders", params=params)
+        return [self._parse(Order.from_json, row, "order") for row in _as_list(rows, "orders")]
+
+    # ------------------------------------------------------------------ market
+
+    def get_clock(self) -> Clock:
+        return self._parse(Clock.from_json, self._get_json(self.trading, "/v2/clock"), "clock")
+
+    def get_asset(self, symbol: str) -> Asset:
+        return self._parse(Asset.from_json, self._get_json(self.trading, f"/v2/assets/{_seg(symbol)}"), "asset")
+
+    def get_snapshots(self, symbols: Iterable[str]) -> dict[str, Snapshot]:
+        """Latest quote and trade per symbol: one request per ``snapshot_batch`` symbols.
+
+        Symbols the feed has no data for are simply absent from the result.
+        """
+        wanted = list(dict.fromkeys(s.strip() for s in symbols if s and s.strip()))
+        result: dict[str, Snapshot] = {}
+        for start in range(0, len(wanted), self.snapshot_batch):
+            batch = wanted[start:start + self.snapshot_batch]
+            data = self._get_json(self.data, "/v2/stocks/snapshots",
+                                  params={"symbols": ",".join(batch), "feed": self.feed})
+            if not isinstance(data, dict):
+                raise AlpacaError(f"GET /v2/stocks/snapshots: expected a JSON object, got {type(data).__name__}")
+            if isinstance(data.get("snapshots"), dict) and "snapshots" not in batch:
+                data = data["snapshots"]  # tolerate the wrapped shape some Alpaca versions return
+            for symbol in batch:
+                entry = data.get(symbol)
+                if isinstance(entry, dict):
+                    result[symbol] = self._parse(lambda d, s=symbol: Snapshot.from_json(s, d), entry, "snapshot")
+        return result
+
+    # ------------------------------------------------------------------ submit internals
+
+    def _post_order(self, body: Mapping[str, Any]) -> Order:
+        """One POST. Raises _OutcomeUnknown, _NotProcessed or the typed refusal."""
+        path = "/v2/orders"
+        try:
+            response = self._send(self.trading, "POST", path, json=body)
+        except _NOT_SENT as exc:
+            raise _NotProcessed(self._describe(exc), None, self._transport_error("POST", path, exc)) from None
+        except httpx.RequestError as exc:
+            raise _OutcomeUnknown(self._describe(exc)) from None
+        status = response.status_code
+        if response.is_success:
+            try:
+                return Order.from_json(response.json())
+            except (ValueError, KeyError, TypeError, InvalidOperation):
+                # it was accepted, but we cannot read what: ask for it by client_order_id
+                raise _OutcomeUnknown(f"unreadable HTTP {status} body", status) from None
+        if status >= 500:
+            raise _OutcomeUnknown(f"HTTP {status}", status)
+        error = self._error_for("POST", path, response)
+        if status == 429:
+            # refused before processing: safe to send again once the window allows
+            raise _NotProcessed(f"HTTP {status}", self._server_delay(response), error)
+        raise error
+
+    def _settle_unknown_submit(self, coid: str, unknown: _OutcomeUnknown) -> Order | None:
+        """Did the POST land? The order if it did, None if not; OrderOutcomeUnknown if we cannot tell."""
+        log.warning("order %s: outcome unknown after POST /v2/orders (%s); looking it up", coid, unknown.reason)
+        try:
+            return self.get_order_by_client_id(coid)
+        except AlpacaError as exc:
+            raise OrderOutcomeUnknown(
+                f"order {coid}: POST /v2/orders ended with {unknown.reason} and the lookup failed: {exc}",
+                client_order_id=coid, status=unknown.status) from None
+
+    def _existing_order(self, request: OrderRequest, duplicate: DuplicateClientOrderId) -> Order:
+        """A duplicate client_order_id means an earlier submit landed: return that order."""
+        coid = request.client_order_id
+        try:
+            existing = self.get_order_by_client_id(coid)
+        except AlpacaError as exc:
+            raise OrderOutcomeUnknown(f"order {coid} exists (duplicate client_order_id) but the lookup failed: {exc}",
+                                      client_order_id=coid, status=duplicate.status) from None
+        if existing is None:
+            raise duplicate  # the broker contradicts itself; surface its refusal rather than guess
+        if (existing.symbol, existing.side) != (request.symbol, request.side):
+            # the id was reused for a different order: still the broker's truth, but worth a loud note
+            log.warning("order %s already exists as %s %s, not the requested %s %s", coid, existing.side,
+                        existing.symbol, request.side, request.symbol)
+        else:
+            log.info("order %s already exists (id %s, %s): returning it", coid, existing.id, existing.status)
+        return existing
+
+    # ------------------------------------------------------------------ request plumbing
+
+    def _get_json(self, api: _Api, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        response = self._call(api, "GET", path, params=params)
+        try:
+            return response.json()
+        except ValueError:
+            raise AlpacaError(f"GET {path}: response is not JSON (HTTP {response.status_code})",
+                              status=response.status_code) from None
+
+    def _call(self, api: _Api, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+              allow: tuple[int, ...] = ()) -> httpx.Response:
+        """A retried read: a 2xx response (or one with a status in ``allow``), else a typed error."""
+        attempts = 1 + self.max_retries
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            try:
+                response = self._send(api, method, path, params=params)
+            except httpx.RequestError as exc:
+                if last or not isinstance(exc, _RETRYABLE_TRANSPORT):
+                    raise self._transport_error(method, path, exc) from None
+                delay = self._backoff(attempt)
+                self._log_retry(method, path, self._describe(exc), delay, attempt + 1, attempts)
+                self._sleep(delay)
+                continue
+            status = response.status_code
+            if response.is_success or status in allow:
+                return response
+            if last or not (status == 429 or status >= 500):
+                raise self._error_for(method, path, response)
+            delay = self._server_delay(response)
+            if delay is None:
+                delay = self._backoff(attempt)
+            self._log_retry(method, path, f"HTTP {status}", delay, attempt + 1, attempts)
+            self._sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, api: _Api, method: str, path: str, *, params: Mapping[str, Any] | None = None,
+              json: Any = None) -> httpx.Response:
+        """Exactly one HTTP request (after the limiter allows it)."""
+        if self._limiter is not None:
+            self._limiter.acquire(api.bucket)
+        with self._lock:
+            self.request_count += 1
+        response = self._http.request(method, api.base_url + path, params=params, json=json)
+        self._observe_rate_headers(api.bucket, response)
+        return response
+
+    def _observe_rate_headers(self, bucket: str, response: httpx.Response) -> None:
+        remaining = _header_number(response, "X-RateLimit-Remaining")
+        reset = _header_number(response, "X-RateLimit-Reset")
+        if remaining is None and reset is None:
+            return
+        remaining_int = None if remaining is None else int(remaining)
+        with self._lock:
+            self.rate_limit_remaining, self.rate_limit_reset = remaining_int, reset
+            self.rate_limits[bucket] = (remaining_int, reset)
+        observe = getattr(self._limiter, "observe", None)
+        if callable(observe):
+            observe(bucket, remaining_int, reset)
+
+    # ------------------------------------------------------------------ waits
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with equal jitter: between half and all of base * 2^(attempt-1)."""
+        nominal = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        return nominal / 2 + self._jitter(nominal / 2)
+
+    def _server_delay(self, response: httpx.Response) -> float | None:
+        """The wait the server asks for (Retry-After, else X-RateLimit-Reset), plus jitter, capped."""
+        wait = _retry_after(response, self._clock)
+        if wait is None:
+            reset = _header_number(response, "X-RateLimit-Reset")
+            if reset is not None:
+                # Alpaca sends epoch seconds; a small number can only be "seconds from now"
+                wait = reset - self._clock() if reset > 1e9 else reset
+        if wait is None:
+            return None
+        # spread the wake-ups of the workers that all saw the same reset time
+        return min(self.max_wait, max(0.0, wait) + self._jitter(self.backoff_base))
+
+    def _log_retry(self, method: str, path: str, reason: str, delay: float, next_attempt: int, attempts: int) -> None:
+        log.warning("retrying %s %s after %s in %.2fs (attempt %d/%d)", method, path, reason, delay,
+                    next_attempt, attempts)
+
+    # ------------------------------------------------------------------ errors
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _describe(self, exc: BaseException) -> str:
+        detail = self._scrub(str(exc))[:200]
+        return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+    def _transport_error(self, method: str, path: str, exc: httpx.RequestError) -> AlpacaError:
+        return BrokerUnavailable(f"{method} {path}: {self._describe(exc)}")
+
+    def _error_for(self, method: str, path: str, response: httpx.Response) -> AlpacaError:
+        status = response.status_code
+        code, message, body = _error_body(response)
+        message = self._scrub(message)
+        text = f"{method} {path}: {message}" if message else f"{method} {path}"
+        kw: dict[str, Any] = {"status": status, "code": code, "body": body}
+        if status == 401:
+            return Unauthorized(text, **kw)
+        if status == 403:
+            if code == CODE_INSUFFICIENT:
+                return InsufficientFunds(text, **kw)
+            if _is_auth_refusal(code, message, body) or method == "GET":
+                # a refused read is about the keys or their permissions (e.g. the SIP feed on a free plan)
+                return Unauthorized(text, **kw)
+            # Alpaca documents 403 on the order path as "buying power or shares not sufficient"
+            return InsufficientFunds(text, **kw)
+        if status in (400, 422):
+            if _is_duplicate(message):
+                return DuplicateClientOrderId(text, **kw)
+            return InvalidOrder(text, **kw)
+        if status == 404:
+            return NotFound(text, **kw)
+        if status == 429:
+            return RateLimited(text, retry_after=_retry_after(response, self._clock), **kw)
+        if status >= 500:
+            return BrokerUnavailable(text, **kw)
+        return AlpacaError(text, **kw)
+
+    def _parse(self, build: Callable[[Any], T], data: Any, what: str) -> T:
+        try:
+            return build(data)
+        except (KeyError, TypeError, ValueError, AttributeError, InvalidOperation) as exc:
+            raise AlpacaError(f"unexpected {what} in broker response: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_header_value(name: str, value: str) -> None:
+    # checked here so that httpx/h11 never echo the offending (secret) value in an error message
+    if not isinstance(value, str) or any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in value):
+        raise ValueError(f"{name} must be printable ASCII without spaces (value not shown)")
+
+
+def _seg(value: str) -> str:
+    """One URL path segment."""
+    return quote(str(value), safe="")
+
+
+def _as_list(data: Any, what: str) -> list[Any]:
+    if not isinstance(data, list):
+        raise AlpacaError(f"unexpected {what} in broker response: expected a JSON array, got {type(data).__name__}")
+    return data
+
+
+def _error_body(response: httpx.Response) -> tuple[int | None, str, dict[str, Any]]:
+    """(code, message, body) of an error response; tolerant of non-JSON and code-less bodies."""
+    try:
+        data = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return None, (text[:200] or response.reason_phrase or ""), {}
+    if not isinstance(data, dict):
+        return None, str(data)[:200], {}
+    code = data.get("code")
+    try:
+        code = int(code) if code is not None else None
+    except (TypeError, ValueError):
+        code = None
+    message = str(data.get("message") or data.get("error") or "")
+    return code, message, data
+
+
+def _is_auth_refusal(code: int | None, message: str, body: Mapping[str, Any]) -> bool:
+    if code == CODE_UNAUTHORIZED:
+        return True
+    lowered = message.lower()
+    return not body or any(marker in lowered for marker in _AUTH_MESSAGES)
+
+
+def _is_duplicate(message: str) -> bool:
+    # Code 40010001 alone is not enough: Alpaca uses it for every validation failure.
+    lowered = message.lower()
+    return any(marker in lowered for marker in _DUPLICATE_MESSAGES) or (
+        "client_order_id" in lowered and "unique" in lowered)
+
+
+def _header_number(response: httpx.Response, name: str) -> float | None:
+    value = response.headers.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _retry_after(response: httpx.Response, clock: Callable[[], float]) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date)."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - clock())

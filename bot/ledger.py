@@ -1,0 +1,589 @@
+"""Cash and share reservations of orders in flight, shared by every worker through Redis.
+
+Why: the cached account and positions (written by the poller) lag the broker. Two workers that
+size buys from the same cached cash would together spend it twice; two sells would sell the same
+shares twice. So before submitting, a worker RESERVES what its order may use, and every decision
+is one Lua script that reads the cached account (or positions) hash and the ledger hash and
+writes the new reservation atomically: no two reservations can both take the same dollar.
+
+A reservation lives in the ledger hash (``Keys.ledger``), field = client_order_id (so a worker
+that reclaims a crashed worker's signal finds the reservation under the same id), value = JSON.
+Its life:
+
+- ``reserve_buy`` / ``reserve_sell``: active; counts in full.
+- ``settle`` (the order is final): counts at the FILLED amount until the cache is refreshed by a
+  poll whose request was sent after the settle time (``as_of`` of the account hash for buys, of
+  the positions hash for sells); the scripts then drop it, lazily, as they pass.
+- ``release`` (nothing was placed, or nothing filled): dropped at once.
+- Older than ``max_age`` (a crashed worker nobody reclaimed): dropped by the scripts and logged.
+
+Lua numbers are doubles, so amounts are kept as integers of micro-dollars (10^-6 $) and
+nano-shares (10^-9 share, Alpaca's finest qty) stored as digit strings; every integer stays below
+2^53, and decimal strings from the cache are parsed digit by digit, never through a float.
+Rounding always favours safety: cash needed rounds up, cash available rounds down.
+
+Clocks: created/settled times come from ``now`` (this host), ``as_of`` from the poller's host.
+On one host they agree; across hosts, ``reflect_margin`` seconds of skew can be tolerated (a
+settled reservation is dropped only when ``as_of > settled_at + reflect_margin``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from typing import Any, Callable
+
+from bot.keys import Keys
+
+log = logging.getLogger(__name__)
+
+CASH_SCALE = 6  # micro-dollars
+SHARE_SCALE = 9  # nano-shares: Alpaca accepts qty with up to 9 decimals
+MAX_UNITS = 2**53 - 1  # the largest integer a Lua number (a double) holds exactly
+DEFAULT_MAX_AGE = 3600.0
+
+# --------------------------------------------------------------------------- Lua
+
+# Helpers shared by every script. KEYS[1] ledger, KEYS[2] account, KEYS[3] positions.
+_LUA_COMMON = r"""
+local CAP = 9000000000000000  -- < 2^53: bigger cache values are clamped DOWN (the safe side)
+
+local function fmt(n) return string.format('%.0f', n) end
+
+-- floor(decimal string * 10^scale) as an exact integer, or nil when not a plain decimal
+local function units(s, scale)
+  if type(s) ~= 'string' then return nil end
+  local sign, ip, fp = string.match(s, '^%s*([%-+]?)(%d*)%.?(%d*)%s*$')
+  if sign == nil or (ip == '' and fp == '') then return nil end
+  ip = string.gsub(ip, '^0+', '')
+  if #ip + scale > 15 then
+    if sign == '-' then return -CAP end
+    return CAP
+  end
+  local kept = string.sub(fp, 1, scale)
+  local dropped = string.sub(fp, scale + 1)
+  kept = kept .. string.rep('0', scale - #kept)
+  local n = (tonumber(ip) or 0) * (10 ^ scale) + (tonumber(kept) or 0)
+  if sign == '-' then
+    n = -n
+    if string.find(dropped, '[1-9]') then n = n - 1 end
+  end
+  return n
+end
+
+-- The reservations that still count: sums them, drops reflected and expired ones.
+-- Returns committed cash (micro-$), {symbol -> nano-shares}, list of expired ids, list of corrupt ids.
+local function scan(acct_as_of, pos_as_of, now, max_age, margin)
+  local all = redis.call('HGETALL', KEYS[1])
+  local cash, shares, expired, corrupt, drop = 0, {}, {}, {}, {}
+  for i = 1, #all, 2 do
+    local id = all[i]
+    local ok, rec = pcall(cjson.decode, all[i + 1])
+    if not ok or type(rec) ~= 'table' or tonumber(rec.created_at) == nil then
+      table.insert(corrupt, id)
+      table.insert(drop, id)
+    else
+      local settled_at = tonumber(rec.settled_at)
+      local counts = true
+      if settled_at ~= nil then
+        local as_of = pos_as_of
+        if rec.side == 'buy' then as_of = acct_as_of end
+        if as_of ~= nil and as_of > settled_at + margin then
+          counts = false  -- the cache now shows this order's effect
+        elseif now - settled_at > max_age then
+          counts = false
+          table.insert(expired, id)
+        end
+      elseif now - tonumber(rec.created_at) > max_age then
+        counts = false
+        table.insert(expired, id)
+      end
+      if counts then
+        if rec.side == 'buy' then
+          cash = cash + (tonumber(rec.cash_u) or 0)
+        else
+          shares[rec.symbol] = (shares[rec.symbol] or 0) + (tonumber(rec.qty_u) or 0)
+        end
+      else
+        table.insert(drop, id)
+      end
+    end
+  end
+  for i = 1, #drop, 200 do
+    redis.call('HDEL', KEYS[1], unpack(drop, i, math.min(i + 199, #drop)))
+  end
+  return cash, shares, expired, corrupt
+end
+
+local function as_of_of(key, as_of_field, polled_field)
+  local v = redis.call('HMGET', key, as_of_field, polled_field)
+  return tonumber(v[1]) or tonumber(v[2])
+end
+
+local function reply(t, expired, corrupt)
+  t.expired = expired
+  t.corrupt = corrupt
+  return cjson.encode(t)
+end
+"""
+
+# ARGV: 1 id, 2 symbol, 3 price_used_u, 4 qty ("" = as many whole shares as the cash allows),
+# 5 cash_u of that qty, 6 max_cash_u ("" = no cap), 7 now, 8 max_age, 9 margin, 10 price (text)
+_RESERVE_BUY = _LUA_COMMON + r"""
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then return cjson.encode({status = 'exists', record = existing}) end
+local acct = redis.call('HMGET', KEYS[2], 'cash', 'buying_power')
+if not acct[1] or not acct[2] then return cjson.encode({status = 'noaccount'}) end
+local cash_u = units(acct[1], 6)
+local bp_u = units(acct[2], 6)
+if cash_u == nil then return cjson.encode({status = 'corrupt_cache', field = 'cash', value = acct[1]}) end
+if bp_u == nil then return cjson.encode({status = 'corrupt_cache', field = 'buying_power', value = acct[2]}) end
+local now, max_age, margin = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local committed, _, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
+                                            as_of_of(KEYS[3], '_as_of', '_polled_at'), now, max_age, margin)
+local available = math.max(0, math.min(cash_u, bp_u) - committed)
+local cap = available
+if ARGV[6] ~= '' then cap = math.min(cap, tonumber(ARGV[6])) end
+local price_u = tonumber(ARGV[3])
+local qty, need
+if ARGV[4] == '' then
+  local n = math.floor(cap / price_u)
+  while n > 0 and n * price_u > cap do n = n - 1 end
+  qty, need = fmt(n), n * price_u
+  if n < 1 then need = price_u end
+else
+  qty, need = ARGV[4], tonumber(ARGV[5])
+end
+local info = {available = fmt(available), cap = fmt(cap), need = fmt(need), cash = fmt(cash_u),
+              buying_power = fmt(bp_u), committed = fmt(committed)}
+if need > cap or (ARGV[4] == '' and qty == '0') then
+  info.status = 'nocash'
+  return reply(info, expired, corrupt)
+end
+local record = cjson.encode({symbol = ARGV[2], side = 'buy', qty = qty, qty_u = '0', cash_u = fmt(need),
+                             price = ARGV[10], created_at = ARGV[7]})
+redis.call('HSET', KEYS[1], ARGV[1], record)
+info.status = 'ok'
+info.record = record
+return reply(info, expired, corrupt)
+"""
+
+# ARGV: 1 id, 2 symbol, 3 qty_u ("" = all available), 4 now, 5 max_age, 6 margin
+_RESERVE_SELL = _LUA_COMMON + r"""
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing then return cjson.encode({status = 'exists', record = existing}) end
+local pos_as_of = as_of_of(KEYS[3], '_as_of', '_polled_at')
+if redis.call('HEXISTS', KEYS[3], '_polled_at') == 0 and redis.call('HEXISTS', KEYS[3], '_as_of') == 0 then
+  return cjson.encode({status = 'noaccount'})
+end
+local held_u = 0
+local raw = redis.call('HGET', KEYS[3], ARGV[2])
+if raw then
+  local ok, pos = pcall(cjson.decode, raw)
+  if not ok or type(pos) ~= 'table' then
+    return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = raw})
+  end
+  local text = pos.qty_available
+  if type(text) ~= 'string' then text = pos.qty end
+  held_u = units(text, 9)
+  if held_u == nil then return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = raw}) end
+end
+local now, max_age, margin = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local _, shares, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'), pos_as_of, now, max_age, margin)
+local reserved = shares[ARGV[2]] or 0
+local available = math.max(0, held_u - reserved)
+local need = available
+if ARGV[3] ~= '' then need = tonumber(ARGV[3]) end
+local info = {available = fmt(available), need = fmt(need), held = fmt(held_u), reserved = fmt(reserved)}
+if need <= 0 or need > available then
+  info.status = 'noshares'
+  return reply(info, expired, corrupt)
+end
+local record = cjson.encode({symbol = ARGV[2], side = 'sell', qty_u = fmt(need), cash_u = '0',
+                             price = '0', created_at = ARGV[4]})
+redis.call('HSET', KEYS[1], ARGV[1], record)
+info.status = 'ok'
+info.record = record
+return reply(info, expired, corrupt)
+"""
+
+# ARGV: 1 id, 2 filled qty (text), 3 filled qty_u, 4 filled cash_u, 5 price (text), 6 settled_at
+_SETTLE = r"""
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 'missing' end
+if tonumber(ARGV[3]) <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 'released'
+end
+local rec = cjson.decode(raw)
+if rec.side == 'buy' then
+  rec.qty = ARGV[2]
+  rec.cash_u = ARGV[4]
+  rec.price = ARGV[5]
+else
+  rec.qty_u = ARGV[3]
+end
+rec.settled_at = ARGV[6]
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
+return 'settled'
+"""
+
+# ARGV: 1 now, 2 max_age, 3 margin. Returns the totals that still count (and prunes the rest).
+_TOTALS = _LUA_COMMON + r"""
+local cash, shares, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
+                                            as_of_of(KEYS[3], '_as_of', '_polled_at'),
+                                            tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+local out = {}
+for symbol, n in pairs(shares) do out[symbol] = fmt(n) end
+return reply({status = 'ok', cash = fmt(cash), shares = out}, expired, corrupt)
+"""
+
+
+# --------------------------------------------------------------------------- errors and records
+
+
+class LedgerError(Exception):
+    """Base of the ledger's errors."""
+
+
+class InsufficientCash(LedgerError):
+    """The cash not committed to other orders does not cover this buy."""
+
+    def __init__(self, message: str, available: Decimal, needed: Decimal | None = None) -> None:
+        super().__init__(message)
+        self.available = available
+        self.needed = needed
+
+
+class InsufficientShares(LedgerError):
+    """The shares held and not reserved by other sells do not cover this sell."""
+
+    def __init__(self, message: str, available: Decimal, needed: Decimal | None = None) -> None:
+        super().__init__(message)
+        self.available = available
+        self.needed = needed
+
+
+class NoAccountData(LedgerError):
+    """The poller has not written the account (buys) or positions (sells) yet."""
+
+
+class CorruptCache(LedgerError):
+    """A cached account/position field cannot be read as a decimal."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    client_order_id: str
+    symbol: str
+    side: str  # "buy" | "sell"
+    qty: Decimal  # shares reserved; after settle, shares filled
+    cash: Decimal  # buys: cash reserved incl. the buffer (after settle: filled cost); sells: 0
+    price: Decimal  # buys: the price given to reserve_buy (after settle: the fill price); sells: 0
+    created_at: float
+    settled_at: float | None = None  # set once the order is final
+
+    @property
+    def settled(self) -> bool:
+        return self.settled_at is not None
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+class Ledger:
+    """Reservations shared by all workers. Cheap to create; share the Redis client.
+
+    ``cash_buffer_bps``: buys reserve at price * (1 + bps/10000), so the ask moving a little
+    between sizing and fill cannot turn into a 403 "insufficient buying power".
+    ``max_age``: seconds after which a reservation nobody settled or released is dropped.
+    ``reflect_margin``: seconds of clock skew between worker and poller hosts to tolerate.
+    """
+
+    def __init__(self, r: Any, keys: Keys, *, cash_buffer_bps: int = 50, now: Callable[[], float] = time.time,
+                 max_age: float = DEFAULT_MAX_AGE, reflect_margin: float = 0.0) -> None:
+        if isinstance(cash_buffer_bps, bool) or not isinstance(cash_buffer_bps, int) or cash_buffer_bps < 0:
+            raise ValueError(f"cash_buffer_bps must be a whole number >= 0, got {cash_buffer_bps!r}")
+        if not max_age > 0:
+            raise ValueError(f"max_age must be > 0 seconds, got {max_age!r}")
+        if reflect_margin < 0:
+            raise ValueError(f"reflect_margin must be >= 0 seconds, got {reflect_margin!r}")
+        self.r = r
+        self.keys = keys
+        self.cash_buffer_bps = cash_buffer_bps
+        self.now = now
+        self.max_age = float(max_age)
+        self.reflect_margin = float(reflect_margin)
+        self._reserve_buy = r.register_script(_RESERVE_BUY)
+        self._reserve_sell = r.register_script(_RESERVE_SELL)
+        self._settle = r.register_script(_SETTLE)
+        self._totals = r.register_script(_TOTALS)
+
+    @property
+    def _keys(self) -> list[str]:
+        return [self.keys.ledger, self.keys.account, self.keys.positions]
+
+    # ------------------------------------------------------------------ reserving
+
+    def buffered_price(self, price: Decimal) -> Decimal:
+        """The per-share cash a buy reserves: price plus the buffer, rounded up to a micro-dollar."""
+        return _from_units(self._price_units(price), CASH_SCALE)
+
+    def reserve_buy(self, client_order_id: str, symbol: str, price: Decimal, *, qty: Decimal | None = None,
+                    max_cash: Decimal | None = None) -> Reservation:
+        """Reserve cash for a buy of ``symbol``.
+
+        ``qty`` None: as many whole shares as min(max_cash, available cash) buys at the buffered
+        price. ``qty`` given: that qty, which must fit the available cash (and ``max_cash``).
+        The same ``client_order_id`` again returns the existing reservation.
+        """
+        symbol = _symbol(symbol)
+        _require_id(client_order_id)
+        price_u = self._price_units(price)
+        qty_text, cash_u = "", ""
+        if qty is not None:
+            qty = _positive("qty", qty)
+            _units(qty, SHARE_SCALE, exact=True, what="qty")
+            cash_u = str(_units(qty * _from_units(price_u, CASH_SCALE), CASH_SCALE, ROUND_CEILING, what="order cost"))
+            qty_text = _text(qty)
+        max_cash_u = "" if max_cash is None else str(_units(_non_negative("max_cash", max_cash), CASH_SCALE,
+                                                            ROUND_FLOOR, what="max_cash"))
+        now = self.now()
+        result = self._run(self._reserve_buy, [client_order_id, symbol, str(price_u), qty_text, cash_u, max_cash_u,
+                                               repr(now), repr(self.max_age), repr(self.reflect_margin), _text(price)])
+        status = result["status"]
+        if status == "exists":
+            return self._existing(client_order_id, result["record"], symbol, "buy")
+        if status == "noaccount":
+            raise NoAccountData(f"no cached account in {self.keys.account}: the price poller has not written "
+                                f"it yet; cannot size a buy of {symbol}")
+        if status == "corrupt_cache":
+            raise CorruptCache(f"{self.keys.account} field {result['field']} is not a decimal: {result['value']!r}")
+        if status == "nocash":
+            raise self._insufficient_cash(symbol, price, qty, max_cash, result)
+        reservation = _reservation(client_order_id, result["record"])
+        log.debug("reserved %s cash for buy %s %s (%s)", reservation.cash, reservation.qty, symbol, client_order_id)
+        return reservation
+
+    def reserve_sell(self, client_order_id: str, symbol: str, *, qty: Decimal | None = None) -> Reservation:
+        """Reserve shares for a sell: ``qty`` None = all the shares not reserved by other sells."""
+        symbol = _symbol(symbol)
+        _require_id(client_order_id)
+        qty_u = ""
+        if qty is not None:
+            qty_u = str(_units(_positive("qty", qty), SHARE_SCALE, exact=True, what="qty"))
+        now = self.now()
+        result = self._run(self._reserve_sell, [client_order_id, symbol, qty_u, repr(now), repr(self.max_age),
+                                                repr(self.reflect_margin)])
+        status = result["status"]
+        if status == "exists":
+            return self._existing(client_order_id, result["record"], symbol, "sell")
+        if status == "noaccount":
+            raise NoAccountData(f"no cached positions in {self.keys.positions}: the price poller has not "
+                                f"written them yet; cannot size a sell of {symbol}")
+        if status == "corrupt_cache":
+            raise CorruptCache(f"{self.keys.positions} field {result['field']} is not a position: "
+                               f"{str(result['value'])[:100]!r}")
+        if status == "noshares":
+            available = _from_units(int(result["available"]), SHARE_SCALE)
+            held = _from_units(int(result["held"]), SHARE_SCALE)
+            reserved = _from_units(int(result["reserved"]), SHARE_SCALE)
+            wanted = "any" if qty is None else _text(qty)
+            raise InsufficientShares(
+                f"insufficient shares of {symbol}: want {wanted}, available {_text(available)} "
+                f"({_text(held)} held - {_text(reserved)} reserved by other sells)", available, qty)
+        reservation = _reservation(client_order_id, result["record"])
+        log.debug("reserved %s %s for sell (%s)", reservation.qty, symbol, client_order_id)
+        return reservation
+
+    # ------------------------------------------------------------------ ending
+
+    def settle(self, client_order_id: str, filled_qty: Decimal, filled_avg_price: Decimal | None) -> None:
+        """The order is final: keep counting what it filled until the cache shows it.
+
+        Nothing filled = ``release``. ``filled_avg_price`` None: the reserved (buffered) price.
+        """
+        filled_qty = _non_negative("filled_qty", filled_qty)
+        reservation = self.get(client_order_id)
+        if reservation is None:
+            log.warning("settle %s: no reservation in the ledger (released, expired or never made)", client_order_id)
+            return
+        qty_u = _units(filled_qty, SHARE_SCALE, ROUND_CEILING, what="filled_qty")
+        cash_u, price = 0, Decimal(0)
+        if reservation.side == "buy":
+            if filled_avg_price is None:
+                per_share = self.buffered_price(reservation.price)
+                price = reservation.price
+            else:
+                per_share = price = _positive("filled_avg_price", filled_avg_price)
+            cash_u = _units(filled_qty * per_share, CASH_SCALE, ROUND_CEILING, what="filled cost")
+        outcome = self._settle(keys=[self.keys.ledger],
+                               args=[client_order_id, _text(filled_qty), str(qty_u), str(cash_u), _text(price),
+                                     repr(self.now())])
+        log.debug("settle %s: %s (filled %s)", client_order_id, outcome, filled_qty)
+
+    def release(self, client_order_id: str) -> None:
+        """No order was placed (or it filled nothing): drop the reservation now."""
+        self.r.hdel(self.keys.ledger, client_order_id)
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, client_order_id: str) -> Reservation | None:
+        raw = self.r.hget(self.keys.ledger, client_order_id)
+        return None if raw is None else _reservation(client_order_id, raw)
+
+    def reservations(self) -> list[Reservation]:
+        """Every reservation stored (including ones the next script will drop), oldest first."""
+        items = []
+        for cid, raw in self.r.hgetall(self.keys.ledger).items():
+            try:
+                items.append(_reservation(_str(cid), raw))
+            except LedgerError:
+                log.warning("ledger field %s is corrupt; the next reservation drops it", cid)
+        return sorted(items, key=lambda res: res.created_at)
+
+    def committed_cash(self) -> Decimal:
+        """Cash of buys in flight plus settled buys the cached account does not show yet."""
+        return _from_units(int(self._totals_now()["cash"]), CASH_SCALE)
+
+    def reserved_shares(self, symbol: str) -> Decimal:
+        """Shares of sells in flight plus settled sells the cached positions do not show yet."""
+        shares = self._totals_now()["shares"] or {}
+        return _from_units(int(shares.get(_symbol(symbol), 0)), SHARE_SCALE)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _totals_now(self) -> dict[str, Any]:
+        return self._run(self._totals, [repr(self.now()), repr(self.max_age), repr(self.reflect_margin)])
+
+    def _run(self, script: Any, args: list[str]) -> dict[str, Any]:
+        result = json.loads(script(keys=self._keys, args=args))
+        expired = result.get("expired") or []
+        if expired:
+            log.warning("ledger dropped %d reservation(s) older than %.0fs that were never settled or "
+                        "released (crashed worker?): %s", len(expired), self.max_age, ", ".join(expired))
+        corrupt = result.get("corrupt") or []
+        if corrupt:
+            log.warning("ledger dropped %d unreadable reservation(s): %s", len(corrupt), ", ".join(corrupt))
+        return result
+
+    def _price_units(self, price: Decimal) -> int:
+        price = _positive("price", price)
+        buffered = price * (10000 + self.cash_buffer_bps) / 10000
+        return _units(buffered, CASH_SCALE, ROUND_CEILING, what="price")
+
+    def _existing(self, client_order_id: str, raw: str, symbol: str, side: str) -> Reservation:
+        reservation = _reservation(client_order_id, raw)
+        if (reservation.symbol, reservation.side) != (symbol, side):
+            raise LedgerError(f"client_order_id {client_order_id} already reserves a {reservation.side} of "
+                              f"{reservation.symbol}, not a {side} of {symbol}")
+        log.info("reservation %s exists (redelivered signal): reusing it", client_order_id)
+        return reservation
+
+    def _insufficient_cash(self, symbol: str, price: Decimal, qty: Decimal | None, max_cash: Decimal | None,
+                           result: dict[str, Any]) -> InsufficientCash:
+        cash = lambda name: _from_units(int(result[name]), CASH_SCALE)  # noqa: E731
+        available, need = cash("available"), cash("need")
+        what = f"{_text(qty)} x" if qty is not None else "1 share at"
+        detail = (f"available {_money(available)} (min(cash {_money(cash('cash'))}, buying power "
+                  f"{_money(cash('buying_power'))}) - {_money(cash('committed'))} committed to other orders)")
+        if max_cash is not None and cash("cap") < available:
+            detail += f", capped at {_money(cash('cap'))}"
+        message = (f"insufficient cash to buy {symbol}: need {_money(need)} ({what} {_text(price)} plus "
+                   f"{self.cash_buffer_bps} bps buffer), {detail}")
+        return InsufficientCash(message, available, need)
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def _units(value: Decimal, scale: int, rounding: str = ROUND_CEILING, *, exact: bool = False, what: str) -> int:
+    """value * 10^scale as an int (rounded as asked, or exactly); LedgerError beyond 2^53."""
+    scaled = value.scaleb(scale)
+    integral = scaled.to_integral_value(rounding=rounding)
+    if exact and integral != scaled:
+        raise ValueError(f"{what} {value} has more than {scale} decimal places")
+    if abs(integral) > MAX_UNITS:
+        raise LedgerError(f"{what} {value} is too large for the ledger (limit {Decimal(MAX_UNITS).scaleb(-scale)})")
+    return int(integral)
+
+
+def _from_units(n: int, scale: int) -> Decimal:
+    return Decimal(n).scaleb(-scale)
+
+
+def _decimal(what: str, value: Any) -> Decimal:
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"{what} must be a number, got {value!r}") from None
+    if not number.is_finite():
+        raise ValueError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _positive(what: str, value: Any) -> Decimal:
+    number = _decimal(what, value)
+    if number <= 0:
+        raise ValueError(f"{what} must be > 0, got {value}")
+    return number
+
+
+def _non_negative(what: str, value: Any) -> Decimal:
+    number = _decimal(what, value)
+    if number < 0:
+        raise ValueError(f"{what} must be >= 0, got {value}")
+    return number
+
+
+def _symbol(symbol: str) -> str:
+    cleaned = (symbol or "").strip().upper()
+    if not cleaned or cleaned.startswith("_"):
+        raise ValueError(f"not a ticker: {symbol!r}")
+    return cleaned
+
+
+def _require_id(client_order_id: str) -> None:
+    if not client_order_id:
+        raise ValueError("client_order_id is empty")
+
+
+def _text(value: Decimal | None) -> str:
+    if value is None:
+        return ""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _money(value: Decimal) -> str:
+    return format(value.quantize(Decimal("0.01"), rounding=ROUND_FLOOR), "f")
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _reservation(client_order_id: str, raw: Any) -> Reservation:
+    try:
+        data = json.loads(raw)
+        side = data["side"]
+        if side == "buy":
+            qty = Decimal(data["qty"])
+        else:
+            qty = _from_units(int(data["qty_u"]), SHARE_SCALE)
+        settled_at = data.get("settled_at")
+        return Reservation(
+            client_order_id=client_order_id,
+            symbol=data["symbol"],
+            side=side,
+            qty=qty,
+            cash=_from_units(int(data["cash_u"]), CASH_SCALE),
+            price=Decimal(data["price"]),
+            created_at=float(data["created_at"]),
+            settled_at=None if settled_at in (None, "") else float(settled_at),
+        )
+    except (ValueError, TypeError, KeyError, InvalidOperation) as exc:
+        raise LedgerError(f"ledger entry {client_order_id} is unreadable ({type(exc).__name__}): "
+                          f"{str(raw)[:100]!r}") from None

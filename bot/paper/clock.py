@@ -1,0 +1,129 @@
+"""The paper broker's market clock: US regular hours in America/New_York, or forced open/closed.
+
+Regular session 09:30-16:00 ET on weekdays. Exchange holidays and early closes are NOT
+modelled (a holiday weekday counts as a trading day). `now` is injectable so tests can pin
+the instant.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+log = logging.getLogger(__name__)
+
+NEW_YORK = ZoneInfo("America/New_York")
+SESSION_OPEN = time(9, 30)
+SESSION_CLOSE = time(16, 0)
+
+# clock modes: "real" follows the session above, "open" is always open, "closed" never opens
+CLOCK_MODES = ("real", "open", "closed")
+
+Now = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ClockState:
+    timestamp: datetime
+    is_open: bool
+    next_open: datetime
+    next_close: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        # Alpaca answers /v2/clock with New York offsets, e.g. 2025-06-24T09:30:00-04:00
+        return {
+            "timestamp": self.timestamp.astimezone(NEW_YORK).isoformat(),
+            "is_open": self.is_open,
+            "next_open": self.next_open.astimezone(NEW_YORK).isoformat(),
+            "next_close": self.next_close.astimezone(NEW_YORK).isoformat(),
+        }
+
+
+def _session(day: date) -> tuple[datetime, datetime]:
+    return (datetime.combine(day, SESSION_OPEN, tzinfo=NEW_YORK),
+            datetime.combine(day, SESSION_CLOSE, tzinfo=NEW_YORK))
+
+
+def _next_trading_day(day: date) -> date:
+    day += timedelta(days=1)
+    while day.weekday() >= 5:
+        day += timedelta(days=1)
+    return day
+
+
+def regular_hours_state(at: datetime) -> ClockState:
+    """Clock of the regular session at instant `at` (timezone-aware)."""
+    local = at.astimezone(NEW_YORK)
+    today = local.date()
+    open_at, close_at = _session(today)
+    trading_day = today.weekday() < 5
+    if trading_day and open_at <= local < close_at:
+        next_open, _ = _session(_next_trading_day(today))
+        return ClockState(at, True, next_open, close_at)
+    if trading_day and local < open_at:
+        return ClockState(at, False, open_at, close_at)
+    next_open, next_close = _session(_next_trading_day(today))
+    return ClockState(at, False, next_open, next_close)
+
+
+def always_open_state(at: datetime) -> ClockState:
+    # No session boundaries: report the next New York midnight as both close and re-open.
+    midnight = datetime.combine(at.astimezone(NEW_YORK).date() + timedelta(days=1), time(0), tzinfo=NEW_YORK)
+    return ClockState(at, True, midnight, midnight)
+
+
+def always_closed_state(at: datetime) -> ClockState:
+    real = regular_hours_state(at)
+    if not real.is_open:
+        return real
+    # inside a real session: pretend it is over, the next one is tomorrow's
+    next_open = real.next_open
+    return ClockState(at, False, next_open, _session(next_open.astimezone(NEW_YORK).date())[1])
+
+
+class MarketClock:
+    """Mode plus time source. Thread-safe enough: the mode is one attribute assignment."""
+
+    def __init__(self, mode: str = "real", now: Now | None = None) -> None:
+        self.mode = check_mode(mode)
+        self._now = now or utc_now
+
+    @property
+    def always_open(self) -> bool:
+        return self.mode == "open"
+
+    def now(self) -> datetime:
+        at = self._now()
+        if at.tzinfo is None:
+            raise ValueError("the clock's now() must return a timezone-aware datetime")
+        return at.astimezone(timezone.utc)
+
+    def state(self, at: datetime | None = None) -> ClockState:
+        at = at or self.now()
+        if self.mode == "open":
+            return always_open_state(at)
+        if self.mode == "closed":
+            return always_closed_state(at)
+        return regular_hours_state(at)
+
+    def is_open(self, at: datetime | None = None) -> bool:
+        return self.state(at).is_open
+
+    def day_order_expiry(self, at: datetime) -> datetime | None:
+        """When a `day` order submitted at `at` expires: the close of the session it works in
+        (today's when open, else the next one's). None in the always-open mode."""
+        if self.mode == "open":
+            return None
+        return self.state(at).next_close
+
+
+def check_mode(mode: str) -> str:
+    if mode not in CLOCK_MODES:
+        raise ValueError(f"clock mode must be one of {', '.join(CLOCK_MODES)}, got {mode!r}")
+    return mode

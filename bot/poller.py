@@ -1,0 +1,233 @@
+"""The price poller loop: the one writer of the market cache (see bot/market.py).
+
+Every ``interval`` seconds one market-data request for all symbols; account and positions on a
+slower cadence and at once when a worker asks (MarketCache.request_refresh); the market clock on
+its own cadence. Ticks are scheduled on the monotonic clock at ``start + k * interval``; a tick
+that overruns its slot is logged and the missed slots are skipped, never stacked. Broker and
+Redis failures are logged and retried with capped exponential backoff; the cache keeps the last
+values meanwhile (their ``polled_at`` shows how old they are).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import httpx
+import redis
+
+from bot.alpaca.errors import AlpacaError
+from bot.keys import Keys
+from bot.market import write_account, write_clock, write_positions, write_prices
+
+log = logging.getLogger(__name__)
+
+# Failures the loop expects and rides out; anything else is logged with its traceback, and survived too.
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
+    AlpacaError, httpx.HTTPError, redis.ConnectionError, redis.TimeoutError)
+# Longest single BLPOP between ticks, so that a stop request is seen promptly.
+STOP_CHECK_SECONDS = 0.5
+# BLPOP's timeout 0 means "forever": waits shorter than this are not worth a blocking call.
+MIN_BLOCK_SECONDS = 0.01
+
+
+@dataclass
+class TickSchedule:
+    """Slots at ``start + k * interval`` on the monotonic clock; never drifts, never stacks."""
+
+    start: float
+    interval: float
+    slot: int = 0
+
+    @property
+    def deadline(self) -> float:
+        return self.start + self.slot * self.interval
+
+    def advance(self, finished: float) -> int:
+        """After the current slot's tick ended at ``finished``: move to the next slot still ahead.
+
+        Returns how many slots the tick overran (0 when the next slot is still ahead); those are
+        skipped, not run back to back.
+        """
+        following = self.slot + 1
+        self.slot = max(following, self._first_slot_at(finished))
+        return self.slot - following
+
+    def postpone(self, not_before: float) -> None:
+        """Back off: move to the first slot at or after ``not_before`` (keeps the grid)."""
+        self.slot = max(self.slot, self._first_slot_at(not_before))
+
+    def _first_slot_at(self, t: float) -> int:
+        return math.ceil((t - self.start) / self.interval - 1e-9)
+
+
+class Poller:
+    """One instance per fleet (the cache has one writer). ``tick()`` is one iteration."""
+
+    def __init__(self, client: Any, r: redis.Redis, keys: Keys, symbols: Iterable[str], interval: float = 1.0,
+                 account_interval: float = 5.0, clock_interval: float = 30.0,
+                 now: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 max_backoff: float = 30.0) -> None:
+        if interval <= 0 or account_interval <= 0 or clock_interval <= 0:
+            raise ValueError("poller intervals must be > 0")
+        self.client = client
+        self.r = r
+        self.keys = keys
+        self.symbols = list(dict.fromkeys(s.strip().upper() for s in symbols if s.strip()))
+        if not self.symbols:
+            raise ValueError("the poller needs at least one symbol")
+        self.interval = interval
+        self.account_interval = account_interval
+        self.clock_interval = clock_interval
+        self.now = now
+        self.monotonic = monotonic
+        self.max_backoff = max_backoff
+        # when each slower refresh is next due (monotonic); -inf = at the first tick
+        self._account_due = -math.inf
+        self._clock_due = -math.inf
+        self._skipped_symbols: set[str] = set()
+        self.consecutive_failures = 0
+        # stats for tests and benchmarks
+        self.ticks = 0
+        self.overruns = 0
+        self.errors = 0
+        self.refreshes = 0  # account+positions refreshes served on request
+        self.last_tick_requests = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ one iteration
+
+    def tick(self) -> bool:
+        """Prices; account+positions when due or asked for; clock when due. True when nothing failed."""
+        before = self.client.request_count
+        ok = self._guard("prices", self.poll_prices)
+        requested = self._guard("refresh request", self._take_refresh_requests)
+        if requested or self.monotonic() >= self._account_due:
+            ok &= self._guard("account and positions", self.poll_account)
+        if self.monotonic() >= self._clock_due:
+            ok &= self._guard("clock", self.poll_clock)
+        self.ticks += 1
+        self.last_tick_requests = self.client.request_count - before
+        self._note_outcome(ok)
+        return ok
+
+    def poll_prices(self) -> None:
+        sent = self.now()
+        snapshots = self.client.get_snapshots(self.symbols)
+        skipped = write_prices(self.r, self.keys, snapshots, self.now(), as_of=sent, symbols=self.symbols,
+                               log_skips=False)
+        self._log_skip_changes(skipped)
+
+    def poll_account(self) -> None:
+        """Account then positions; each written with the time its own request was sent."""
+        sent = self.now()
+        account = self.client.get_account()
+        write_account(self.r, self.keys, account, self.now(), as_of=sent)
+        sent = self.now()
+        positions = self.client.list_positions()
+        write_positions(self.r, self.keys, positions, self.now(), as_of=sent)
+        self._account_due = self.monotonic() + self.account_interval
+
+    def poll_clock(self) -> None:
+        sent = self.now()
+        clock = self.client.get_clock()
+        write_clock(self.r, self.keys, clock, self.now(), as_of=sent)
+        self._clock_due = self.monotonic() + self.clock_interval
+
+    def _take_refresh_requests(self) -> bool:
+        # DEL consumes every pending request at once; they all ask for the same refresh
+        return bool(self.r.delete(self.keys.refresh_request))
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, stop_event: threading.Event) -> None:
+        log.info("price poller: %d symbols every %.2fs, account every %.1fs, clock every %.1fs",
+                 len(self.symbols), self.interval, self.account_interval, self.clock_interval)
+        schedule = TickSchedule(self.monotonic(), self.interval)
+        while not stop_event.is_set():
+            started = self.monotonic()
+            self.tick()
+            finished = self.monotonic()
+            overran = schedule.advance(finished)
+            if overran:
+                self.overruns += 1
+                log.warning("tick took %.3fs, longer than the %.3fs interval: skipping %d missed tick(s)",
+                            finished - started, self.interval, overran)
+            if self.consecutive_failures:
+                schedule.postpone(started + self.backoff_delay())
+            self.wait_until(schedule.deadline, stop_event)
+        log.info("price poller stopped after %d ticks (%d errors, %d overruns)", self.ticks, self.errors,
+                 self.overruns)
+
+    def wait_until(self, deadline: float, stop_event: threading.Event) -> None:
+        """Wait for the next tick on the refresh-request list, serving requests the moment they come."""
+        while not stop_event.is_set():
+            remaining = deadline - self.monotonic()
+            if remaining < MIN_BLOCK_SECONDS:
+                return
+            block = min(remaining, STOP_CHECK_SECONDS)
+            try:
+                popped = self.r.blpop([self.keys.refresh_request], timeout=block)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # Redis is down: the tick will report it; just don't spin
+                log.debug("waiting on %s failed: %s", self.keys.refresh_request, exc)
+                stop_event.wait(block)
+                continue
+            if popped:
+                self.serve_refresh()
+
+    def serve_refresh(self) -> None:
+        """A worker asked for fresh account and positions: drop the other pending asks, then fetch."""
+        self._guard("refresh request", self._take_refresh_requests)
+        if self._guard("account and positions", self.poll_account):
+            self.refreshes += 1
+
+    def backoff_delay(self) -> float:
+        """Capped exponential gap between the starts of failed ticks: 1, 2, 4 ... intervals, up to max_backoff."""
+        if not self.consecutive_failures:
+            return 0.0
+        return min(self.max_backoff, self.interval * 2 ** min(self.consecutive_failures - 1, 30))
+
+    # ------------------------------------------------------------------ failures and logs
+
+    def _guard(self, what: str, step: Callable[[], Any]) -> Any:
+        """Run one step; a failure is counted and logged, never raised. False when it failed."""
+        try:
+            result = step()
+        except EXPECTED_FAILURES as exc:
+            self._failed(what, f"{type(exc).__name__}: {exc}")
+            return False
+        except Exception as exc:  # a bug or a broker surprise: keep polling, but show the traceback
+            self._failed(what, f"{type(exc).__name__}: {exc}", trace=True)
+            return False
+        return True if result is None else result
+
+    def _failed(self, what: str, reason: str, trace: bool = False) -> None:
+        self.errors += 1
+        self.last_error = f"{what}: {reason}"
+        # the first failure of a streak at WARNING, the rest quieter until it recovers
+        level = logging.WARNING if self.consecutive_failures == 0 or trace else logging.DEBUG
+        log.log(level, "poll of %s failed: %s", what, reason, exc_info=trace)
+
+    def _note_outcome(self, ok: bool) -> None:
+        if ok:
+            if self.consecutive_failures:
+                log.info("price poller recovered after %d failed tick(s)", self.consecutive_failures)
+            self.consecutive_failures = 0
+            return
+        self.consecutive_failures += 1
+        if self.consecutive_failures in (1, 5) or self.consecutive_failures % 30 == 0:
+            log.warning("price poller: %d failed tick(s) in a row (last: %s); next try in %.1fs",
+                        self.consecutive_failures, self.last_error, self.backoff_delay())
+
+    def _log_skip_changes(self, skipped: dict[str, str]) -> None:
+        """Warn once when a symbol's price stops being written, note when it comes back."""
+        for symbol, reason in skipped.items():
+            if symbol not in self._skipped_symbols:
+                log.warning("price of %s not written (the cached one ages): %s", symbol, reason)
+        for symbol in self._skipped_symbols - skipped.keys():
+            log.info("price of %s is written again", symbol)
+        self._skipped_symbols = set(skipped)

@@ -1,0 +1,216 @@
+"""The fleet-wide request limiter: one token bucket per API budget, kept in Redis.
+
+Every process that talks to one Alpaca account (all workers AND the poller) shares the same
+buckets, so the account's budget (200 requests/min on the trading API, 200/min on free market
+data) holds however many processes run. A bucket holds at most ``burst`` tokens and refills
+continuously at ``per_minute / 60`` tokens a second; each request takes one token.
+
+State per bucket lives in one hash (``Keys.ratelimit(bucket)``): ``tokens`` (float), ``ts`` (the
+Unix time they were counted at) and ``paused_until`` (set by ``observe`` when the broker says the
+budget is spent). One Lua script reads and updates it atomically, timed by the Redis server's
+``TIME`` so hosts with skewed clocks agree (tests inject ``now`` instead). The hash expires once
+the bucket would be full again: an absent hash means a full bucket, so idle buckets cost nothing.
+
+Waiting is client-side: the script answers "granted" or "a token comes in N seconds", and
+``acquire`` sleeps that long and asks again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Mapping
+
+from bot.keys import Keys
+
+log = logging.getLogger(__name__)
+
+TRADING = "trading"
+DATA = "data"
+DEFAULT_DATA_PER_MINUTE = 200
+DEFAULT_BURST = 10
+# A reset header further away than this is not believed: a garbage header must not freeze the fleet.
+MAX_PAUSE = 120.0
+# Pause used when the broker says the budget is spent but gives no reset time.
+DEFAULT_PAUSE = 1.0
+# Alpaca sends X-RateLimit-Reset as epoch seconds; anything smaller is read as "seconds from now".
+_EPOCH_THRESHOLD = 1e9
+
+# Shared prelude: KEYS[1] bucket hash; ARGV[1] tokens per second; ARGV[2] burst; ARGV[3] now
+# (Unix seconds, or "" for the server's TIME). Leaves tokens refilled up to now in `tokens`.
+_PRELUDE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now
+if ARGV[3] ~= '' then
+  now = tonumber(ARGV[3])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'paused_until')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+local paused_until = tonumber(state[3]) or 0
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+if now > ts then
+  -- a clock that steps back (injected in tests, or a server restart) refills nothing
+  tokens = math.min(burst, tokens + (now - ts) * rate)
+  ts = now
+end
+local function save()
+  redis.call('HSET', KEYS[1], 'tokens', string.format('%.9f', tokens), 'ts', string.format('%.6f', ts),
+             'paused_until', string.format('%.6f', paused_until))
+  -- a full, unpaused bucket equals no hash at all: let it go once that is true
+  local idle = (burst - tokens) / rate + math.max(0, paused_until - now)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(idle * 1000) + 1000)
+end
+"""
+
+# Take one token. Returns the wait in seconds as a string: "0" = granted.
+_TAKE = _PRELUDE + """
+local wait
+if paused_until > now then
+  wait = paused_until - now
+elseif tokens >= 1 then
+  tokens = tokens - 1
+  wait = 0
+else
+  wait = (1 - tokens) / rate
+end
+save()
+return string.format('%.6f', wait)
+"""
+
+# The broker's view: ARGV[4] remaining ("" = unknown), ARGV[5] reset ("" = unknown),
+# ARGV[6] "1" when reset is epoch seconds, "0" when seconds from now; ARGV[7] longest pause;
+# ARGV[8] pause when no reset is given. Returns the pause now in force, in seconds.
+_OBSERVE = _PRELUDE + """
+local remaining = tonumber(ARGV[4])
+local reset = tonumber(ARGV[5])
+if remaining ~= nil then
+  -- never believe we hold more tokens than the broker says are left
+  tokens = math.min(tokens, math.max(0, remaining))
+  if remaining <= 0 then
+    local pause = tonumber(ARGV[8])
+    if reset ~= nil then
+      if ARGV[6] == '1' then pause = reset - now else pause = reset end
+    end
+    pause = math.min(math.max(pause, 0), tonumber(ARGV[7]))
+    -- pauses only ever extend: an older, shorter answer must not cut a longer one short
+    paused_until = math.max(paused_until, now + pause)
+  end
+end
+save()
+return string.format('%.6f', math.max(0, paused_until - now))
+"""
+
+
+class RateLimitTimeout(TimeoutError):
+    """``acquire`` could not get a token within its timeout."""
+
+    def __init__(self, bucket: str, timeout: float, wait: float) -> None:
+        super().__init__(f"rate limit: no {bucket!r} request token within {timeout:.2f}s "
+                         f"(next token in {wait:.2f}s)")
+        self.bucket = bucket
+        self.timeout = timeout
+        self.wait = wait
+
+
+class RateLimiter:
+    """Token buckets shared through Redis by every process of one account.
+
+    ``per_minute``: bucket name -> requests per minute; a bucket not named is unlimited.
+    ``burst``: bucket name -> most tokens a bucket holds (default ``min(10, per_minute)``), so a
+    minute's budget is not spent in one second. ``now``: Unix-time source for tests; None (the
+    default) uses the Redis server's clock. ``sleep`` waits between tries (tests inject one that
+    advances their clock).
+    """
+
+    def __init__(self, r: Any, keys: Keys, per_minute: Mapping[str, int],
+                 burst: Mapping[str, int] | None = None, sleep: Callable[[float], None] = time.sleep,
+                 *, now: Callable[[], float] | None = None) -> None:
+        self.r = r
+        self.keys = keys
+        self.sleep = sleep
+        self.now = now
+        self.per_minute: dict[str, int] = {}
+        self.burst: dict[str, int] = {}
+        burst = burst or {}
+        for bucket, rate in per_minute.items():
+            self.per_minute[bucket] = _positive_int(f"rate limit of bucket {bucket!r} (per minute)", rate)
+            size = burst.get(bucket, min(DEFAULT_BURST, self.per_minute[bucket]))
+            self.burst[bucket] = _positive_int(f"burst of bucket {bucket!r}", size)
+        unknown = set(burst) - set(per_minute)
+        if unknown:
+            raise ValueError(f"burst given for buckets without a rate: {', '.join(sorted(unknown))}")
+        self._take = r.register_script(_TAKE)
+        self._observe = r.register_script(_OBSERVE)
+
+    @classmethod
+    def from_settings(cls, r: Any, settings: Any, **kw: Any) -> "RateLimiter":
+        """Trading bucket at ``settings.rate_limit_per_minute``, data bucket at 200/min."""
+        data = getattr(settings, "data_rate_limit_per_minute", DEFAULT_DATA_PER_MINUTE)
+        return cls(r, settings.keys, {TRADING: settings.rate_limit_per_minute, DATA: data}, **kw)
+
+    # ------------------------------------------------------------------ taking tokens
+
+    def try_acquire(self, bucket: str) -> float:
+        """Take a token if one is there: 0.0 when granted, else the seconds until one may be."""
+        if bucket not in self.per_minute:
+            return 0.0
+        return float(self._take(keys=[self.keys.ratelimit(bucket)], args=self._args(bucket)))
+
+    def acquire(self, bucket: str, timeout: float | None = None) -> None:
+        """Block until a token of ``bucket`` is taken; RateLimitTimeout after ``timeout`` seconds.
+
+        Gives up at once when the next token is further away than the time left: sleeping
+        would not help, tokens only come with time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = self.try_acquire(bucket)
+            if wait <= 0:
+                return
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if wait > left:
+                    raise RateLimitTimeout(bucket, timeout or 0.0, wait)
+            log.debug("rate limit %s: waiting %.3fs for a token", bucket, wait)
+            self.sleep(wait)
+
+    # ------------------------------------------------------------------ the broker's view
+
+    def observe(self, bucket: str, remaining: int | None, reset: float | None) -> None:
+        """Apply the broker's X-RateLimit-Remaining/-Reset to the shared bucket.
+
+        ``remaining == 0`` pauses the bucket for every process until ``reset`` (epoch seconds, or
+        seconds from now when small; capped at MAX_PAUSE). A positive ``remaining`` below our
+        token count lowers it, so budget spent by other programs on the account is respected.
+        """
+        if bucket not in self.per_minute or remaining is None:
+            return
+        is_epoch = reset is not None and reset > _EPOCH_THRESHOLD
+        args = self._args(bucket) + [
+            str(int(remaining)),
+            "" if reset is None else repr(float(reset)),
+            "1" if is_epoch else "0",
+            repr(MAX_PAUSE),
+            repr(DEFAULT_PAUSE),
+        ]
+        pause = float(self._observe(keys=[self.keys.ratelimit(bucket)], args=args))
+        if remaining <= 0:
+            log.warning("rate limit %s: broker reports the budget spent; fleet paused for %.1fs", bucket, pause)
+
+    def _args(self, bucket: str) -> list[str]:
+        rate = self.per_minute[bucket] / 60.0
+        now = "" if self.now is None else repr(float(self.now()))
+        return [repr(rate), str(self.burst[bucket]), now]
+
+
+def _positive_int(what: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a whole number >= 1, got {value!r}")
+    return value

@@ -1,0 +1,107 @@
+"""Pre-trade checks. Each returns None when the order may go, else the precise reason it may not
+(the worker journals that reason with outcome "skipped"). Pure functions: the worker reads the
+halt key, clock and positions and passes the values in.
+
+Stale prices are not checked here: ``bot.market.MarketCache.price`` raises ``StalePrice``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+# A signal stamped further in the future than this is a clock problem, not a fresh signal.
+MAX_FUTURE_SKEW = 5.0
+
+
+@dataclass(frozen=True)
+class RiskLimits:
+    max_signal_age: float  # seconds from the source entry's time to the check
+    max_order_notional: Decimal  # qty * price of one order
+    max_position_value: Decimal  # (held + bought) * price after a buy
+    allow_extended_hours: bool = False  # trade while the regular session is closed
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "RiskLimits":
+        return cls(
+            max_signal_age=float(settings.max_signal_age),
+            max_order_notional=Decimal(settings.max_order_notional),
+            max_position_value=Decimal(settings.max_position_value),
+            allow_extended_hours=bool(settings.extended_hours),
+        )
+
+
+def check_halt(halt_reason: str | None) -> str | None:
+    """The kill switch: any value (even empty) in the halt key stops new orders."""
+    if halt_reason is None:
+        return None
+    return f"kill switch on: {halt_reason.strip() or '(no reason given)'}"
+
+
+def check_signal_age(source_at: float | None, now: float, limits: RiskLimits) -> str | None:
+    if source_at is None:
+        return "signal age unknown: it carries no source time"
+    age = now - source_at
+    if age > limits.max_signal_age:
+        return f"signal is {age:.1f}s old (max {limits.max_signal_age:g}s)"
+    if -age > MAX_FUTURE_SKEW:
+        return f"signal is stamped {-age:.1f}s in the future: check the clocks of the source and this host"
+    return None
+
+
+def check_market_open(clock_state_is_open: bool | None, limits: RiskLimits) -> str | None:
+    """Fail closed: no clock in the cache is a reason to wait, not to trade."""
+    if clock_state_is_open is None:
+        return "market clock unknown: the price poller has not written it"
+    if not clock_state_is_open and not limits.allow_extended_hours:
+        return "market is closed"
+    return None
+
+
+def check_order_notional(qty: Decimal | None, price: Decimal | None, limits: RiskLimits) -> str | None:
+    if qty is None or price is None:
+        return "order value unknown: no qty or no price to value it"
+    notional = qty * price
+    if notional > limits.max_order_notional:
+        return (f"order notional {_money(notional)} ({_qty(qty)} x {price}) exceeds the max "
+                f"{_money(limits.max_order_notional)}")
+    return None
+
+
+def check_position_value(current_qty: Decimal, add_qty: Decimal | None, price: Decimal | None,
+                         limits: RiskLimits) -> str | None:
+    """Buys only: the position after the fill must stay within max_position_value."""
+    if add_qty is None or price is None:
+        return "position value unknown: no qty or no price to value it"
+    after = (current_qty + add_qty) * price
+    if after > limits.max_position_value:
+        return (f"position would be worth {_money(after)} ({_qty(current_qty)} held + {_qty(add_qty)} "
+                f"x {price}), above the max {_money(limits.max_position_value)}")
+    return None
+
+
+def buy_cash_cap(limits: RiskLimits, *, current_qty: Decimal, price: Decimal) -> Decimal:
+    """The most a buy may spend and pass both value checks: pass it as (or min it into) the
+    ledger's ``max_cash`` so an all-in buy is sized to the limits instead of skipped by them."""
+    room = limits.max_position_value - max(current_qty, Decimal(0)) * price
+    return max(Decimal(0), min(limits.max_order_notional, room))
+
+
+def pre_trade_reason(*, halt_reason: str | None, source_at: float | None, now: float,
+                     clock_is_open: bool | None, limits: RiskLimits, require_open: bool = True) -> str | None:
+    """Halt, signal age, then market hours (skipped when ``require_open`` is False): the first reason."""
+    reason = check_halt(halt_reason) or check_signal_age(source_at, now, limits)
+    if reason is None and require_open:
+        reason = check_market_open(clock_is_open, limits)
+    return reason
+
+
+def _money(value: Decimal) -> str:
+    """Cents, unless that would hide the fraction that breaks the limit."""
+    cents = value.quantize(Decimal("0.01"))
+    return format(cents if cents == value else value, "f")
+
+
+def _qty(value: Decimal) -> str:
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text

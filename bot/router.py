@@ -1,0 +1,275 @@
+"""The signal router: source streams -> validated signals on ``tradebot:signals``, bad ones -> DLQ.
+
+Each source entry is read through the consumer group ``keys.router_group`` and ends as exactly one
+``tradebot:signals`` entry or one ``tradebot:dlq`` entry; both writes XACK the source in the same
+Lua script, guarded by the markers ``keys.routed(stream, id)`` and ``keys.done(stream, id)``, so two
+routers racing on one entry (a reclaim, a replay after a crash) cannot route or dead-letter it twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import redis
+
+from bot.config import Settings
+from bot.redisconn import connect
+from bot.signals import Signal, SignalError, parse_raw
+from bot.streams import (
+    GroupReader,
+    autoclaim,
+    consumers,
+    dead_letter,
+    delete_consumer_if_idle,
+    delivery_count,
+    ensure_group,
+    record_once,
+    trim_acknowledged,
+)
+
+log = logging.getLogger(__name__)
+
+ROUTED, DEAD, DUPLICATE, RETRY = "routed", "dead", "duplicate", "retry"
+
+
+def default_consumer_name() -> str:
+    return f"router-{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class TrimPolicy:
+    """How the router trims the source streams and ``tradebot:signals`` (never past unacked entries).
+
+    ``maxlen``: keep about that many entries; ``min_age_s``: drop acknowledged entries older than
+    that; neither: trimming is off.
+    """
+
+    maxlen: int | None = None
+    min_age_s: float | None = None
+    interval_s: float = 60.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.maxlen is not None or self.min_age_s is not None
+
+
+class Router:
+    """Routes source entries; ``step()`` does one read-and-route round, ``run(stop)`` loops forever."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        client: redis.Redis | None = None,
+        consumer: str | None = None,
+        from_start: bool = False,
+        block_ms: int | None = 2000,
+        batch: int = 100,
+        trim: TrimPolicy = TrimPolicy(),
+        max_deliveries: int = 5,
+        claim_idle_ms: int = 60_000,
+        maintenance_interval_s: float = 30.0,
+        consumer_idle_ms: int = 3_600_000,
+        backoff_cap_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.group = self.keys.router_group
+        self.streams = tuple(settings.source_streams)
+        self.consumer = consumer or default_consumer_name()
+        # bytes client: source payloads are untrusted and need not be UTF-8
+        self.r = client if client is not None else connect(
+            settings.redis_url, decode=False, socket_timeout=(block_ms or 0) / 1000 + 10)
+        self.from_start = from_start
+        self.trim_policy = trim
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self.maintenance_interval_s = maintenance_interval_s
+        self.consumer_idle_ms = consumer_idle_ms
+        self.backoff_cap_s = backoff_cap_s
+        self.clock = clock
+        self.reader = GroupReader(self.streams, self.group, self.consumer, count=batch, block_ms=block_ms)
+        self.counts = {ROUTED: 0, DEAD: 0, DUPLICATE: 0, RETRY: 0}
+        self._groups_ready = False
+        self.outages = 0  # step failures seen by run()
+        self._next_maintenance = 0.0  # monotonic; 0 = due now
+        self._next_trim = 0.0
+        self._failures: dict[tuple[str, str], str] = {}  # last routing error per pending entry
+
+    # ------------------------------------------------------------------ the loop
+
+    def setup(self) -> None:
+        """Create the consumer group on each source stream: new entries only, unless from_start.
+
+        After an outage a missing group is created at ``0``: Redis lost it (restart without data),
+        so whatever is in the stream now arrived since and must not be skipped.
+        """
+        start = "0" if self.from_start or self.outages else "$"
+        for stream in self.streams:
+            ensure_group(self.r, stream, self.group, start)
+        self._groups_ready = True
+
+    def step(self) -> int:
+        """One round: maintenance when due, then read (own pending first) and handle a batch."""
+        if not self._groups_ready:
+            self.setup()
+        if time.monotonic() >= self._next_maintenance:
+            self.maintain()
+        entries = self.reader.read(self.r)
+        replayed = self.reader.last_replayed
+        for entry in entries:
+            self.handle(entry.stream, entry.id, entry.fields, check_deliveries=(entry.stream, entry.id) in replayed)
+        return len(entries)
+
+    def run(self, stop: threading.Event) -> None:
+        """Route until ``stop`` is set. Redis outages are logged and retried with capped backoff."""
+        log.info("router %s: %s -> %s (group %s, from_start=%s)", self.consumer, ",".join(self.streams),
+                 self.keys.signals, self.group, self.from_start)
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.step()
+                if failures:
+                    log.info("router %s: Redis is back", self.consumer)
+                failures = 0
+            except Exception as exc:  # never exit: the outage ends, the loop goes on
+                failures += 1
+                self.outages += 1
+                delay = min(self.backoff_cap_s, 0.1 * 2 ** min(failures - 1, 16))
+                if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                    log.warning("router %s: Redis unavailable (%s); retry %d in %.1fs", self.consumer, exc, failures, delay)
+                else:
+                    log.exception("router %s: unexpected error; retry %d in %.1fs", self.consumer, failures, delay)
+                # Redis may have restarted without its data: re-create groups, replay the own PEL
+                self._groups_ready = False
+                self.reader.replay_pending()
+                stop.wait(delay)
+        self.close()
+
+    def close(self) -> None:
+        """Leave the group cleanly: forget this consumer where it has nothing pending."""
+        for stream in self.streams:
+            try:
+                delete_consumer_if_idle(self.r, stream, self.group, self.consumer)
+            except redis.RedisError as exc:
+                log.info("router %s: could not remove consumer from %s: %s", self.consumer, stream, exc)
+        log.info("router %s stopped: %s", self.consumer, self.counts)
+
+    # ------------------------------------------------------------------ one entry
+
+    def handle(self, stream: str, entry_id: str, fields: Mapping[Any, Any], *, check_deliveries: bool = False) -> str:
+        """Route, dead-letter or (on a Redis write error) leave one entry pending; returns which.
+        Never raises for a payload; raises only when Redis is unreachable."""
+        key = (stream, entry_id)
+        try:
+            outcome = self._handle(stream, entry_id, fields, check_deliveries)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except redis.ResponseError as exc:
+            # Redis refused a write (OOM, a key of the wrong type...): not the payload's fault.
+            # Leave it pending; the reclaim retries it and dead-letters it after max_deliveries.
+            if len(self._failures) > 10_000:  # entries reclaimed by other routers never clear theirs
+                self._failures.clear()
+            self._failures[key] = f"redis error: {exc}"
+            self.counts[RETRY] += 1
+            log.error("router %s: could not route %s %s (will retry): %s", self.consumer, stream, entry_id, exc)
+            return RETRY
+        except Exception as exc:  # a bug: the last resort keeps the entry, with the reason, in the DLQ
+            log.exception("router %s: internal error on %s %s", self.consumer, stream, entry_id)
+            outcome = self._dead(stream, entry_id, fields, f"internal error: {type(exc).__name__}: {exc}"[:500])
+        self._failures.pop(key, None)
+        return outcome
+
+    def _handle(self, stream: str, entry_id: str, fields: Mapping[Any, Any], check_deliveries: bool) -> str:
+        if check_deliveries:
+            deliveries = delivery_count(self.r, stream, self.group, entry_id)
+            if deliveries > self.max_deliveries:
+                last_error = self._failures.get((stream, entry_id), "no error recorded by this router")
+                return self._dead(stream, entry_id, fields,
+                                  f"failed to route after {deliveries} deliveries: {last_error}", deliveries)
+        try:
+            signal = parse_raw(fields, source_stream=stream, source_id=entry_id,
+                               symbols=self.settings.symbols, routed_at=self.clock())
+        except SignalError as exc:
+            return self._dead(stream, entry_id, fields, exc.reason)
+        return self._route(signal)
+
+    def _route(self, signal: Signal) -> str:
+        written, _ = record_once(
+            self.r, marker=self.keys.routed(signal.source_stream, signal.source_id), stream=self.keys.signals,
+            fields=signal.to_fields(), ack_stream=signal.source_stream, group=self.group,
+            entry_id=signal.source_id, guards=[self.keys.done(signal.source_stream, signal.source_id)])
+        if not written:
+            self.counts[DUPLICATE] += 1
+            log.info("router %s: %s %s was already routed or dead-lettered; acked", self.consumer,
+                     signal.source_stream, signal.source_id)
+            return DUPLICATE
+        self.counts[ROUTED] += 1
+        log.debug("routed %s %s: %s %s qty=%s", signal.source_stream, signal.source_id, signal.side,
+                  signal.ticker, signal.qty if signal.qty is not None else "auto")
+        return ROUTED
+
+    def _dead(self, stream: str, entry_id: str, fields: Mapping[Any, Any], reason: str,
+              deliveries: int | None = None) -> str:
+        if deliveries is None:
+            deliveries = max(delivery_count(self.r, stream, self.group, entry_id), 1)
+        written = dead_letter(
+            self.r, self.keys, ack_stream=stream, group=self.group, entry_id=entry_id, source_stream=stream,
+            source_id=entry_id, reason=reason, deliveries=deliveries, raw_fields=fields,
+            guard_keys=[self.keys.routed(stream, entry_id)], consumer=self.consumer)
+        if not written:
+            self.counts[DUPLICATE] += 1
+            log.info("router %s: %s %s was already routed or dead-lettered; acked", self.consumer, stream, entry_id)
+            return DUPLICATE
+        self.counts[DEAD] += 1
+        log.warning("dead-lettered %s %s: %s", stream, entry_id, reason)
+        return DEAD
+
+    # ------------------------------------------------------------------ maintenance
+
+    def maintain(self) -> None:
+        """Reclaim idle entries (dead routers', and own failed ones), forget long-idle consumers
+        with nothing pending, and trim when the policy says so."""
+        self._next_maintenance = time.monotonic() + self.maintenance_interval_s
+        self.reclaim()
+        self.reap_consumers()
+        if self.trim_policy.enabled and time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + self.trim_policy.interval_s
+            self.trim()
+
+    def reclaim(self) -> int:
+        handled = 0
+        for stream in self.streams:
+            for entry_id, fields in autoclaim(self.r, stream, self.group, self.consumer, self.claim_idle_ms,
+                                              count=self.reader.count):
+                self.handle(stream, entry_id, fields, check_deliveries=True)
+                handled += 1
+        return handled
+
+    def reap_consumers(self) -> int:
+        reaped = 0
+        for stream in self.streams:
+            for info in consumers(self.r, stream, self.group):
+                if info["name"] == self.consumer or info["pending"] or info["idle"] < self.consumer_idle_ms:
+                    continue
+                if delete_consumer_if_idle(self.r, stream, self.group, info["name"], self.consumer_idle_ms):
+                    reaped += 1
+                    log.info("router %s: removed idle consumer %s from %s", self.consumer, info["name"], stream)
+        return reaped
+
+    def trim(self) -> int:
+        """Trim the source streams and the signals stream behind what their groups acknowledged."""
+        policy = self.trim_policy
+        min_age_ms = int(policy.min_age_s * 1000) if policy.min_age_s is not None else None
+        removed = 0
+        for stream, group in [*((s, self.group) for s in self.streams), (self.keys.signals, self.keys.workers_group)]:
+            removed += trim_acknowledged(self.r, stream, [group], policy.maxlen, min_age_ms=min_age_ms)
+        if removed:
+            log.info("router %s: trimmed %d acknowledged entries", self.consumer, removed)
+        return removed

@@ -1,0 +1,183 @@
+"""The Signal record and the validation of raw source-stream entries.
+
+Source streams are written by anyone (a webhook, a script, the generator), so ``parse_raw``
+treats every entry as untrusted bytes: each way an entry can be wrong gets its own precise
+``SignalError.reason``, which the router puts in the DLQ next to the original fields.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Context, Decimal, InvalidOperation, localcontext
+from typing import Mapping
+
+MAX_FIELDS = 16
+MAX_VALUE_BYTES = 64
+MAX_NAME_BYTES = 64
+MAX_QTY = Decimal("1000000")
+MAX_QTY_DECIMALS = 9
+
+SIDES = ("buy", "sell")
+_DIRECTIONS = {"b": "buy", "buy": "buy", "s": "sell", "sell": "sell"}
+# plain decimal notation only: no exponents, underscores, signs other than a leading +/-,
+# NaN or Infinity (all of which Decimal() would accept)
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+_STREAM_ID = re.compile(r"(\d+)-(\d+)")
+
+
+class SignalError(ValueError):
+    """A signal that cannot be used; ``.reason`` says precisely why (it goes to the DLQ)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A validated signal as it travels on ``tradebot:signals``."""
+
+    ticker: str
+    side: str  # "buy" | "sell"
+    qty: Decimal | None
+    source_stream: str
+    source_id: str
+    routed_at: float  # unix seconds
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ticker", self.ticker.strip().upper())
+        if not self.ticker:
+            raise SignalError("ticker is empty")
+        if self.side not in SIDES:
+            raise SignalError(f"side {self.side!r} is not buy/sell")
+        if self.qty is not None:
+            object.__setattr__(self, "qty", check_qty(self.qty))
+        if not self.source_stream:
+            raise SignalError("source_stream is empty")
+        if not _STREAM_ID.fullmatch(self.source_id):
+            raise SignalError(f"source_id {self.source_id!r} is not a stream id")
+
+    @property
+    def source_at(self) -> float:
+        """When the signal entered its source stream: the millisecond part of its id, in seconds."""
+        return int(self.source_id.split("-", 1)[0]) / 1000.0
+
+    def to_fields(self) -> dict[str, str]:
+        """Fields of the ``tradebot:signals`` entry (``qty`` omitted when not given)."""
+        fields = {"ticker": self.ticker, "side": self.side}
+        if self.qty is not None:
+            fields["qty"] = format(self.qty, "f")
+        fields.update(source_stream=self.source_stream, source_id=self.source_id, routed_at=repr(float(self.routed_at)))
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> "Signal":
+        """Rebuild a Signal from a ``tradebot:signals`` entry (str or bytes fields); SignalError if bad."""
+        text: dict[str, str] = {}
+        for name, value in fields.items():
+            try:
+                text[_text(name)] = _text(value)
+            except UnicodeDecodeError:
+                raise SignalError(f"field {name!r} is not UTF-8") from None
+        for required in ("ticker", "side", "source_stream", "source_id", "routed_at"):
+            if required not in text:
+                raise SignalError(f"missing field {required!r}")
+        try:
+            routed_at = float(text["routed_at"])
+        except ValueError:
+            raise SignalError(f"routed_at {text['routed_at']!r} is not a number") from None
+        qty = parse_qty(text["qty"]) if "qty" in text else None
+        return cls(text["ticker"], text["side"], qty, text["source_stream"], text["source_id"], routed_at)
+
+
+def parse_raw(
+    fields: Mapping[bytes, bytes],
+    *,
+    source_stream: str,
+    source_id: str,
+    symbols: tuple[str, ...],
+    routed_at: float,
+) -> Signal:
+    """Validate and normalise one raw source entry (``ticker``, ``direction``, optional ``qty``)."""
+    if len(fields) > MAX_FIELDS:
+        raise SignalError(f"entry has {len(fields)} fields (max {MAX_FIELDS})")
+    values: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        name_bytes, value_bytes = _bytes(raw_name), _bytes(raw_value)
+        if len(name_bytes) > MAX_NAME_BYTES:
+            raise SignalError(f"field name {_show(name_bytes)} is {len(name_bytes)} bytes (max {MAX_NAME_BYTES})")
+        if len(value_bytes) > MAX_VALUE_BYTES:
+            raise SignalError(f"field {_show(name_bytes)} is {len(value_bytes)} bytes (max {MAX_VALUE_BYTES})")
+        try:
+            name = name_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # cannot be one of ours; kept verbatim in the DLQ/raw fields if the entry is bad
+        if name not in ("ticker", "direction", "qty"):
+            continue  # extra fields are allowed and ignored
+        try:
+            values[name] = value_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SignalError(f"field {name!r} is not UTF-8") from None
+
+    ticker = _required(values, "ticker").strip().upper()
+    if not ticker:
+        raise SignalError("field 'ticker' is empty")
+    if ticker not in symbols:
+        raise SignalError(f"unknown ticker {ticker!r} (configured: {','.join(symbols)})")
+    direction = _required(values, "direction").strip()
+    side = _DIRECTIONS.get(direction.lower())
+    if side is None:
+        raise SignalError(f"direction {direction!r} is not b/s/buy/sell")
+    qty = parse_qty(values["qty"]) if "qty" in values else None
+    return Signal(ticker, side, qty, source_stream, source_id, routed_at)
+
+
+def parse_qty(text: str) -> Decimal:
+    """A positive, finite quantity in plain decimal notation; SignalError otherwise."""
+    stripped = text.strip()
+    if not _PLAIN_NUMBER.fullmatch(stripped):
+        raise SignalError(f"qty {text!r} must be a positive number")
+    try:
+        qty = Decimal(stripped)
+    except InvalidOperation:  # pragma: no cover - the regex admits only valid numbers
+        raise SignalError(f"qty {text!r} must be a positive number") from None
+    return check_qty(qty, shown=text)
+
+
+def check_qty(qty: Decimal, shown: str | None = None) -> Decimal:
+    """``qty`` normalised (no trailing zeros, no exponent) if within limits; SignalError otherwise."""
+    if not isinstance(qty, Decimal) or not qty.is_finite() or qty <= 0:
+        raise SignalError(f"qty {shown if shown is not None else str(qty)!r} must be a positive number")
+    shown = shown if shown is not None else format(qty, "f")
+    if qty > MAX_QTY:
+        raise SignalError(f"qty {shown!r} exceeds the maximum {MAX_QTY}")
+    with localcontext(Context(prec=200)):  # the default 28 digits would round long inputs silently
+        normal = qty.normalize()
+    if normal.as_tuple().exponent < -MAX_QTY_DECIMALS:
+        raise SignalError(f"qty {shown!r} has more than {MAX_QTY_DECIMALS} decimals")
+    # no trailing zeros, never exponent notation (1E+2 -> 100)
+    return normal if normal.as_tuple().exponent <= 0 else normal.quantize(Decimal(1))
+
+
+def _required(values: Mapping[str, str], name: str) -> str:
+    if name not in values:
+        raise SignalError(f"missing field {name!r}")
+    return values[name]
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _show(name: bytes) -> str:
+    """A field name fit for a reason: its text when UTF-8, else its bytes repr (truncated)."""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    shown = repr(text) if text is not None else repr(name)
+    return shown if len(shown) <= 80 else shown[:77] + "..."

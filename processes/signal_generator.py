@@ -1,0 +1,58 @@
+"""`tradebot generate`: random b/s signals for the configured tickers during US market hours."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import click
+
+from bot.config import ConfigError, Settings, parse_symbols
+
+log = logging.getLogger(__name__)
+
+
+@click.command("generate")
+@click.option("--redis-url", envvar="REDIS_URL", help="Redis to write to [env REDIS_URL].")
+@click.option("--symbols", envvar="TRADEBOT_SYMBOLS", help="Tickers, comma separated [env TRADEBOT_SYMBOLS].")
+@click.option("--stream", help="Source stream to XADD to [default: first of TRADEBOT_SOURCE_STREAMS].")
+@click.option("--probability", type=float, default=None,
+              help="Chance of a signal per second per ticker [default: 0.005].")
+@click.option("--rate", type=float, default=None, help="Steady signals per second (overrides --probability).")
+@click.option("--count", type=click.IntRange(min=0), default=None, help="Stop after this many signals.")
+@click.option("--seed", type=int, default=None, help="Seed of the random choices (reproducible runs).")
+@click.option("--always-open", is_flag=True, help="Ignore market hours (demo and load tests).")
+def main(redis_url: str | None, symbols: str | None, stream: str | None, probability: float | None,
+         rate: float | None, count: int | None, seed: int | None, always_open: bool) -> None:
+    """Random buy/sell signals (the original project's signal source)."""
+    from bot.generator import DEFAULT_PROBABILITY, GeneratorConfig, SignalGenerator
+    from bot.logs import configure_logging
+    from bot.redisconn import RedisUnavailable, check, connect
+
+    configure_logging()
+    try:
+        settings = Settings.from_env(redis_url=redis_url or None,
+                                     symbols=parse_symbols(symbols) if symbols is not None else None)
+        config = GeneratorConfig(symbols=settings.symbols, stream=stream or settings.source_streams[0],
+                                 probability=DEFAULT_PROBABILITY if probability is None else probability,
+                                 rate=rate, count=count, always_open=always_open, seed=seed)
+    except (ConfigError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    r = connect(settings.redis_url)
+    try:
+        check(r, settings.redis_url)
+    except RedisUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sent = SignalGenerator(r, config, stop_event=stop).run()
+    r.close()
+    if count is not None:
+        click.echo(f"sent {sent} signals to {config.stream}")

@@ -1,0 +1,299 @@
+import json
+
+import pytest
+
+from bot.keys import Keys
+from bot.streams import (
+    GroupReader,
+    acknowledged_bound,
+    autoclaim,
+    consumers,
+    dead_letter,
+    delete_consumer_if_idle,
+    delivery_count,
+    ensure_group,
+    original_fields,
+    raw_fields_for_dlq,
+    read_group,
+    trim_acknowledged,
+)
+
+KEYS = Keys("tb")
+S, G = "src", "grp"
+
+
+def add(r, n=1, stream=S):
+    return [r.xadd(stream, {"i": str(i)}) for i in range(n)]
+
+
+def pending_ids(r, stream=S, group=G, consumer=None):
+    rows = r.xpending_range(stream, group, "-", "+", 1000, consumername=consumer)
+    return [row["message_id"] for row in rows]
+
+
+# ---------------------------------------------------------------- groups and reading
+
+def test_ensure_group_creates_stream_and_is_idempotent(r):
+    assert ensure_group(r, S, G) is True
+    assert r.exists(S)
+    assert ensure_group(r, S, G) is False
+    assert [g["name"] for g in r.xinfo_groups(S)] == [G]
+
+
+def test_group_at_dollar_skips_existing_entries_and_at_zero_reads_them(r):
+    add(r, 2)
+    ensure_group(r, S, "new", "$")
+    ensure_group(r, S, "all", "0")
+    assert read_group(r, S, "new", "c", count=10, block_ms=None) == []
+    assert len(read_group(r, S, "all", "c", count=10, block_ms=None)) == 2  # PEL empty: new ones at once
+
+
+def test_read_group_replays_own_pending_first_then_reads_new(r):
+    ensure_group(r, S, G)
+    first = add(r, 3)
+    r.xreadgroup(G, "me", {S: ">"})  # delivered before a "crash", never acked
+    r.xreadgroup(G, "other", {S: ">"})  # nothing left for other
+    later = add(r, 1)
+    reader = GroupReader(S, G, "me", count=2, block_ms=None)
+
+    page1 = reader.read(r)
+    assert [e.id for e in page1] == first[:2] and reader.replaying
+    assert reader.last_replayed == {(S, i) for i in first[:2]}
+    assert page1[0].stream == S and page1[0].fields == {"i": "0"}
+    page2 = reader.read(r)  # paged: continues after the last replayed id even without acks
+    assert [e.id for e in page2] == first[2:]
+    new = reader.read(r)  # PEL drained -> the same call switches to ">"
+    assert [e.id for e in new] == later and not reader.replaying
+    assert reader.last_replayed == frozenset()
+    assert reader.read(r) == []
+    assert delivery_count(r, S, G, first[0]) == 2 and delivery_count(r, S, G, later[0]) == 1
+
+
+def test_read_group_function_keeps_replay_state_per_client(r):
+    ensure_group(r, S, G)
+    old = add(r, 1)
+    r.xreadgroup(G, "me", {S: ">"})
+    new = add(r, 1)
+    assert [e.id for e in read_group(r, S, G, "me", count=10, block_ms=None)] == old  # pending first
+    assert [e.id for e in read_group(r, S, G, "me", count=10, block_ms=None)] == new  # then new, once
+    assert read_group(r, S, G, "me", count=10, block_ms=None) == []
+
+
+def test_replay_acks_and_skips_entries_whose_data_was_deleted(r):
+    ensure_group(r, S, G)
+    gone, kept = add(r, 2)
+    r.xreadgroup(G, "me", {S: ">"})
+    r.xdel(S, gone)
+    entries = read_group(r, S, G, "me", count=10, block_ms=None)
+    assert [e.id for e in entries] == [kept]
+    assert pending_ids(r) == [kept]
+
+
+def test_read_group_recreates_a_lost_group(r):
+    ensure_group(r, S, G)
+    r.xgroup_destroy(S, G)  # as if Redis restarted without data
+    ids = add(r, 2)
+    entries = read_group(r, [S], G, "me", count=10, block_ms=None)
+    assert [e.id for e in entries] == ids  # recreated at 0: nothing added meanwhile is lost
+
+
+def test_read_group_over_several_streams_works_with_bytes_client(rb):
+    ensure_group(rb, "a", G)
+    ensure_group(rb, "b", G)
+    ida, idb = rb.xadd("a", {b"k": b"\xff"}), rb.xadd("b", {b"k": b"v"})
+    seen = read_group(rb, ("a", "b"), G, "me", count=10, block_ms=None)
+    assert {(e.stream, e.id) for e in seen} == {("a", ida.decode()), ("b", idb.decode())}
+    assert {e.fields[b"k"] for e in seen} == {b"\xff", b"v"}
+
+
+# ---------------------------------------------------------------- reclaiming
+
+def test_autoclaim_reclaims_idle_entries_of_another_consumer(r):
+    ensure_group(r, S, G)
+    ids = add(r, 3)
+    r.xreadgroup(G, "dead", {S: ">"})
+    assert autoclaim(r, S, G, "alive", min_idle_ms=60_000) == []  # not idle long enough
+    claimed = autoclaim(r, S, G, "alive", min_idle_ms=0)
+    assert [(i, f) for i, f in claimed] == [(ids[0], {"i": "0"}), (ids[1], {"i": "1"}), (ids[2], {"i": "2"})]
+    assert pending_ids(r, consumer="alive") == ids and pending_ids(r, consumer="dead") == []
+    assert delivery_count(r, S, G, ids[0]) == 2  # a claim counts as a delivery, as a plain XAUTOCLAIM
+
+
+def test_autoclaim_respects_count_and_follows_the_cursor(r):
+    ensure_group(r, S, G)
+    ids = add(r, 25)
+    r.xreadgroup(G, "dead", {S: ">"})
+    first = autoclaim(r, S, G, "alive", min_idle_ms=0, count=10)
+    assert [i for i, _ in first] == ids[:10]
+    r.xack(S, G, *ids[:10])
+    rest = autoclaim(r, S, G, "alive", min_idle_ms=0, count=100)
+    assert [i for i, _ in rest] == ids[10:]
+
+
+def test_autoclaim_acks_and_skips_deleted_entries(r):
+    ensure_group(r, S, G)
+    ids = add(r, 3)
+    r.xreadgroup(G, "dead", {S: ">"})
+    r.xdel(S, ids[1])
+    claimed = autoclaim(r, S, G, "alive", min_idle_ms=0)
+    assert [i for i, _ in claimed] == [ids[0], ids[2]]
+    assert pending_ids(r) == [ids[0], ids[2]]
+
+
+def test_autoclaim_without_group_claims_nothing(r):
+    assert autoclaim(r, "nothing", G, "me", 0) == []
+
+
+def test_delivery_count_is_zero_when_not_pending(r):
+    ensure_group(r, S, G)
+    (entry,) = add(r)
+    assert delivery_count(r, S, G, entry) == 0
+    r.xreadgroup(G, "me", {S: ">"})
+    assert delivery_count(r, S, G, entry) == 1
+    r.xack(S, G, entry)
+    assert delivery_count(r, S, G, entry) == 0
+
+
+# ---------------------------------------------------------------- dead letters
+
+def dlq(r, **overrides):
+    kw = dict(ack_stream=S, group=G, entry_id="0-0", source_stream=S, source_id="0-0", reason="bad",
+              deliveries=1, raw_fields={"ticker": "TSLA"})
+    kw.update(overrides)
+    return dead_letter(r, KEYS, **kw)
+
+
+def test_dead_letter_writes_reason_and_raw_fields_and_acks(r):
+    ensure_group(r, S, G)
+    (entry,) = [r.xadd(S, {"ticker": "TSLA", "direction": "b"})]
+    r.xreadgroup(G, "me", {S: ">"})
+    assert dlq(r, entry_id=entry, source_id=entry, reason="unknown ticker 'TSLA' (configured: NVDA)",
+               deliveries=3, raw_fields={"ticker": "TSLA", "direction": "b"}, consumer="me") is True
+    ((dlq_id, fields),) = r.xrange(KEYS.dlq)
+    assert fields["source_stream"] == S and fields["source_id"] == entry
+    assert fields["reason"] == "unknown ticker 'TSLA' (configured: NVDA)"
+    assert fields["deliveries"] == "3" and fields["consumer"] == "me"
+    assert fields["raw_ticker"] == "TSLA" and fields["raw_direction"] == "b"
+    assert pending_ids(r) == []
+    assert r.get(KEYS.done(S, entry)) == f"dlq:{dlq_id}"
+    assert 0 < r.ttl(KEYS.done(S, entry)) <= 7 * 24 * 3600
+
+
+def test_dead_letter_is_exactly_once_per_signal(r):
+    ensure_group(r, S, G)
+    (entry,) = add(r)
+    r.xreadgroup(G, "me", {S: ">"})
+    assert dlq(r, entry_id=entry, source_id=entry) is True
+    assert dlq(r, entry_id=entry, source_id=entry, reason="again") is False
+    assert r.xlen(KEYS.dlq) == 1 and pending_ids(r) == []
+
+
+def test_dead_letter_is_skipped_when_a_guard_key_exists(r):
+    ensure_group(r, S, G)
+    (entry,) = add(r)
+    r.xreadgroup(G, "me", {S: ">"})
+    r.set(KEYS.routed(S, entry), "1-0")
+    assert dlq(r, entry_id=entry, source_id=entry, guard_keys=[KEYS.routed(S, entry)]) is False
+    assert not r.exists(KEYS.dlq) and pending_ids(r) == []  # acked all the same
+
+
+def test_dead_letter_keeps_non_utf8_fields_as_json_with_base64(rb):
+    raw = {b"ticker": b"\xffNVDA", b"direction": b"b", b"\x00\xfe": b""}
+    assert dlq(rb, raw_fields=raw) is True
+    ((_, fields),) = rb.xrange(KEYS.dlq)
+    assert not any(k.startswith(b"raw_") for k in fields)
+    pairs = json.loads(fields[b"raw"])
+    assert {"name": "ticker", "value_b64": "/05WREE="} in pairs
+    assert original_fields(fields) == raw
+
+
+@pytest.mark.parametrize("raw", [
+    {"": "empty name"},
+    {"bad\nname": "x"},
+    {"n" * 65: "long name"},
+    {f"f{i}": "v" for i in range(101)},
+])
+def test_unusable_names_go_to_one_raw_json_field(raw):
+    fields = raw_fields_for_dlq(raw)
+    assert list(fields) == ["raw"]
+    assert original_fields(fields) == {k.encode(): v.encode() for k, v in raw.items()}
+
+
+def test_usable_names_keep_their_own_field(r):
+    raw = {"ticker": "NVDA", "note": "ünïcode"}
+    fields = raw_fields_for_dlq(raw)
+    assert fields == {"raw_ticker": "NVDA", "raw_note": "ünïcode"}
+    assert original_fields(fields) == {b"ticker": b"NVDA", b"note": "ünïcode".encode()}
+
+
+# ---------------------------------------------------------------- trimming
+
+def test_trim_never_removes_pending_or_undelivered_entries(r):
+    ensure_group(r, S, G)
+    ids = add(r, 6)
+    r.xreadgroup(G, "me", {S: ">"}, count=4)  # 0..3 delivered, 4..5 not yet
+    r.xack(S, G, ids[0], ids[1], ids[3])  # 2 still pending
+    assert trim_acknowledged(r, S, [G]) == 2
+    assert [i for i, _ in r.xrange(S)] == ids[2:]
+    r.xack(S, G, ids[2])
+    assert trim_acknowledged(r, S, [G]) == 2  # 2 and the acked 3; 4, 5 never delivered
+    assert [i for i, _ in r.xrange(S)] == ids[4:]
+
+
+def test_trim_respects_every_group_and_a_missing_group(r):
+    ensure_group(r, S, G)
+    ensure_group(r, S, "slow")
+    ids = add(r, 3)
+    for group in (G, "slow"):
+        r.xreadgroup(group, "me", {S: ">"})
+    r.xack(S, G, *ids)
+    r.xack(S, "slow", ids[0])
+    assert trim_acknowledged(r, S, [G]) == 1  # "slow" still needs 1 and 2
+    assert trim_acknowledged(r, S, ["workers-not-there-yet"]) == 0
+    assert trim_acknowledged(r, "no-such-stream", [G]) == 0
+    assert acknowledged_bound(r, S) is not None
+
+
+def test_trim_without_any_group_removes_nothing(r):
+    add(r, 3)
+    assert trim_acknowledged(r, S) == 0 and r.xlen(S) == 3
+
+
+def test_trim_to_maxlen_keeps_the_newest_but_never_past_the_acknowledged(r):
+    ensure_group(r, S, G)
+    ids = add(r, 10)
+    r.xreadgroup(G, "me", {S: ">"})
+    r.xack(S, G, *ids[:3])
+    assert trim_acknowledged(r, S, [G], maxlen=5) == 3  # would remove 5, only 3 are acknowledged
+    r.xack(S, G, *ids[3:])
+    assert trim_acknowledged(r, S, [G], maxlen=5) == 2
+    assert [i for i, _ in r.xrange(S)] == ids[5:]
+    assert trim_acknowledged(r, S, [G], maxlen=5) == 0
+
+
+def test_trim_by_age(r):
+    ensure_group(r, S, G, "0")
+    old = [r.xadd(S, {"i": "old"}, id=f"1000-{n}") for n in range(1, 3)]
+    new = [r.xadd(S, {"i": "new"}, id="5000-0")]
+    r.xreadgroup(G, "me", {S: ">"})
+    r.xack(S, G, *old, *new)
+    assert trim_acknowledged(r, S, [G], min_age_ms=2000, now_ms=6000) == 2
+    assert [i for i, _ in r.xrange(S)] == new
+
+
+# ---------------------------------------------------------------- consumers
+
+def test_delete_consumer_only_without_pending_entries(r):
+    ensure_group(r, S, G)
+    done, entry = add(r, 2)
+    r.xreadgroup(G, "idle", {S: ">"}, count=1)
+    r.xack(S, G, done)
+    r.xreadgroup(G, "busy", {S: ">"})
+    assert delete_consumer_if_idle(r, S, G, "busy") is False
+    assert delete_consumer_if_idle(r, S, G, "idle", min_idle_ms=3_600_000) is False  # not idle long enough
+    assert delete_consumer_if_idle(r, S, G, "idle") is True
+    assert delete_consumer_if_idle(r, S, G, "never-there") is False
+    assert [c["name"] for c in consumers(r, S, G)] == ["busy"]
+    r.xack(S, G, entry)
+    assert delete_consumer_if_idle(r, S, G, "busy") is True
+    assert consumers(r, S, G) == [] and consumers(r, S, "no-group") == []
