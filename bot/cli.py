@@ -1,8 +1,10 @@
 """The `tradebot` command: one click group; each process's command lives in processes/."""
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
+from typing import Any, Callable, TypeVar, cast
 
 import click
 
@@ -44,6 +46,302 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="tradebot")
 def cli() -> None:
     """tradebot: turns trading signals on Redis streams into Alpaca orders, exactly once."""
+
+
+# --------------------------------------------------------------------------- the fleet and the operator
+# Heavy imports (redis, supervisor, bot.ops) stay inside the commands, so `tradebot worker` and the
+# other processes start without them.
+
+
+class InputError(click.ClickException):
+    """Bad operator input: a clear message and exit code 2, no usage dump, no traceback."""
+
+    exit_code = 2
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def expected_errors(func: F) -> F:
+    """Turn the errors an operator can cause or meet (bad input, Redis away, no fleet) into
+    messages and exit codes instead of tracebacks."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import redis
+
+        from bot.config import ConfigError
+        from bot.fleet import FleetError
+        from bot.logs import redact_url
+        from bot.ops import OpsError, OpsInputError
+
+        try:
+            return func(*args, **kwargs)
+        except (OpsInputError, ConfigError) as exc:
+            raise InputError(str(exc)) from None
+        except (OpsError, FleetError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis error: {redact_url(str(exc))}") from None
+
+    return cast(F, wrapper)
+
+
+redis_url_option = click.option("--redis-url", envvar="REDIS_URL", default=None,
+                                help="Redis of the fleet [env REDIS_URL; default: the local fleet's].")
+var_dir_option = click.option("--var-dir", envvar="TRADEBOT_VAR", default=None, type=click.Path(file_okay=False),
+                              help="The fleet's var folder [env TRADEBOT_VAR; default ./var].")
+
+
+@cli.command("up")
+@click.option("--workers", type=int, envvar="TRADEBOT_WORKERS", default=None,
+              help="Worker processes [env TRADEBOT_WORKERS; default 2].")
+@click.option("--demo", is_flag=True, help="Paper broker's market always open and the generator on: trades now.")
+@click.option("--symbols", default=None, help="Tickers, comma separated [env TRADEBOT_SYMBOLS; default NVDA].")
+@var_dir_option
+@click.option("--redis-url", default=None, help="Use this Redis instead of the embedded one [env REDIS_URL].")
+@click.option("--detach", is_flag=True, help="Run in the background (stop with `tradebot down`).")
+@click.option("--only", "only", multiple=True, type=click.Choice(["worker", "router", "poller", "generator"]),
+              help="Start only these programs against a shared REDIS_URL (e.g. more workers on another host).")
+@click.option("--redis-port", type=click.IntRange(1, 65535), envvar="TRADEBOT_REDIS_PORT", default=None,
+              help="Port of the embedded Redis [default: first free of 6390-6399].")
+@click.option("--paper-port", type=click.IntRange(1, 65535), envvar="TRADEBOT_PAPER_PORT", default=None,
+              help="Port of the paper broker [default: a free port].")
+@click.option("--probability", type=float, default=None,
+              help="Generator's signal probability per second per ticker [demo default 0.05].")
+@click.option("--dry-run", is_flag=True, help="Print what would start and supervisord's environment; start nothing.")
+@expected_errors
+def up_command(workers: int | None, demo: bool, symbols: str | None, var_dir: str | None, redis_url: str | None,
+               detach: bool, only: tuple[str, ...], redis_port: int | None, paper_port: int | None,
+               probability: float | None, dry_run: bool) -> None:
+    """Start the fleet under supervisord: Redis (embedded unless REDIS_URL), the paper broker
+    (unless Alpaca credentials are set), poller, router, workers (and the generator with --demo)."""
+    from bot import fleet
+    from bot.logs import configure_logging
+
+    configure_logging()
+    plan = fleet.plan_fleet(var_dir=var_dir, workers=workers, demo=demo, symbols=symbols, redis_url=redis_url,
+                            only=only, redis_port=redis_port, paper_port=paper_port, probability=probability)
+    if dry_run:
+        click.echo(f"would run: {' '.join(fleet.supervisord_command(plan, detach=detach))}")
+        click.echo(f"processes: {', '.join(plan.process_names())}")
+        for name, value in fleet.public_env(plan).items():
+            click.echo(f"{name}={value}")
+        return
+    code = fleet.up(plan, detach=detach, echo=click.echo)
+    if code:
+        raise SystemExit(code)
+
+
+@cli.command("down")
+@var_dir_option
+@click.option("--timeout", type=float, default=90.0, show_default=True, help="Seconds to wait for the stop.")
+@expected_errors
+def down_command(var_dir: str | None, timeout: float) -> None:
+    """Stop a fleet started with `tradebot up --detach` (gracefully) and wait for it to exit."""
+    from bot import fleet
+
+    fleet.down(fleet.FleetPaths.of(var_dir), timeout=timeout, echo=click.echo)
+
+
+@cli.command("embedded-redis")
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option("--dir", "data_dir", type=click.Path(file_okay=False), required=True)
+@expected_errors
+def embedded_redis_command(port: int, data_dir: str) -> None:
+    """(used by supervisord) exec the pip-shipped redis-server: loopback, AOF, data in --dir."""
+    from pathlib import Path
+
+    from bot import fleet
+
+    fleet.exec_embedded_redis(port, Path(data_dir))
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def status_command(as_json: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """Processes, streams, groups, consumers, prices, account, positions, last orders, DLQ, halt."""
+    import json
+
+    from bot import ops
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    report = ops.collect_status(settings, var_dir)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(ops.render_status(report))
+    if not report.redis["ok"]:
+        raise SystemExit(1)
+
+
+@cli.command("signal")
+@click.argument("ticker")
+@click.argument("direction", metavar="b|s")
+@click.option("--qty", default=None, help="Quantity (shares); default: the strategy sizes the order.")
+@click.option("--stream", default=None, help="Source stream [default: first of TRADEBOT_SOURCE_STREAMS].")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def signal_command(ticker: str, direction: str, qty: str | None, stream: str | None, redis_url: str | None,
+                   var_dir: str | None) -> None:
+    """Inject a signal: XADD ticker=TICKER direction=b|s to a source stream."""
+    from bot import ops
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    target, fields = ops.build_signal(settings, ticker, direction, qty, stream)
+    r = ops.open_redis(settings)
+    try:
+        entry_id = ops.add_signal(r, target, fields)
+        halted = ops.halt_reason(r, settings.keys)
+    finally:
+        r.close()
+    shown = " ".join(f"{k}={v}" for k, v in fields.items())
+    click.echo(f"added {entry_id} to {target}: {shown}")
+    if halted is not None:
+        click.echo(f"note: the kill switch is on ({halted}): no order will be sent until `tradebot resume`")
+
+
+@cli.command("halt")
+@click.option("--reason", default=None, help="Why (shown by status and journaled with skipped signals).")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def halt_command(reason: str | None, redis_url: str | None, var_dir: str | None) -> None:
+    """Kill switch on: workers send no new orders (signals are journaled as skipped)."""
+    import getpass
+    import time
+
+    from bot import ops
+
+    if reason is None:
+        reason = f"halted by {getpass.getuser()} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    elif not reason.strip():
+        raise InputError("--reason must not be empty")
+    settings = ops.operator_settings(redis_url, var_dir)
+    r = ops.open_redis(settings)
+    try:
+        ops.halt(r, settings.keys, reason)
+    finally:
+        r.close()
+    click.echo(f"HALTED: {reason.strip()}\nno new orders until `tradebot resume`")
+
+
+@cli.command("resume")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def resume_command(redis_url: str | None, var_dir: str | None) -> None:
+    """Kill switch off: orders flow again."""
+    from bot import ops
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    r = ops.open_redis(settings)
+    try:
+        previous = ops.resume(r, settings.keys)
+    finally:
+        r.close()
+    click.echo("resumed: orders allowed" + (f" (was halted: {previous})" if previous else " (was not halted)"))
+
+
+@cli.command("orders")
+@click.option("--last", "last", type=click.IntRange(1, 10000), default=10, show_default=True,
+              help="How many journal entries, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def orders_command(last: int, as_json: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """The last journal entries (one per handled signal)."""
+    import json
+
+    from bot import ops
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    r = ops.open_redis(settings)
+    try:
+        entries = ops.last_orders(r, settings.keys, last)
+    finally:
+        r.close()
+    click.echo(json.dumps(entries, indent=2) if as_json else ops.render_orders(entries))
+
+
+@cli.group("dlq")
+def dlq_group() -> None:
+    """The dead-letter queue: rejected or poisoned signals."""
+
+
+@dlq_group.command("list")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most this many (oldest first).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def dlq_list_command(limit: int | None, as_json: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """Show DLQ entries with their reason and original fields."""
+    import json
+    from dataclasses import asdict
+
+    from bot import ops
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    rb = ops.open_redis(settings, decode=False)
+    try:
+        entries = ops.dlq_entries(rb, settings.keys, limit)
+    finally:
+        rb.close()
+    click.echo(json.dumps([asdict(e) for e in entries], indent=2) if as_json else ops.render_dlq(entries))
+
+
+@dlq_group.command("replay")
+@click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+@click.option("--stream", default=None, help="Put them on this source stream instead of their own.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def dlq_replay_command(entry_ids: tuple[str, ...], stream: str | None, redis_url: str | None,
+                       var_dir: str | None) -> None:
+    """Put DLQ entries' original fields back on their source stream and delete them from the DLQ."""
+    from bot import ops
+
+    for entry_id in entry_ids:
+        ops.check_entry_id(entry_id)
+    settings = ops.operator_settings(redis_url, var_dir)
+    rb = ops.open_redis(settings, decode=False)
+    try:
+        for entry_id in entry_ids:
+            target, new_id = ops.dlq_replay(rb, settings.keys, entry_id, settings, stream)
+            click.echo(f"replayed {entry_id} as {new_id} on {target}")
+    finally:
+        rb.close()
+
+
+@dlq_group.command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def dlq_purge_command(yes: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """Delete every DLQ entry (entries dead-lettered after you confirm are kept)."""
+    from bot import ops
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    rb = ops.open_redis(settings, decode=False)
+    try:
+        newest = rb.xrevrange(settings.keys.dlq, count=1)
+        if not newest:
+            click.echo("DLQ is empty")
+            return
+        count = rb.xlen(settings.keys.dlq)
+        if not yes and not click.confirm(f"Delete {count} DLQ entries for good?", default=False):
+            raise click.ClickException("nothing deleted")
+        deleted = ops.dlq_purge(rb, settings.keys, newest[0][0].decode())
+    finally:
+        rb.close()
+    click.echo(f"deleted {deleted} DLQ entries")
 
 
 def main() -> None:

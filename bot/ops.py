@@ -277,6 +277,7 @@ class StatusReport:
     prices: list[dict[str, Any]] = field(default_factory=list)
     account: dict[str, Any] | None = None
     positions: dict[str, Any] = field(default_factory=dict)
+    positions_age_s: float | None = None  # None: never polled
     clock: dict[str, Any] | None = None
     orders: list[dict[str, str]] = field(default_factory=list)
     dlq: int = 0
@@ -421,7 +422,10 @@ def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, n
         report.prices.append({"symbol": symbol, **fields, "age_s": _age(fields, now)})
     account = _hash(r, keys.account)
     report.account = {**account, "age_s": _age(account, now)} if account else None
-    report.positions = {symbol: _decode_value(value) for symbol, value in _hash(r, keys.positions).items()}
+    positions = _hash(r, keys.positions)
+    # bookkeeping fields start with "_" (they cannot be tickers): _polled_at, _as_of
+    report.positions = {symbol: _decode_value(value) for symbol, value in positions.items() if not symbol.startswith("_")}
+    report.positions_age_s = _age(positions, now, "_polled_at")
     clock = _hash(r, keys.clock)
     report.clock = {**clock, "age_s": _age(clock, now)} if clock else None
     report.orders = last_orders(r, keys, LAST_ORDERS)
@@ -504,9 +508,11 @@ def render_status(report: StatusReport) -> str:
                 shown.append(f"{symbol} {value.get('qty', '?')} @ {value.get('avg_entry_price', '?')}")
             else:
                 shown.append(f"{symbol} {value}")
-        lines.append("positions " + ", ".join(shown))
+        lines.append("positions " + ", ".join(shown) + f"  {_fmt_age(report.positions_age_s)}")
+    elif report.positions_age_s is not None:
+        lines.append(f"positions none (flat)  {_fmt_age(report.positions_age_s)}")
     else:
-        lines.append("positions none")
+        lines.append("positions not polled yet")
     lines.append("")
     lines.append(f"last orders (journal {next(s.length for s in report.streams if s.role == 'orders')} entries, "
                  f"DLQ {report.dlq} entries)")
