@@ -225,7 +225,8 @@ if rec.side == 'buy' then
 else
   rec.qty_u = ARGV[3]
 end
-rec.settled_at = ARGV[6]
+-- settling again (a replayed signal) keeps the first time: the fill was already known then
+if rec.settled_at == nil then rec.settled_at = ARGV[6] end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
 return 'settled'
 """
@@ -404,6 +405,7 @@ class Ledger:
         """The order is final: keep counting what it filled until the cache shows it.
 
         Nothing filled = ``release``. ``filled_avg_price`` None: the reserved (buffered) price.
+        Idempotent: settling again updates the amounts but keeps the first settle time.
         """
         filled_qty = _non_negative("filled_qty", filled_qty)
         reservation = self.get(client_order_id)
@@ -511,7 +513,9 @@ def _units(value: Decimal, scale: int, rounding: str = ROUND_CEILING, *, exact: 
 
 
 def _from_units(n: int, scale: int) -> Decimal:
-    return Decimal(n).scaleb(-scale)
+    """Back to a Decimal without trailing zeros or exponent: 100500000 micro-$ -> Decimal('100.5')."""
+    value = Decimal(n).scaleb(-scale)
+    return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
 def _decimal(what: str, value: Any) -> Decimal:

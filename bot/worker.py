@@ -44,7 +44,7 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Callable, Mapping
 
@@ -64,9 +64,13 @@ from bot.alpaca.errors import (
 from bot.alpaca.models import Order, OrderRequest
 from bot.config import ConfigError, Settings
 from bot.journal import JournalEntry, record_outcome
+from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError, Reservation
 from bot.market import MarketCache, MarketDataError
+from bot.ratelimit import RateLimiter
 from bot.redisconn import connect
+from bot.risk import RiskLimits, buy_cash_cap, check_order_notional, check_position_value, pre_trade_reason
 from bot.signals import Signal, SignalError
+from bot.strategies import ALL_IN, ORDER_TYPES, STRATEGIES, OrderPlan, plan_buy, plan_sell
 from bot.streams import (
     GroupReader,
     autoclaim,
@@ -81,9 +85,6 @@ log = logging.getLogger(__name__)
 
 # handle() results
 JOURNALED, DEAD, DUPLICATE, PENDING = "journaled", "dead", "duplicate", "pending"
-
-STRATEGIES = ("all-in", "fixed")
-ORDER_TYPES = ("market", "limit")
 
 # client_order_id: Alpaca allows 128 characters today, its older docs said 48: stay within 48.
 COID_PREFIX = "tb-"
@@ -125,7 +126,7 @@ class WorkerConfig:
     fixed_qty: Decimal | None = None
     fixed_notional: Decimal | None = None
     order_type: str = "market"
-    slippage_bps: Decimal = Decimal(20)  # limit orders: price this far beyond the quote
+    slippage_bps: int = 10  # limit orders: this many basis points beyond the quote
     max_signal_age: float | None = None  # None = settings.max_signal_age
     extended_hours: bool | None = None  # None = settings.extended_hours
     block_ms: int = 1000  # XREADGROUP BLOCK: a stop request is seen within about this long
@@ -141,14 +142,15 @@ class WorkerConfig:
             raise ConfigError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.order_type not in ORDER_TYPES:
             raise ConfigError(f"order type {self.order_type!r} is not one of {', '.join(ORDER_TYPES)}")
-        if self.strategy == "fixed" and (self.fixed_qty is None) == (self.fixed_notional is None):
-            raise ConfigError("strategy fixed needs exactly one of --fixed-qty and --fixed-notional")
+        if self.fixed_qty is not None and self.fixed_notional is not None:
+            raise ConfigError("give --fixed-qty or --fixed-notional, not both")
         for name in ("fixed_qty", "fixed_notional"):
             value = getattr(self, name)
             if value is not None and (not Decimal(value).is_finite() or Decimal(value) <= 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {value}")
-        if self.slippage_bps < 0:
-            raise ConfigError(f"slippage-bps must be >= 0, got {self.slippage_bps}")
+        if isinstance(self.slippage_bps, bool) or not isinstance(self.slippage_bps, int) \
+                or not 0 <= self.slippage_bps < 10000:
+            raise ConfigError(f"slippage-bps must be a whole number from 0 to 9999, got {self.slippage_bps!r}")
         if self.max_deliveries < 1:
             raise ConfigError(f"max-deliveries must be >= 1, got {self.max_deliveries}")
         for name in ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max"):
@@ -288,10 +290,6 @@ class Worker:
                  r: redis.Redis | None = None, rb: redis.Redis | None = None, client: Any = None,
                  limiter: Any = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        from bot.ledger import Ledger
-        from bot.ratelimit import RateLimiter
-        from bot.risk import RiskLimits
-
         self.settings = settings
         self.config = config or WorkerConfig()
         self.keys = settings.keys
@@ -314,11 +312,12 @@ class Worker:
         self.sleep = sleep
         self.market = MarketCache(self.r, self.keys, settings.max_price_age, now=clock)
         self.ledger = Ledger(self.r, self.keys)
-        self.limits = RiskLimits.from_settings(settings)
-        self.max_signal_age = (self.config.max_signal_age if self.config.max_signal_age is not None
-                               else settings.max_signal_age)
-        self.extended_hours = (self.config.extended_hours if self.config.extended_hours is not None
-                               else settings.extended_hours)
+        limits = RiskLimits.from_settings(settings)
+        if self.config.max_signal_age is not None:
+            limits = replace(limits, max_signal_age=self.config.max_signal_age)
+        if self.config.extended_hours is not None:
+            limits = replace(limits, allow_extended_hours=self.config.extended_hours)
+        self.limits = limits
         self.weights: dict[str, Decimal] = settings.weights
         self.reader = GroupReader(self.stream, self.group, self.consumer, count=1, block_ms=self.config.block_ms)
         self.keeper = EntryKeeper(self.r, self.stream, self.group, self.consumer, self.config.keep_fresh_every)
@@ -517,8 +516,108 @@ class Worker:
     # ------------------------------------------------------------------ risk and sizing
 
     def _plan(self, job: _Job) -> OrderRequest:
-        """Risk checks, sizing and the reservation; raises _Skip with the reason."""
-        raise NotImplementedError  # bound to bot.risk / bot.strategies / bot.ledger below
+        """Risk checks, sizing and the reservation; raises _Skip with the reason (nothing reserved then)."""
+        try:
+            return self._plan_and_reserve(job)
+        except _Skip:
+            # a reservation left by an earlier delivery of this signal (crash before submit) goes too
+            self.ledger.release(job.coid)
+            raise
+
+    def _plan_and_reserve(self, job: _Job) -> OrderRequest:
+        signal = job.signal
+        clock = self.market.clock()
+        session_open = clock.is_open if clock is not None else None
+        reason = pre_trade_reason(halt_reason=self.r.get(self.keys.halt), source_at=signal.source_at,
+                                  now=self.clock(), clock_is_open=session_open, limits=self.limits)
+        if reason:
+            raise _Skip(reason)
+        extended = not session_open  # only reached when extended hours are allowed
+        try:
+            price = self.market.price(signal.ticker)
+        except MarketDataError as exc:  # StalePrice, NoPrice, a corrupt hash
+            raise _Skip(str(exc)) from None
+        quote = price.for_side(signal.side)
+        if quote is None:
+            raise _Skip(f"no {'ask' if signal.side == 'buy' else 'bid'} and no last trade for {signal.ticker}")
+        # outside the regular session Alpaca takes only limit orders (day, extended_hours=true)
+        order_type = "limit" if extended else self.config.order_type
+        try:
+            if signal.side == "buy":
+                plan, reservation = self._size_buy(job, quote, order_type)
+            else:
+                plan, reservation = self._size_sell(job, price.bid or quote, quote, order_type)
+        except ValueError as exc:  # the strategy cannot size it (weight 0, no qty...)
+            raise _Skip(str(exc)) from None
+        plan = plan.sized(reservation.qty)
+        return OrderRequest(symbol=signal.ticker, side=signal.side, client_order_id=job.coid, qty=plan.qty,
+                            type=plan.order_type, time_in_force="day" if extended else plan.time_in_force,
+                            limit_price=plan.limit_price, extended_hours=extended)
+
+    def _size_buy(self, job: _Job, ask: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
+        signal, config = job.signal, self.config
+        account = self.market.account()
+        if account is None:
+            raise _Skip("account not in the market cache: is the price poller running?")
+        held = self._held_qty(signal.ticker)
+        all_in = config.strategy == ALL_IN
+        plan = plan_buy(config.strategy, weight=self.weights.get(signal.ticker, Decimal(0)), equity=account.equity,
+                        ask=ask, signal_qty=signal.qty, fixed_qty=config.fixed_qty,
+                        fixed_notional=config.fixed_notional, order_type=order_type,
+                        slippage_bps=config.slippage_bps, position_value=held * ask if all_in else None)
+        price = plan.reserve_price(ask)
+        if all_in:
+            # sized to the risk limits rather than stopped by them, unless not even one share fits
+            cap = buy_cash_cap(self.limits, current_qty=held, price=price)
+            if cap < self.ledger.buffered_price(price):
+                raise _Skip(check_order_notional(Decimal(1), price, self.limits)
+                            or check_position_value(held, Decimal(1), price, self.limits)
+                            or f"the risk limits leave {cap:.2f} for {signal.ticker}: less than one share")
+            max_cash = cap if plan.max_cash is None else min(plan.max_cash, cap)
+            qty = None
+        else:
+            qty, max_cash = plan.qty, None
+            self._check_value(signal.ticker, held, qty, price)
+        try:
+            reservation = self.ledger.reserve_buy(job.coid, signal.ticker, price, qty=qty, max_cash=max_cash)
+        except InsufficientCash as exc:
+            raise _Skip(f"no cash left to buy {signal.ticker}: {exc}") from None
+        except LedgerError as exc:  # no cached account, a corrupt cache entry
+            raise _Skip(str(exc)) from None
+        if reservation.side != "buy" or reservation.qty <= 0:
+            raise _Skip(f"reservation {job.coid} does not fit a buy of {signal.ticker}")
+        self._check_value(signal.ticker, held, reservation.qty, price)  # a reused reservation is checked too
+        return plan, reservation
+
+    def _size_sell(self, job: _Job, bid: Decimal, quote: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
+        signal, config = job.signal, self.config
+        plan = plan_sell(config.strategy, bid=bid, signal_qty=signal.qty, fixed_qty=config.fixed_qty,
+                         order_type=order_type, slippage_bps=config.slippage_bps)
+        try:
+            reservation = self.ledger.reserve_sell(job.coid, signal.ticker, qty=plan.qty)
+        except InsufficientShares as exc:
+            if exc.available <= 0:
+                raise _Skip(f"no {signal.ticker} shares to sell") from None
+            raise _Skip(f"not enough {signal.ticker} shares to sell: {exc}") from None
+        except LedgerError as exc:
+            raise _Skip(str(exc)) from None
+        reason = check_order_notional(reservation.qty, plan.reserve_price(quote), self.limits)
+        if reason:
+            raise _Skip(reason)
+        return plan, reservation
+
+    def _held_qty(self, symbol: str) -> Decimal:
+        try:
+            position = self.market.position(symbol)
+        except MarketDataError as exc:
+            raise _Skip(str(exc)) from None
+        return max(position.qty, Decimal(0)) if position is not None else Decimal(0)
+
+    def _check_value(self, symbol: str, held: Decimal, qty: Decimal | None, price: Decimal) -> None:
+        reason = (check_order_notional(qty, price, self.limits)
+                  or check_position_value(held, qty, price, self.limits))
+        if reason:
+            raise _Skip(reason)
 
     # ------------------------------------------------------------------ submit and follow
 

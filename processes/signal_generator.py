@@ -50,9 +50,12 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
         log.info("signal %d: stopping", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    sent = SignalGenerator(r, config, stop_event=stop).run()
-    r.close()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        sent = SignalGenerator(r, config, stop_event=stop).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        r.close()
     if count is not None:
         click.echo(f"sent {sent} signals to {config.stream}")

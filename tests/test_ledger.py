@@ -119,6 +119,7 @@ def test_fixed_qty_must_fit(r, clock):
         ledger.reserve_buy("o2", "NVDA", D(100), qty=D(10))
     assert (caught.value.available, caught.value.needed) == (D(995), D(1005))
     assert ledger.reserve_buy("o3", "NVDA", D(100), qty=D("9.9")).cash == D("994.95")
+    r.delete(KEYS.ledger)
     with pytest.raises(InsufficientCash, match="capped at 100.00"):
         ledger.reserve_buy("o4", "NVDA", D(1), qty=D(1000), max_cash=D(100))
 
@@ -212,6 +213,17 @@ def test_settled_buy_counts_at_the_fill_until_the_account_shows_it(r, ledger, cl
     assert ledger.committed_cash() == 0
     assert ledger.get("o1") is None
     assert ledger.reserve_buy("o2", "NVDA", D(100)).qty == 50
+
+
+def test_settling_again_keeps_the_first_settle_time(r, ledger, clock):
+    put_account(r, "1000")
+    ledger.reserve_buy("o", "NVDA", D(100))
+    ledger.settle("o", D(10), D(100))
+    clock.t += 5
+    ledger.settle("o", D(10), D(100))  # a replayed signal after a crash
+    assert ledger.get("o").settled_at == T0
+    put_account(r, "0", as_of=T0 + 1)
+    assert ledger.committed_cash() == 0
 
 
 def test_settled_buy_without_avg_price_uses_the_buffered_reserve_price(r, clock):

@@ -1,0 +1,118 @@
+"""`tradebot worker`: one order worker process (thin: flags -> Settings + WorkerConfig -> bot.worker.Worker)."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import replace
+from decimal import Decimal
+
+import click
+
+from bot.config import ConfigError, Settings, parse_symbols
+from bot.logs import configure_logging, redact_url
+from bot.redisconn import RedisUnavailable, check, connect
+from bot.strategies import ORDER_TYPES, STRATEGIES
+from bot.worker import Worker, WorkerConfig, default_consumer_name
+
+log = logging.getLogger(__name__)
+
+_SECONDS = click.FloatRange(min=0, min_open=True)
+
+
+@click.command(help="Turn signals from tradebot:signals into orders: size, check, submit, follow, journal.")
+@click.option("--redis-url", envvar="REDIS_URL", help="redis:// or rediss:// URL (password allowed).")
+@click.option("--prefix", envvar="TRADEBOT_PREFIX", help="Prefix of the bot's Redis keys (default tradebot).")
+@click.option("--symbols", envvar="TRADEBOT_SYMBOLS", help="Tickers traded, comma-separated (default NVDA).")
+@click.option("--weights", envvar="TRADEBOT_WEIGHTS",
+              help="Share of equity per ticker for all-in, e.g. NVDA=0.6,AAPL=0.4 (default: equal).")
+@click.option("--consumer", default=None, help="Consumer name in the workers' group (default <host>-<pid>).")
+@click.option("--claim-idle", type=_SECONDS, default=30.0, show_default=True, metavar="SECONDS",
+              help="Reclaim entries other workers left pending this long (keep it above the longest order).")
+@click.option("--max-deliveries", type=click.IntRange(min=1), default=5, show_default=True,
+              help="An entry delivered more often than this goes to the DLQ.")
+@click.option("--order-timeout", type=_SECONDS, default=10.0, show_default=True, metavar="SECONDS",
+              help="Cancel an order not final after this long.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="all-in", show_default=True,
+              help="all-in: weight x equity per buy, whole position per sell; fixed: a fixed size.")
+@click.option("--fixed-qty", type=str, default=None, help="fixed: shares per order (when the signal has no qty).")
+@click.option("--fixed-notional", type=str, default=None,
+              help="fixed: dollars per buy, in whole shares at the ask (when the signal has no qty).")
+@click.option("--order-type", type=click.Choice(ORDER_TYPES), default="market", show_default=True,
+              help="market IOC, or a marketable limit IOC priced --slippage-bps beyond the quote.")
+@click.option("--slippage-bps", type=click.IntRange(min=0, max=9999), default=10, show_default=True,
+              help="Limit orders: basis points above the ask (buys) or below the bid (sells).")
+@click.option("--max-signal-age", type=_SECONDS, default=None, metavar="SECONDS",
+              help="Skip signals older than this (default TRADEBOT_MAX_SIGNAL_AGE or 60).")
+@click.option("--extended-hours/--no-extended-hours", default=None,
+              help="Trade while the regular session is closed (limit day orders; default TRADEBOT_EXTENDED_HOURS).")
+@click.option("--block-ms", type=click.IntRange(min=1, max=10_000), default=1000, show_default=True,
+              help="XREADGROUP BLOCK time; a stop request waits at most about this long.")
+@click.option("--alpaca-api-key", envvar="ALPACA_API_KEY", help="Alpaca key id (prefer the environment variable).")
+@click.option("--alpaca-secret-key", envvar="ALPACA_SECRET_KEY",
+              help="Alpaca secret key (prefer the environment variable).")
+@click.option("--alpaca-base-url", envvar="ALPACA_BASE_URL", help="Trading API base URL (default Alpaca paper).")
+@click.option("--alpaca-data-url", envvar="ALPACA_DATA_URL",
+              help="Market-data base URL (default: Alpaca's, or the base URL for a local paper broker).")
+def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights: str | None,
+         consumer: str | None, claim_idle: float, max_deliveries: int, order_timeout: float, strategy: str,
+         fixed_qty: str | None, fixed_notional: str | None, order_type: str, slippage_bps: int,
+         max_signal_age: float | None, extended_hours: bool | None, block_ms: int, alpaca_api_key: str | None,
+         alpaca_secret_key: str | None, alpaca_base_url: str | None, alpaca_data_url: str | None) -> None:
+    configure_logging(secrets=[s for s in (alpaca_api_key, alpaca_secret_key) if s])
+    from processes.price_poller import with_credentials  # same credential rules as the poller
+
+    try:
+        settings = Settings.from_env(
+            redis_url=redis_url or None,
+            prefix=prefix or None,
+            symbols=parse_symbols(symbols) if symbols else None,
+            weights_text=weights or None,
+            alpaca_api_key=alpaca_api_key or None,
+            alpaca_secret_key=alpaca_secret_key or None,
+            alpaca_base_url=alpaca_base_url.rstrip("/") if alpaca_base_url else None,
+            alpaca_data_url=alpaca_data_url.rstrip("/") if alpaca_data_url else None,
+        )
+        if alpaca_base_url and not alpaca_data_url and "alpaca.markets" not in alpaca_base_url:
+            settings = replace(settings, alpaca_data_url=settings.alpaca_base_url)
+        settings = with_credentials(settings)
+        config = WorkerConfig(
+            consumer=consumer or default_consumer_name(), claim_idle=claim_idle, max_deliveries=max_deliveries,
+            order_timeout=order_timeout, strategy=strategy, fixed_qty=_decimal("--fixed-qty", fixed_qty),
+            fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
+            slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
+            block_ms=block_ms)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+    probe = connect(settings.redis_url)
+    try:
+        check(probe, settings.redis_url)
+    except RedisUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        probe.close()
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("worker %s: %s received: finishing the order in hand, then stopping", config.consumer,
+                 signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    log.info("worker settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
+    Worker(settings, config).run(stop)
+
+
+def _decimal(flag: str, text: str | None) -> Decimal | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise ConfigError(f"{flag} {text!r} is not a number") from None
+    if not value.is_finite() or value <= 0:
+        raise ConfigError(f"{flag} must be > 0, got {text}")
+    return value
