@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ from bot.logs import redact_url
 
 log = logging.getLogger(__name__)
 
-GROUP = "tradebot"
+GROUP = "tradebot"  # the bot's processes; redis and paper-broker are groups of their own (see supervisord.conf)
 # program name -> the env flag that switches its autostart on
 PROGRAM_FLAGS: dict[str, str] = {
     "redis": "TRADEBOT_START_REDIS",
@@ -38,6 +39,14 @@ PROGRAM_FLAGS: dict[str, str] = {
     "generator": "TRADEBOT_START_GENERATOR",
 }
 ONLY_CHOICES = ("worker", "router", "poller", "generator")
+# program name -> (the env variable with its extra command-line flags, its `tradebot` command)
+PROGRAM_EXTRA_FLAGS: dict[str, tuple[str, str]] = {
+    "paper-broker": ("TRADEBOT_PAPER_FLAGS", "paper-broker"),
+    "poller": ("TRADEBOT_POLLER_FLAGS", "poller"),
+    "router": ("TRADEBOT_ROUTER_FLAGS", "router"),
+    "worker": ("TRADEBOT_WORKER_FLAGS", "worker"),
+    "generator": ("TRADEBOT_GENERATOR_FLAGS", "generate"),
+}
 PREFERRED_REDIS_PORTS = range(6390, 6400)
 DEMO_PROBABILITY = 0.05  # a signal every ~20 s per ticker, so the demo shows something soon
 START_TIMEOUT = 30.0  # seconds for every program to leave STARTING (startsecs is 5)
@@ -190,11 +199,20 @@ def plan_fleet(
     redis_port: int | None = None,
     paper_port: int | None = None,
     probability: float | None = None,
+    extra_flags: Mapping[str, str | None] | None = None,
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> FleetPlan:
-    """Decide what to start and build supervisord's environment. Raises FleetError/ConfigError."""
+    """Decide what to start and build supervisord's environment. Raises FleetError/ConfigError.
+
+    ``extra_flags``: program name -> extra command-line flags (else TRADEBOT_<X>_FLAGS from env).
+    """
     child_env = dict(os.environ if env is None else env)
+    for program, flags in (extra_flags or {}).items():
+        if program not in PROGRAM_EXTRA_FLAGS:
+            raise FleetError(f"no program {program!r} takes extra flags")
+        if flags is not None:
+            child_env[PROGRAM_EXTRA_FLAGS[program][0]] = flags
     only = tuple(dict.fromkeys(only))
     unknown = [name for name in only if name not in ONLY_CHOICES]
     if unknown:
@@ -227,7 +245,8 @@ def plan_fleet(
             raise FleetError("--only needs the shared Redis of the fleet: set REDIS_URL (or --redis-url)")
         programs = only
         paper = False
-        if not key:
+        needs_broker = bool({"worker", "poller"} & set(only))  # the router and generator only use Redis
+        if needs_broker and not key:
             base = child_env.get("ALPACA_BASE_URL", "")
             if not base or "alpaca.markets" in base:
                 raise FleetError("--only without ALPACA_API_KEY/ALPACA_SECRET_KEY: set them, or set ALPACA_BASE_URL "
@@ -258,26 +277,62 @@ def plan_fleet(
         child_env["ALPACA_BASE_URL"] = ALPACA_PAPER_URL
 
     settings = Settings.from_env(child_env)  # ConfigError for a bad TRADEBOT_* value, before anything starts
-    generator_flags = []
+    flags = {program: _split_flags(child_env.get(variable, ""), variable)
+             for program, (variable, _command) in PROGRAM_EXTRA_FLAGS.items()}
     if demo:
-        generator_flags += ["--always-open", "--probability", repr(probability or DEMO_PROBABILITY)]
-    elif probability is not None:
-        generator_flags += ["--probability", repr(probability)]
+        flags["paper-broker"] = ["--always-open", *flags["paper-broker"]]
+        flags["generator"] = ["--always-open", *flags["generator"]]
+        if probability is None and "--probability" not in flags["generator"]:
+            probability = DEMO_PROBABILITY
+    if probability is not None:
+        flags["generator"] += ["--probability", repr(probability)]
+    for program, (variable, _command) in PROGRAM_EXTRA_FLAGS.items():
+        child_env[variable] = shlex.join(flags[program])
     child_env.update({
         "TRADEBOT_VAR": str(paths.var_dir),
         "TRADEBOT_PYTHON": sys.executable,
         "TRADEBOT_WORKERS": str(settings.workers),
         "TRADEBOT_REDIS_PORT": str(chosen_redis_port or 0),
         "TRADEBOT_PAPER_PORT": str(chosen_paper_port or 0),
-        "TRADEBOT_PAPER_FLAGS": "--always-open" if demo else "",
-        "TRADEBOT_GENERATOR_FLAGS": " ".join(generator_flags),
         "PYTHONUNBUFFERED": "1",
     })
     for program, flag in PROGRAM_FLAGS.items():
         child_env[flag] = _truthy(program in programs)
+    _check_flags(flags, programs)
     return FleetPlan(paths=paths, config_file=config, env=child_env, settings=settings,
                      embedded_redis=embedded, redis_port=chosen_redis_port, paper_broker=paper,
                      paper_port=chosen_paper_port, workers=settings.workers, programs=programs, demo=demo)
+
+
+def _split_flags(text: str, variable: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise FleetError(f"{variable}={text!r}: {exc}") from None
+
+
+def _check_flags(flags: Mapping[str, list[str]], programs: Iterable[str]) -> None:
+    """Parse each started program's extra flags with its own click command now, so a typo is a
+    clear error here rather than a program that supervisord restarts until it is FATAL."""
+    import click
+
+    from bot.cli import cli
+
+    for program in programs:
+        if program not in PROGRAM_EXTRA_FLAGS or not flags.get(program):
+            continue
+        variable, command_name = PROGRAM_EXTRA_FLAGS[program]
+        with click.Context(cli) as ctx:
+            command = cli.get_command(ctx, command_name)
+        if command is None:
+            raise FleetError(f"`tradebot {command_name}` is not available in this installation")
+        try:
+            command.make_context(command_name, list(flags[program]), resilient_parsing=False)
+        except click.exceptions.Exit:
+            pass  # e.g. --help: nothing wrong with the flags
+        except click.ClickException as exc:
+            raise FleetError(f"{variable} / --{program.replace('paper-broker', 'paper')}-flags: "
+                             f"{exc.format_message()}") from None
 
 
 def _use_demo_keys(env: dict[str, str]) -> None:
@@ -327,15 +382,23 @@ def supervisord_state(paths: FleetPaths) -> str | None:
         return None
 
 
+def start_order(name: str) -> tuple[int, str]:
+    """Sort key of a process name: the fleet's start order (redis ... worker-NN ... generator)."""
+    program = "worker" if name.startswith("worker-") else name
+    order = list(PROGRAM_FLAGS)
+    return (order.index(program) if program in order else len(order), name)
+
+
 def process_infos(paths: FleetPaths) -> list[dict[str, Any]] | None:
-    """supervisor.getAllProcessInfo() (name, group, statename, pid, description, ...), or None
-    when the fleet is not running."""
+    """supervisor.getAllProcessInfo() (name, group, statename, pid, description, ...) in start
+    order, or None when the fleet is not running."""
     if not paths.socket.exists():
         return None
     try:
-        return list(rpc(paths).supervisor.getAllProcessInfo())
+        infos = list(rpc(paths).supervisor.getAllProcessInfo())
     except (OSError, xmlrpc.client.Error):
         return None
+    return sorted(infos, key=lambda info: start_order(str(info.get("name", ""))))
 
 
 def read_pid(paths: FleetPaths) -> int | None:

@@ -155,7 +155,8 @@ class SignalGenerator:
         now = self.monotonic()
         if self._rate_start is None:
             self._rate_start, self._rate_sent = now, 0
-        due = int((now - self._rate_start) * rate) + 1 - self._rate_sent  # +1: the first goes at once
+        # +1: the first goes at once; the epsilon keeps float error from missing a signal due exactly now
+        due = int((now - self._rate_start) * rate + 1e-6) + 1 - self._rate_sent
         if due > MAX_BATCH:
             # far behind (e.g. Redis was away): send one batch and restart the schedule, no endless burst
             log.warning("generator is %d signals behind its rate; skipping ahead", due - MAX_BATCH)

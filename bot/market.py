@@ -127,11 +127,12 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-def _replace_if_newer(client: Any, key: str, as_of_field: str, as_of: float, fields: Mapping[str, str]) -> Any:
+def _replace_if_newer(client: Any, key: str, as_of_field: str, as_of: float, fields: Mapping[str, str],
+                      script: Any = None) -> Any:
     args: list[str] = [as_of_field, _num(as_of)]
     for name, value in fields.items():
         args += [name, value]
-    return _script(client)(keys=[key], args=args, client=client)
+    return (script or _script(client))(keys=[key], args=args, client=client)
 
 
 def price_fields(snapshot: Snapshot, polled_at: float, as_of: float) -> dict[str, str]:
@@ -163,16 +164,18 @@ def write_prices(pipe_or_r: Any, keys: Keys, snapshots: Mapping[str, Snapshot], 
     """
     as_of = polled_at if as_of is None else as_of
     skipped: dict[str, str] = {}
+    answered = {s.upper() for s in snapshots}
     for symbol in symbols or ():
-        if symbol.upper() not in {s.upper() for s in snapshots}:
+        if symbol.upper() not in answered:
             skipped[symbol.upper()] = "missing from the market-data response"
     owns_pipeline = not isinstance(pipe_or_r, redis.client.Pipeline)
     pipe = pipe_or_r.pipeline(transaction=False) if owns_pipeline else pipe_or_r
+    script = _script(pipe)  # one script object: the pipeline checks its sha once before sending
     for symbol, snapshot in snapshots.items():
         if snapshot.bid is None and snapshot.ask is None:
             skipped[symbol.upper()] = "no bid and no ask (null or zero)"
             continue
-        _replace_if_newer(pipe, keys.prices(symbol), AS_OF, as_of, price_fields(snapshot, polled_at, as_of))
+        _replace_if_newer(pipe, keys.prices(symbol), AS_OF, as_of, price_fields(snapshot, polled_at, as_of), script)
     if log_skips:
         for symbol, reason in skipped.items():
             log.warning("price of %s not written: %s", symbol, reason)

@@ -328,9 +328,12 @@ def fleet_status(var_dir: str | None = None) -> dict[str, Any]:
         "running": infos is not None,
         "supervisord_pid": read_pid(paths) if infos is not None else None,
         "broker_url": description.get("broker_url") if infos is not None else None,
+        "paper_broker": bool(description.get("paper_broker")) if infos is not None else None,
         "processes": [],
     }
     for info in infos or []:
+        if info.get("statename") == "STOPPED" and not info.get("start"):
+            continue  # a program this fleet does not run (autostart off, never started)
         fleet["processes"].append(asdict(ProcessStatus(
             name=str(info.get("name")), group=str(info.get("group")), state=str(info.get("statename")),
             pid=int(info.get("pid") or 0), description=str(info.get("description", "")))))
@@ -457,8 +460,11 @@ def render_status(report: StatusReport) -> str:
     settings = report.settings
     lines.append(f"tradebot status  {when}")
     lines.append(f"  redis   {report.redis['url']}" + ("" if report.redis["ok"] else f"  UNREACHABLE: {report.redis['error']}"))
-    lines.append(f"  broker  {report.fleet.get('broker_url') or settings.get('alpaca_base_url')}"
-                 f"  (credentials: {settings.get('alpaca_credentials')})")
+    if report.fleet.get("paper_broker"):
+        lines.append(f"  broker  {report.fleet.get('broker_url')}  (the fleet's paper broker, demo key pair)")
+    else:
+        lines.append(f"  broker  {report.fleet.get('broker_url') or settings.get('alpaca_base_url')}"
+                     f"  (credentials: {settings.get('alpaca_credentials')})")
     halt_state = report.halt
     lines.append("  HALTED: " + str(halt_state["reason"]) if halt_state["on"] else "  halt    off (orders allowed)")
     lines.append("")

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
     AlpacaError, httpx.HTTPError, redis.ConnectionError, redis.TimeoutError)
 # Longest single BLPOP between ticks, so that a stop request is seen promptly.
-STOP_CHECK_SECONDS = 0.5
+STOP_CHECK_SECONDS = 0.25
 # BLPOP's timeout 0 means "forever": waits shorter than this are not worth a blocking call.
 MIN_BLOCK_SECONDS = 0.01
 
@@ -106,7 +106,9 @@ class Poller:
         ok = self._guard("prices", self.poll_prices)
         requested = self._guard("refresh request", self._take_refresh_requests)
         if requested or self.monotonic() >= self._account_due:
-            ok &= self._guard("account and positions", self.poll_account)
+            refreshed = self._guard("account and positions", self.poll_account)
+            self.refreshes += int(bool(requested and refreshed))
+            ok &= refreshed
         if self.monotonic() >= self._clock_due:
             ok &= self._guard("clock", self.poll_clock)
         self.ticks += 1

@@ -25,15 +25,28 @@ While an entry is in hand a keeper thread re-claims it for this consumer (XCLAIM
 only while this consumer still owns it) so its idle time never reaches ``claim_idle`` and a living
 worker's entry is never stolen, however long the order takes.
 
-Crash windows (what happens when the process dies at each point):
-- before submit: the entry stays in this consumer's PEL; a restart replays it, or another worker
-  reclaims it after ``claim_idle``. The lookup by client_order_id finds nothing, so the signal is
-  handled afresh (risk checks included: a signal grown too old is journaled as skipped). A cash
-  reservation made before the crash is keyed by the client_order_id and reused or released.
-- after submit, before journal: same redelivery; the lookup finds the order, which is followed to
-  final (canceled when past the timeout) and journaled once: no second order.
-- after journal: the journal entry and the XACK are one Lua script, so the entry is not pending
-  any more; a duplicate delivery (e.g. routed twice) meets the done marker and is only acked.
+Crash windows (the process dies, e.g. SIGKILL or OOM, at each point). In every case the entry is
+still in the dead consumer's PEL: a restart under the same consumer name replays it at once;
+otherwise a living worker XAUTOCLAIMs it once it has been idle ``claim_idle`` seconds (within
+another ``claim_idle / 2`` for the next claim round). That delivery has a count > 1, so the worker
+first asks the broker for the client_order_id:
+- before submit (read, checked, maybe reserved): the lookup finds no order, so the signal is
+  handled afresh, risk checks included (a signal grown too old is journaled as skipped and its
+  reservation released); a reservation made before the crash is keyed by the client_order_id and
+  is reused by the new reserve call, never doubled.
+- during or after submit, before journal (POST sent, response maybe lost, order maybe filled
+  meanwhile): the lookup finds the order; it is followed to final (canceled at once when older
+  than ``order_timeout``), settled and journaled once; no second order. Had the POST not landed
+  the lookup finds nothing and the order is sent afresh under the same id (a duplicate id would
+  be answered with the existing order anyway).
+- after final, between ledger settle and journal: as above; the repeated settle writes the same
+  values (or finds the reservation already dropped), then the journal entry is written.
+- after journal: the journal entry, the done marker and the XACK are one Lua script, so the
+  entry is no longer pending and nothing is redone; only the refresh request to the poller is
+  lost (it refreshes on its own interval). A duplicate of the signal meets the done marker and is
+  only acked.
+A redelivered entry past ``max_deliveries`` is dead-lettered only after the lookup finds no
+order (an order found is journaled instead; a lookup that fails leaves it pending).
 """
 from __future__ import annotations
 
@@ -74,6 +87,7 @@ from bot.strategies import ALL_IN, ORDER_TYPES, STRATEGIES, OrderPlan, plan_buy,
 from bot.streams import (
     GroupReader,
     autoclaim,
+    consumers,
     dead_letter,
     delete_consumer_if_idle,
     delivery_count,
@@ -134,6 +148,9 @@ class WorkerConfig:
     follow_initial: float = 0.05  # order polling: first pause, doubled up to follow_max
     follow_max: float = 1.0
     backoff_max: float = 5.0  # longest pause of the loop while Redis or the broker is down
+    # consumers of dead processes (default names change with every pid) are removed from the
+    # group once idle this long with nothing pending, so the group does not grow forever
+    consumer_idle: float = 3600.0
 
     def __post_init__(self) -> None:
         if not self.consumer or any(ch.isspace() for ch in self.consumer):
@@ -153,7 +170,8 @@ class WorkerConfig:
             raise ConfigError(f"slippage-bps must be a whole number from 0 to 9999, got {self.slippage_bps!r}")
         if self.max_deliveries < 1:
             raise ConfigError(f"max-deliveries must be >= 1, got {self.max_deliveries}")
-        for name in ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max"):
+        for name in ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max",
+                     "consumer_idle"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.block_ms < 1:
@@ -323,6 +341,8 @@ class Worker:
         self.keeper = EntryKeeper(self.r, self.stream, self.group, self.consumer, self.config.keep_fresh_every)
         self.counts: dict[str, int] = {JOURNALED: 0, DEAD: 0, DUPLICATE: 0, PENDING: 0}
         self.outcomes: dict[str, int] = {}
+        self._closed = False
+        self.loop_errors = 0  # failed rounds of run() (Redis down, a bug): survived, counted
         self._group_ready = False
         self._next_claim = 0.0  # monotonic; 0 = due now
         self._last_error: dict[str, str] = {}  # entry id -> why it was left pending (for the DLQ reason)
@@ -381,6 +401,7 @@ class Worker:
                         failures = 0
                 except Exception as exc:  # never exit on an outage: log, back off, replay own PEL
                     failures += 1
+                    self.loop_errors += 1
                     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                         log.warning("worker %s: Redis unavailable: %s", self.consumer, exc)
                     else:
@@ -397,7 +418,10 @@ class Worker:
         stop.wait(delay)
 
     def close(self) -> None:
-        """Stop the keeper, leave the group if nothing is pending here, close what we opened."""
+        """Stop the keeper, leave the group if nothing is pending here, close what we opened. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self.keeper.stop()
         try:
             if delete_consumer_if_idle(self.r, self.stream, self.group, self.consumer):
@@ -448,7 +472,20 @@ class Worker:
             deliveries = delivery_count(self.rb, self.stream, self.group, entry_id)
             log.info("worker %s: reclaimed %s (delivery %d)", self.consumer, entry_id, deliveries)
             results.append(self.handle(entry_id, fields, max(deliveries, 1)))
+        self.reap_consumers()
         return results
+
+    def reap_consumers(self) -> int:
+        """Remove other consumers idle longer than consumer_idle with nothing pending (dead workers)."""
+        idle_ms = int(self.config.consumer_idle * 1000)
+        reaped = 0
+        for info in consumers(self.r, self.stream, self.group):
+            if info["name"] == self.consumer or info["pending"] or info["idle"] < idle_ms:
+                continue
+            if delete_consumer_if_idle(self.r, self.stream, self.group, info["name"], idle_ms):
+                reaped += 1
+                log.info("worker %s: removed idle consumer %s from %s", self.consumer, info["name"], self.group)
+        return reaped
 
     # ------------------------------------------------------------------ one entry
 
@@ -481,7 +518,10 @@ class Worker:
 
     def _leave_pending(self, entry_id: str, why: str) -> str:
         why = why[:500]
+        self._last_error.pop(entry_id, None)
         self._last_error[entry_id] = why
+        while len(self._last_error) > 1000:  # entries finished by other workers are never popped here
+            del self._last_error[next(iter(self._last_error))]
         log.warning("worker %s: left %s pending (it will be retried): %s", self.consumer, entry_id, why)
         return PENDING
 
@@ -492,13 +532,13 @@ class Worker:
         except SignalError as exc:
             return self._dead_letter(entry_id, fields, deliveries, f"unusable signal: {exc.reason}")
         job = _Job(entry_id, signal, client_order_id(signal.source_stream, signal.source_id), deliveries, claimed_at)
-        if deliveries > self.config.max_deliveries:
-            return self._over_delivered(job, fields)
         if self.r.exists(self.keys.done(signal.source_stream, signal.source_id)):
             self.rb.xack(self.stream, self.group, entry_id)
             log.info("worker %s: %s %s already journaled; acked %s", self.consumer, signal.source_stream,
                      signal.source_id, entry_id)
             return DUPLICATE
+        if deliveries > self.config.max_deliveries:
+            return self._over_delivered(job, fields)
         if deliveries > 1:
             # delivered before: the order may exist; never size a second one
             existing = self.client.get_order_by_client_id(job.coid)
@@ -635,9 +675,7 @@ class Worker:
         except OrderOutcomeUnknown as exc:
             # not acked, not journaled, reservation kept (keyed by the client_order_id): the
             # redelivery looks the order up by that id and follows it, or sends it if it never landed
-            log.warning("worker %s: outcome of order %s unknown (%s); leaving %s pending",
-                        self.consumer, job.coid, exc, job.entry_id)
-            raise
+            return self._leave_pending(job.entry_id, f"outcome of order {job.coid} unknown: {exc}")
         log.info("worker %s: submitted %s %s %s (%s) -> %s %s", self.consumer, request.side, request.qty,
                  request.symbol, job.coid, order.id, order.status)
         return self._follow_and_journal(job, order)
@@ -679,9 +717,11 @@ class Worker:
                 return None, canceled
             if not canceled and now >= deadline:
                 canceled = self._cancel(order)
-                delay = config.follow_initial
-            pause = min(delay, max(0.0, (deadline if not canceled else give_up) - now)) or config.follow_initial
-            self.sleep(pause)
+                if canceled:
+                    delay = config.follow_initial  # read it back promptly: a cancel is quick
+            # never sleep past the next decision point (the cancel, or giving up)
+            target = deadline if now < deadline else give_up
+            self.sleep(max(0.001, min(delay, target - now)))
             delay = min(delay * 2, config.follow_max)
             try:
                 order = self.client.get_order(order.id)
@@ -730,16 +770,19 @@ class Worker:
 
     def _over_delivered(self, job: _Job, fields: Mapping[Any, Any]) -> str:
         """Delivered too often: dead-letter it, unless an order exists (then the truth is journaled)."""
+        note = ""
         try:
             existing = self.client.get_order_by_client_id(job.coid)
         except _TRANSIENT:
             raise  # cannot tell whether an order exists: keep it pending rather than hide an order
+        except AlpacaError as exc:  # the broker refuses the lookup itself: nothing more to learn
+            existing, note = None, f"; order lookup refused: {exc}"
         if existing is not None:
             job.submitted_at = _timestamp(existing.submitted_at or existing.created_at) or job.claimed_at
             return self._follow_and_journal(job, existing)
         self.ledger.release(job.coid)
         last = self._last_error.get(job.entry_id, "no error recorded by this worker")
-        reason = f"delivered {job.deliveries} times (max {self.config.max_deliveries}); last error: {last}"
+        reason = f"delivered {job.deliveries} times (max {self.config.max_deliveries}); last error: {last}{note}"
         return self._dead_letter(job.entry_id, fields, job.deliveries, reason, job.signal)
 
     def _dead_letter(self, entry_id: str, fields: Mapping[Any, Any], deliveries: int, reason: str,

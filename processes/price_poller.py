@@ -92,8 +92,12 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     log.info("price poller settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
-    with AlpacaClient.from_settings(settings, max_retries=POLLER_MAX_RETRIES, timeout=POLLER_HTTP_TIMEOUT) as client:
-        poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
-                        account_interval=account_interval, clock_interval=clock_interval, max_backoff=max_backoff)
-        poller.run(stop)
-    r.close()
+    try:
+        with AlpacaClient.from_settings(settings, max_retries=POLLER_MAX_RETRIES,
+                                        timeout=POLLER_HTTP_TIMEOUT) as client:
+            poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
+                            account_interval=account_interval, clock_interval=clock_interval,
+                            max_backoff=max_backoff)
+            poller.run(stop)
+    finally:
+        r.close()

@@ -60,9 +60,13 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
          max_signal_age: float | None, extended_hours: bool | None, block_ms: int, alpaca_api_key: str | None,
          alpaca_secret_key: str | None, alpaca_base_url: str | None, alpaca_data_url: str | None) -> None:
     configure_logging(secrets=[s for s in (alpaca_api_key, alpaca_secret_key) if s])
-    from processes.price_poller import with_credentials  # same credential rules as the poller
-
     try:
+        config = WorkerConfig(
+            consumer=consumer or default_consumer_name(), claim_idle=claim_idle, max_deliveries=max_deliveries,
+            order_timeout=order_timeout, strategy=strategy, fixed_qty=_decimal("--fixed-qty", fixed_qty),
+            fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
+            slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
+            block_ms=block_ms)
         settings = Settings.from_env(
             redis_url=redis_url or None,
             prefix=prefix or None,
@@ -76,12 +80,6 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
         if alpaca_base_url and not alpaca_data_url and "alpaca.markets" not in alpaca_base_url:
             settings = replace(settings, alpaca_data_url=settings.alpaca_base_url)
         settings = with_credentials(settings)
-        config = WorkerConfig(
-            consumer=consumer or default_consumer_name(), claim_idle=claim_idle, max_deliveries=max_deliveries,
-            order_timeout=order_timeout, strategy=strategy, fixed_qty=_decimal("--fixed-qty", fixed_qty),
-            fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
-            slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
-            block_ms=block_ms)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -104,6 +102,22 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
     signal.signal(signal.SIGINT, request_stop)
     log.info("worker settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
     Worker(settings, config).run(stop)
+
+
+def with_credentials(settings: Settings) -> Settings:
+    """Without a key pair a local paper broker is spoken to with its documented demo pair; real
+    Alpaca without keys is a configuration error (same rule as the poller)."""
+    if not settings.alpaca_base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"ALPACA_BASE_URL={settings.alpaca_base_url!r} is not an http(s) URL")
+    if settings.has_alpaca_credentials:
+        return settings
+    if "alpaca.markets" in settings.alpaca_base_url:
+        raise ConfigError("ALPACA_API_KEY and ALPACA_SECRET_KEY are required to trade on "
+                          f"{settings.alpaca_base_url}; without them point ALPACA_BASE_URL at the paper broker")
+    from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
+
+    log.info("no Alpaca key pair set: using the paper broker's demo pair for %s", settings.alpaca_base_url)
+    return replace(settings, alpaca_api_key=DEMO_API_KEY, alpaca_secret_key=DEMO_SECRET_KEY)
 
 
 def _decimal(flag: str, text: str | None) -> Decimal | None:

@@ -217,7 +217,7 @@ def test_wait_ready_times_out_naming_what_is_missing(r, caplog):
     write_prices(r, KEYS, {"NVDA": snap()}, T0)
     with caplog.at_level(logging.INFO, logger="bot.market"):
         with pytest.raises(NotReady) as info:
-            cache(r).wait_ready(["NVDA", "AAPL"], timeout=0.3)
+            cache(r).wait_ready(["NVDA", "AAPL"], timeout=0.2)
     assert info.value.missing == ["tb:prices:AAPL", "tb:account", "tb:positions"]
     assert "waiting for the price poller to fill tb:prices:AAPL, tb:account, tb:positions" in caplog.text
 

@@ -3,7 +3,11 @@ httpx.MockTransport for faults and bad data; the cache is a real Redis."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -15,7 +19,7 @@ import redis
 from click.testing import CliRunner
 
 from bot.alpaca.client import AlpacaClient
-from bot.alpaca.models import OrderRequest
+from bot.alpaca.models import OrderRequest, Snapshot
 from bot.config import ConfigError, Settings
 from bot.embedded_redis import EmbeddedRedis, free_port
 from bot.keys import Keys
@@ -161,6 +165,7 @@ def test_positions_vanish_when_closed_after_a_refresh_request(r, paper, clock):
     assert cache.positions() == {}
     assert "NVDA" not in r.hkeys(KEYS.positions)
     assert not r.exists(KEYS.refresh_request)
+    assert poller.refreshes == 2
 
 
 def test_refresh_request_is_served_at_once_between_ticks(r, paper):
@@ -229,7 +234,7 @@ def test_broker_down_for_a_while_then_back(r, paper, clock, caplog):
         flaky.failures = 1000
         delays = []
         for _ in range(5):
-            clock.advance(1.0)
+            clock.advance(1.5)
             assert poller.tick() is False  # survives, never raises
             delays.append(poller.backoff_delay())
         assert poller.errors >= 5 and poller.consecutive_failures == 5
@@ -285,7 +290,9 @@ def test_redis_outage_is_survived_and_recovered(paper, clock, tmp_path):
         clock.advance(1.0)
         assert poller.tick() is False
         assert poller.errors >= 1 and "ConnectionError" in (poller.last_error or "")
-        poller.wait_until(clock.mono + 0.05, threading.Event())  # the between-ticks wait survives too
+        poller.monotonic = time.monotonic  # the between-ticks wait survives too (a short real wait)
+        poller.wait_until(time.monotonic() + 0.05, threading.Event())
+        poller.monotonic = clock.monotonic
         server.start()
         clock.advance(1.0)
         assert poller.tick() is True
@@ -350,7 +357,6 @@ def test_as_of_is_the_send_time_and_older_polls_never_overwrite(r, clock):
 
     # another (newer) poll sent at T0+10 already landed; this poller's poll was sent at T0+2
     newer = {"NVDA": quote(11.0, 11.1)}
-    from bot.alpaca.models import Snapshot
     write_prices(r, KEYS, {"NVDA": Snapshot.from_json("NVDA", newer["NVDA"])}, T0 + 10.5, as_of=T0 + 10)
     poller.poll_prices()
     client.close()
@@ -410,6 +416,28 @@ def test_poller_command_credentials():
         with_credentials(Settings.from_env({}))
 
 
+def test_poller_process_fills_the_cache_and_stops_on_sigterm(r, redis_url):
+    with PaperBrokerServer(always_open=True, seed=5) as broker:
+        env = {**os.environ, "REDIS_URL": redis_url, "TRADEBOT_SYMBOLS": "NVDA,AAPL", "TRADEBOT_PREFIX": "tb",
+               "ALPACA_BASE_URL": broker.base_url}
+        for name in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_DATA_URL"):
+            env.pop(name, None)  # no key pair: the demo pair of the local paper broker
+        process = subprocess.Popen([sys.executable, "-m", "bot.cli", "poller", "--interval", "0.2"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert MarketCache(r, KEYS).wait_ready(["NVDA", "AAPL"], timeout=10) is True
+            assert r.hget(KEYS.clock, "is_open") == "1"
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, stderr
+    assert "SIGTERM received, stopping" in stderr
+    assert DEMO_SECRET_KEY not in stderr
+
+
 # ---------------------------------------------------------------------- measurement (printed, not asserted)
 
 
@@ -428,7 +456,7 @@ def test_measure_requests_per_tick_and_price_age_against_a_real_server(r):
             cache.wait_ready(SYMBOLS_20, timeout=5)
             started = time.monotonic()
             seen_ticks = poller.ticks
-            while time.monotonic() - started < 2.5:
+            while time.monotonic() - started < 2.05:
                 ages.append(max(cache.price(s).age for s in SYMBOLS_20))
                 if poller.ticks != seen_ticks:
                     seen_ticks = poller.ticks
