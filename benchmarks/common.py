@@ -268,6 +268,34 @@ class Fleet:
                 if response.status_code != 200 or response.json().get("status") != "filled":
                     raise BenchError(f"seeding {symbol}: {response.status_code} {response.text[:200]}")
 
+    def reset_broker(self, r: redis.Redis, latency: float | None = None) -> None:
+        """Give the next measurement a fresh order book: the paper broker's per-request cost grows
+        with every order it ever saw (it scans all orders on each request), which would otherwise
+        make later points pay for earlier ones. Then re-seed, and wait until the poller's account
+        and positions reflect the reset (asked for at once through the refresh request)."""
+        from bot.market import MarketCache
+
+        request = urllib.request.Request(f"{self.base_url}/_paper/reset", method="POST", data=b"{}",
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+        if latency is not None:
+            self.set_broker_latency(latency)
+        self.seed_positions()
+        since = time.time()
+        keys = Keys()
+        cache = MarketCache(r, keys)
+
+        def reflected() -> bool:
+            cache.request_refresh()
+            account_as_of = r.hget(keys.account, "as_of")
+            positions_as_of = r.hget(keys.positions, "_as_of")
+            return bool(account_as_of and positions_as_of and float(account_as_of) > since
+                        and float(positions_as_of) > since)
+
+        wait_for(reflected, 60, "the poller to reflect the broker reset", interval=0.2, procs=self.procs,
+                 watch=self.members)
+
     def set_broker_latency(self, seconds: float) -> None:
         request = urllib.request.Request(f"{self.base_url}/_paper/latency", method="POST",
                                          data=json.dumps({"latency": seconds}).encode(),

@@ -104,6 +104,7 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
             if rate not in rates:
                 continue
             count = int(rate * seconds)
+            fleet.reset_broker(r)  # every rate starts from the same (small) order book
             pids = {p.name: p.pid for p in fleet.members} | (extra_pids or {})
             recorders = []
             if profile and rate == max(rates):

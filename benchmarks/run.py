@@ -58,12 +58,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON here")
     parser.add_argument("--sides", choices=("alternate", "buy"), default="alternate",
                         help="signal directions: per ticker b,s,b,s (default) or buys only")
+    parser.add_argument("--workers", default=None,
+                        help="worker counts for scaling and taskqueue, e.g. 1,16 (default 1,2,4,8,16)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy a worker, the router and the paper broker during the 200/s pipeline run")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (process logs, Redis data)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.workers = tuple(int(n) for n in args.workers.split(",")) if args.workers else None
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
@@ -146,8 +149,10 @@ def _runners(r: Any, url: str, procs: Any, tmp: Path, args: argparse.Namespace,
         "floor": lambda: floor.run(r, url, procs, tmp, args.quick),
         "pipeline": lambda: pipeline.run(r, url, procs, tmp, args.quick, sides=args.sides, extra_pids=extra,
                                          profile=args.profile),
-        "scaling": lambda: scaling.run(r, url, procs, tmp, args.quick, sides=args.sides, extra_pids=extra),
-        "taskqueue": lambda: taskqueue.run(r, url, procs, tmp, args.quick, extra_pids=extra),
+        "scaling": lambda: scaling.run(r, url, procs, tmp, args.quick, sides=args.sides, extra_pids=extra,
+                                       **({"counts": args.workers} if args.workers else {})),
+        "taskqueue": lambda: taskqueue.run(r, url, procs, tmp, args.quick, extra_pids=extra,
+                                           **({"counts": args.workers} if args.workers else {})),
         "poller": lambda: pollerbench.run(r, url, procs, tmp, args.quick),
     }
 

@@ -72,6 +72,10 @@ class ScalePoint:
     price_age: Dist | None = None
     broker_requests_per_order: dict[str, float] = field(default_factory=dict)  # route -> requests per order
     redis_calls_per_order: dict[str, float] = field(default_factory=dict)
+    # per order, from the journal: claimed -> submitted, submitted -> final (the broker request),
+    # final -> journaled (settle + journal; the journal entry id's ms), and a worker's idle gap
+    # between journaling one order and claiming its next (the read)
+    stages: dict[str, Dist] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"workers": self.workers, "orders": self.orders, "throughput": self.throughput,
@@ -82,7 +86,8 @@ class ScalePoint:
                 "memory_load": self.memory_load.to_dict() if self.memory_load else None,
                 "price_age": self.price_age.to_dict() if self.price_age else None,
                 "broker_requests_per_order": self.broker_requests_per_order,
-                "redis_calls_per_order": self.redis_calls_per_order}
+                "redis_calls_per_order": self.redis_calls_per_order,
+                "stages": {k: v.to_dict() for k, v in self.stages.items()}}
 
 
 def steady_throughput(finished: Sequence[float]) -> float:
@@ -137,6 +142,7 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
     index = 0
     try:
         for n in counts:
+            fleet.reset_broker(r, LATENCY)
             fleet.add_workers(r, n - len(fleet.workers))
             warm = burst(r, 2 * n, SYMBOLS_20, sides, start_index=index)
             index += len(warm)
@@ -193,4 +199,26 @@ def _point(n: int, sent: list, rows: dict, names: dict[int, str], cpu_before: di
         total += used
         cpu[role(name)] = cpu.get(role(name), 0.0) + used * 1000 / max(1, len(sent))
     return ScalePoint(n, len(finished), steady_throughput(finished), outcomes=outcomes, end_to_end=Dist.of(e2e),
-                      cpu_ms_per_order=cpu, cpu_busy=total / (wall * (os.cpu_count() or 1)))
+                      cpu_ms_per_order=cpu, cpu_busy=total / (wall * (os.cpu_count() or 1)),
+                      stages=stage_dists([rows[s.entry_id] for s in sent]))
+
+
+def stage_dists(rows: list[dict[str, str]]) -> dict[str, Dist]:
+    """Where a worker's time per order goes (see ScalePoint.stages)."""
+    stages: dict[str, list[float]] = {"pre_trade": [], "broker": [], "post": [], "read_gap": [], "service": []}
+    by_consumer: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        claimed, submitted, final = flt(row, "claimed_at"), flt(row, "submitted_at"), flt(row, "final_at")
+        journaled = int(row["_id"].split("-")[0]) / 1000
+        if claimed is None or submitted is None or final is None:
+            continue
+        stages["pre_trade"].append(ms(submitted - claimed))
+        stages["broker"].append(ms(final - submitted))
+        stages["post"].append(ms(journaled - final))
+        stages["service"].append(ms(journaled - claimed))
+        by_consumer.setdefault(row.get("consumer", ""), []).append((claimed, journaled))
+    for orders in by_consumer.values():
+        orders.sort()
+        for (_, done), (next_claimed, _) in zip(orders, orders[1:]):
+            stages["read_gap"].append(ms(next_claimed - done))
+    return {k: Dist.of(v) for k, v in stages.items()}

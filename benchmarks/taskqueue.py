@@ -166,6 +166,7 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
         dq.stop()
         fleet.set_broker_latency(LATENCY)
         for n in counts:
+            fleet.reset_broker(r, LATENCY)
             dq.start(n)
             time.sleep(1.0)
             names = _names(fleet, dq, extra_pids)

@@ -89,6 +89,7 @@ class Poller:
         self._account_due = -math.inf
         self._clock_due = -math.inf
         self._skipped_symbols: set[str] = set()
+        self._refresh_pending = False  # a worker asked for account+positions and has not had them yet
         self.consecutive_failures = 0
         # stats for tests and benchmarks
         self.ticks = 0
@@ -104,11 +105,10 @@ class Poller:
         """Prices; account+positions when due or asked for; clock when due. True when nothing failed."""
         before = self.client.request_count
         ok = self._guard("prices", self.poll_prices)
-        requested = self._guard("refresh request", self._take_refresh_requests)
-        if requested or self.monotonic() >= self._account_due:
-            refreshed = self._guard("account and positions", self.poll_account)
-            self.refreshes += int(bool(requested and refreshed))
-            ok &= refreshed
+        if self._guard("refresh request", self._take_refresh_requests):
+            self._refresh_pending = True
+        if self._refresh_pending or self.monotonic() >= self._account_due:
+            ok &= self._refresh_account()
         if self.monotonic() >= self._clock_due:
             ok &= self._guard("clock", self.poll_clock)
         self.ticks += 1
@@ -132,6 +132,15 @@ class Poller:
         positions = self.client.list_positions()
         write_positions(self.r, self.keys, positions, self.now(), as_of=sent)
         self._account_due = self.monotonic() + self.account_interval
+
+    def _refresh_account(self) -> bool:
+        """poll_account, counting served requests; a failed one stays pending for the next tick."""
+        requested = self._refresh_pending
+        if not self._guard("account and positions", self.poll_account):
+            return False
+        self._refresh_pending = False
+        self.refreshes += int(requested)
+        return True
 
     def poll_clock(self) -> None:
         sent = self.now()
@@ -183,9 +192,9 @@ class Poller:
 
     def serve_refresh(self) -> None:
         """A worker asked for fresh account and positions: drop the other pending asks, then fetch."""
+        self._refresh_pending = True
         self._guard("refresh request", self._take_refresh_requests)
-        if self._guard("account and positions", self.poll_account):
-            self.refreshes += 1
+        self._refresh_account()
 
     def backoff_delay(self) -> float:
         """Capped exponential gap between the starts of failed ticks: 1, 2, 4 ... intervals, up to max_backoff."""

@@ -6,6 +6,7 @@ import signal
 import threading
 
 import click
+import redis
 
 from bot.config import ConfigError, Settings, parse_symbols
 
@@ -26,7 +27,7 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
          rate: float | None, count: int | None, seed: int | None, always_open: bool) -> None:
     """Random buy/sell signals (the original project's signal source)."""
     from bot.generator import DEFAULT_PROBABILITY, GeneratorConfig, SignalGenerator
-    from bot.logs import configure_logging
+    from bot.logs import configure_logging, redact_url
     from bot.redisconn import RedisUnavailable, check, connect
 
     configure_logging()
@@ -53,6 +54,8 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         sent = SignalGenerator(r, config, stop_event=stop).run()
+    except redis.RedisError as exc:  # outages are retried inside; this is e.g. WRONGTYPE on the stream key
+        raise click.ClickException(f"Redis error on stream {config.stream}: {redact_url(str(exc))}") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

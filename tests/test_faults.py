@@ -40,9 +40,10 @@ def report(name: str, figures: dict) -> None:
 
 
 def test_worker_kill9_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    figures = run_worker_crashes(tmp_path, signals=200, rate=20, workers=3, kill_every=2.0, min_kills=5)
+    figures = run_worker_crashes(tmp_path, signals=200, rate=25, workers=3, kill_every=2.0, min_kills=4,
+                                 router_every=3)
     report("worker_crashes", figures)
-    assert figures["kills"] >= 5
+    assert figures["kills"] >= 4 and figures["router_kills"] >= 1
 
 
 def test_redis_restart_mid_flow_every_process_reconnects(tmp_path: Path) -> None:
@@ -67,15 +68,59 @@ def test_broker_500_429_hang_no_duplicate_orders(broker_fault_run: dict) -> None
     assert injected.get("hang", 0) >= 2 and injected.get("429", 0) > 0, injected
 
 
-@pytest.mark.xfail(reason="bot/alpaca/client.py AlpacaClient._call waits for X-RateLimit-Reset (up to 30 s) after "
-                          "a 500: one 500 freezes the poller's tick and the market cache goes stale, so most "
-                          "signals are skipped; see docs/reliability.md, finding 1", strict=False)
-def test_broker_faults_signals_still_trade(broker_fault_run: dict) -> None:
-    """20% faults slow the fleet down; they must not stop it: most buy signals still fill."""
-    figures = broker_fault_run
-    assert figures["buys_filled"] * 2 >= figures["buy_signals"], (
-        f"only {figures['buys_filled']} of {figures['buy_signals']} buys filled; why the rest did not: "
-        f"{figures['not_filled_because']}")
+# --------------------------------------------------------------------------- focused reproducers of findings
+# The broker-fault scenario above found these; each is pinned here, small and deterministic, as a strict
+# xfail: once fixed it XPASSes, which fails the run until the marker is removed.
+
+
+@pytest.mark.xfail(strict=True, reason="finding 1 (docs/reliability.md): bot/alpaca/client.py AlpacaClient._call "
+                                       "waits for X-RateLimit-Reset after a 500, up to max_wait (30 s)")
+def test_a_500_on_a_read_is_retried_after_a_backoff_not_after_the_rate_window() -> None:
+    import time as _time
+
+    import httpx
+
+    from bot.alpaca.client import AlpacaClient
+
+    now = _time.time()
+    answers = iter([
+        httpx.Response(500, json={"code": 50010000, "message": "internal server error"},
+                       headers={"X-RateLimit-Limit": "200", "X-RateLimit-Remaining": "150",
+                                "X-RateLimit-Reset": str(int(now) + 50)}),
+        httpx.Response(200, json={"timestamp": "2024-01-02T10:00:00-05:00", "is_open": True,
+                                  "next_open": "2024-01-03T09:30:00-05:00",
+                                  "next_close": "2024-01-02T16:00:00-05:00"}),
+    ])
+    waits: list[float] = []
+    client = AlpacaClient(api_key="k", secret_key="s", base_url="http://broker", data_url="http://broker",
+                          transport=httpx.MockTransport(lambda request: next(answers)), sleep=waits.append,
+                          clock=lambda: now)
+    with client:
+        assert client.get_clock().is_open
+    # the budget is not spent (150 left): nothing but the backoff (<= backoff_max, 8 s) is due
+    assert waits and max(waits) <= client.backoff_max, f"a 500 made the client wait {waits}"
+
+
+@pytest.mark.xfail(strict=True, reason="finding 2 (docs/reliability.md): bot/paper/app.py _serve hangs before the "
+                                       "handler reads the body; a client that timed out makes it raise "
+                                       "ClientDisconnect, so a hung POST never takes effect")
+def test_paper_broker_hung_post_still_takes_effect_after_the_client_gave_up() -> None:
+    import httpx
+
+    from bot.paper.testing import PaperBrokerServer
+
+    with PaperBrokerServer(always_open=True, seed=3, fault_hang={"orders": 1}, hang_seconds=1.0) as server:
+        order = {"symbol": "NVDA", "qty": "1", "side": "buy", "type": "market", "time_in_force": "day",
+                 "client_order_id": "tb-hang-1"}
+        with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=0.3) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                http.post("/v2/orders", json=order)
+        server.set_faults(fault_hang=0)
+        with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=5) as http:
+            # --fault-hang's documented promise: the request answers late "and still takes effect"
+            wait_for(lambda: http.get("/v2/orders:by_client_order_id",
+                                      params={"client_order_id": "tb-hang-1"}).status_code == 200,
+                     3, "the hung order to land")
 
 
 def test_bad_input_goes_to_dlq_with_reason_and_good_signals_trade(tmp_path: Path) -> None:
@@ -168,42 +213,41 @@ def test_secrets_never_reach_logs_journal_dlq_or_status(tmp_path: Path) -> None:
 WRONG_PASSWORD = "leakcanary-not-the-password"
 
 
-@pytest.mark.parametrize("url_kind", ["wrong password", "no password"])
-def test_wrong_redis_password_fails_fast_with_a_clear_message(tmp_path: Path, url_kind: str) -> None:
+def test_wrong_redis_password_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
+    """Each process against a password-protected Redis with a wrong password and with none: it exits
+    non-zero quickly or keeps logging a clear error; never a traceback, never the password."""
     options = FleetOptions(redis_password=REDIS_PASSWORD)
     with Fleet(tmp_path, options) as fleet:
         fleet.start_redis()
         fleet.start_broker()
-        bad_url = (fleet.redis_url.replace(REDIS_PASSWORD, WRONG_PASSWORD) if url_kind == "wrong password"
-                   else fleet.redis_url.replace(f":{REDIS_PASSWORD}@", ""))
-        env = fleet.env(REDIS_URL=bad_url)
+        bad_urls = {"wrong password": fleet.redis_url.replace(REDIS_PASSWORD, WRONG_PASSWORD),
+                    "no password": fleet.redis_url.replace(f":{REDIS_PASSWORD}@", "")}
         commands = {"poller": ("poller",), "router": ("router",), "worker": ("worker", *Fleet.worker_args("w0")),
                     "generator": ("generate", "--always-open", "--rate", "5", "--count", "5")}
-        for name, args in commands.items():
-            fleet.add(name, args[0], *args[1:], env=env)
+        for kind, url in bad_urls.items():
+            for name, args in commands.items():
+                fleet.add(f"{name} ({kind})", args[0], *args[1:], env=fleet.env(REDIS_URL=url))
         # check() says "refused the credentials"; the rest are Redis's own words (no password given: redis-py's
         # HELLO is refused with "... must be called with the client already authenticated")
         clear = ("refused the credentials", "invalid username-password", "NOAUTH", "Authentication required",
                  "WRONGPASS", "already authenticated")
-
-        def settled(name: str) -> bool:
-            proc = fleet.procs[name]
-            said = any(marker in proc.log_text() for marker in clear)
-            return said and (not proc.alive or proc.log_text().count("\n") > 3)
-
-        wait_for(lambda: all(settled(n) for n in commands), 30, "every process to report the refused credentials",
-                 diagnose=fleet.tails)
-        behaviour = {}
-        for name in commands:
-            proc = fleet.procs[name]
+        wait_for(lambda: all(any(m in p.log_text() for m in clear) for p in fleet.procs.values()
+                             if p.name != "paper-broker"),
+                 30, "every process to report the refused credentials", diagnose=fleet.tails)
+        behaviour: dict[str, str] = {}
+        for name, proc in fleet.procs.items():
+            if name == "paper-broker":
+                continue
             text = proc.log_text()
             assert CANARY not in text.lower(), f"{name} showed the password:\n{text[-1500:]}"
             assert "Traceback" not in text, f"{name} crashed with a traceback instead of a message:\n{text[-3000:]}"
             behaviour[name] = f"exit {proc.returncode}" if not proc.alive else "running, logging the auth error"
             if not proc.alive:
                 assert proc.returncode != 0, f"{name} exited 0 although it cannot use Redis"
-        status = _tradebot(fleet, "status", "--json", "--var-dir", str(tmp_path / "var"), env=env)
-        assert status.returncode != 0, "tradebot status exited 0 with refused credentials"
-        assert CANARY not in (status.stdout + status.stderr).lower()
-        behaviour["status"] = f"exit {status.returncode}"
-        report(f"auth {url_kind}", behaviour)
+        for kind, url in bad_urls.items():
+            status = _tradebot(fleet, "status", "--json", "--var-dir", str(tmp_path / "var"),
+                               env=fleet.env(REDIS_URL=url))
+            assert status.returncode != 0, f"tradebot status exited 0 with refused credentials ({kind})"
+            assert CANARY not in (status.stdout + status.stderr).lower()
+            behaviour[f"status ({kind})"] = f"exit {status.returncode}"
+        report("auth", behaviour)

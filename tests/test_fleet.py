@@ -221,6 +221,8 @@ def tradebot(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess
 @pytest.fixture
 def fleet_env(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
     var_dir = tmp_path / "var"
+    # the account's 200 requests/min budget (our limiter, and the paper broker's X-RateLimit headers,
+    # see --rate-limit below) would stretch 100 orders over a minute: lift it for this test
     env = base_env(TRADEBOT_RATE_LIMIT="100000", TRADEBOT_SYMBOLS="NVDA", TRADEBOT_SOURCE_STREAMS="nvda")
     try:
         yield var_dir, env
@@ -233,7 +235,7 @@ def test_the_fleet_end_to_end(fleet_env: tuple[Path, dict[str, str]], tmp_path: 
     var_dir, env = fleet_env
     redis_port, paper_port = free_port(), free_port()
     up = tradebot("up", "--detach", "--var-dir", str(var_dir), "--workers", "3", "--redis-port", str(redis_port),
-                  "--paper-port", str(paper_port), "--paper-flags", "--always-open",
+                  "--paper-port", str(paper_port), "--paper-flags", "--always-open --rate-limit 100000",
                   "--worker-flags", "--strategy fixed --fixed-qty 1", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "tradebot fleet is up" in up.stdout and "WARNING" not in up.stdout
@@ -339,3 +341,30 @@ def test_up_only_and_down(redis_url: str, r: redis.Redis, fleet_env: tuple[Path,
     assert not (var_dir / "fleet.json").exists()
     status = json.loads(tradebot("status", "--json", "--var-dir", str(var_dir), env={**env, "REDIS_URL": redis_url}).stdout)
     assert status["fleet"]["running"] is False
+
+
+@pytest.mark.slow
+def test_up_in_the_foreground_stops_everything_on_ctrl_c(redis_url: str, r: redis.Redis,
+                                                         fleet_env: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    var_dir, env = fleet_env
+    output = tmp_path / "up.out"
+    with output.open("wb") as out:
+        # its own session, like a terminal's foreground job: Ctrl-C = SIGINT to the whole process group
+        up = subprocess.Popen([*TRADEBOT, "up", "--only", "router", "--var-dir", str(var_dir)],
+                              env={**env, "REDIS_URL": redis_url}, stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for("the fleet to be up", lambda: "tradebot fleet is up" in output.read_text())
+        text = output.read_text()
+        assert "stop       Ctrl-C" in text and "processes  router RUNNING" in text
+        supervisord_pid = fleet.read_pid(fleet.FleetPaths.of(var_dir))
+        assert supervisord_pid
+        router_pid = next(i["pid"] for i in fleet.process_infos(fleet.FleetPaths.of(var_dir)) or [] if i["name"] == "router")
+        os.killpg(up.pid, signal.SIGINT)
+        assert up.wait(60) == 0
+        assert not alive(supervisord_pid) and not alive(router_pid)
+        assert "tradebot fleet stopped (supervisord exit code 0)" in output.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()

@@ -278,3 +278,10 @@ def test_generate_command_unreachable_redis_hides_the_password(monkeypatch: pyte
     assert result.exit_code == 1
     assert "unreachable" in result.output and "***" in result.output
     assert "hunter2pw" not in result.output
+
+
+def test_generate_command_reports_a_stream_key_of_the_wrong_type(env: dict, r: redis.Redis) -> None:
+    r.set("alpha", "not a stream")
+    result = CliRunner().invoke(cli, ["generate", "--count", "1", "--always-open"])
+    assert result.exit_code == 1
+    assert "Redis error on stream alpha" in result.output and "WRONGTYPE" in result.output

@@ -334,7 +334,9 @@ class Fleet:
         return self.add("poller", "poller", "--interval", "0.2", "--account-interval", "1", *flags)
 
     def start_router(self, *flags: str) -> Proc:
-        return self.add("router", "router", "--from-start", "--block-ms", "200", "--claim-idle", "2", *flags)
+        # a stable consumer name, like supervisord's router@host: a restarted router replays its own PEL
+        return self.add("router", "router", "--from-start", "--block-ms", "200", "--claim-idle", "2",
+                        "--consumer", "router-0", *flags)
 
     @staticmethod
     def worker_args(consumer: str, *, claim_idle: float = 2.0, max_deliveries: int = 10,
@@ -704,20 +706,41 @@ def redelivered(outcome: Outcome) -> int:
 
 
 def run_worker_crashes(root: Path, *, signals: int, rate: float, workers: int = 3, kill_every: float = 2.0,
-                       min_kills: int = 5, seed: int = 11, drain_timeout: float = 90.0) -> dict[str, Any]:
+                       min_kills: int = 5, router_every: int = 0, seed: int = 11,
+                       drain_timeout: float = 90.0) -> dict[str, Any]:
     """SIGKILL a random worker every ``kill_every`` s while ``signals`` flow; restart it at once, on odd
     kills under its old consumer name (it replays its own PEL, like supervisord's worker-NN), on even
-    kills under a new name (its pending entries wait for another worker's XAUTOCLAIM)."""
+    kills under a new name (its pending entries wait for another worker's XAUTOCLAIM). With
+    ``router_every`` = N, every N-th kill hits the router instead (restarted under its stable name)."""
     rng = random.Random(seed)
     with Fleet(root, FleetOptions(seed=seed)) as fleet:
         # order latency and a fill delay keep workers inside the submit -> follow -> journal window,
         # where a kill hurts most
         names = start_core(fleet, workers, broker_flags=("--latency", "orders=0.01-0.05", "--fill-delay", "0.1"))
+        # a thin NVDA book (2 shares a side): signals asking for 5 fill partially
+        fleet.admin("POST", "/_paper/price", {"symbol": "NVDA", "price": 100, "spread": 0.02, "bid_size": 2,
+                                              "ask_size": 2})
+        rb = fleet.client(decode=False)
         generator = fleet.start_generator(signals, rate, seed=seed)
-        kills = same_name = new_name = 0
+        kills = same_name = new_name = router_kills = events = extra = 0
         next_kill = time.monotonic() + kill_every
         while generator.alive or kills < min_kills:
             if time.monotonic() >= next_kill:  # the kill cadence is a schedule, not a synchronisation
+                next_kill += kill_every
+                events += 1
+                # every other tick some signals with a quantity (partial fills on the thin book); every
+                # third tick orders take longer than --order-timeout to fill (the worker cancels them),
+                # until the next tick
+                if events % 2:
+                    add_entries(rb, fleet.options.source_streams[0],
+                                [("qty", {"ticker": "NVDA", "direction": rng.choice("bs"), "qty": "5"})] * 3)
+                    extra += 3
+                fleet.admin("POST", "/_paper/fill_delay", {"fill_delay": 4.0 if events % 3 == 0 else 0.1})
+                if router_every and events % router_every == 0:
+                    fleet.procs["router"].crash()
+                    fleet.restart("router")
+                    router_kills += 1
+                    continue
                 name = rng.choice(names)
                 fleet.procs[name].crash()
                 kills += 1
@@ -727,14 +750,15 @@ def run_worker_crashes(root: Path, *, signals: int, rate: float, workers: int = 
                 else:
                     new_name += 1
                     fleet.restart(name, Fleet.worker_args(f"{name}-r{kills}"))
-                next_kill += kill_every
             time.sleep(0.02)
+        fleet.admin("POST", "/_paper/fill_delay", {"fill_delay": 0.1})
         assert generator.exits == [0] or generator.returncode == 0, f"generator failed:\n{generator.tail()}"
-        wait_drained(fleet, drain_timeout, expected_sources=signals)
+        wait_drained(fleet, drain_timeout, expected_sources=signals + extra)
         outcome = check_invariants(fleet)
         assert_alive(fleet, ["paper-broker", "poller", "router", *names])
-        return {**outcome.figures(), "workers": workers, "kills": kills, "restarts_same_consumer": same_name,
-                "restarts_new_consumer": new_name, "redelivered_signals": redelivered(outcome),
+        return {**outcome.figures(), "workers": workers, "kills": kills, "router_kills": router_kills,
+                "restarts_same_consumer": same_name, "restarts_new_consumer": new_name,
+                "signals_with_qty": extra, "redelivered_signals": redelivered(outcome),
                 "orders_found_after_crash": count_in_logs(fleet, names, "exists (", "already exists"),
                 "reclaims": count_in_logs(fleet, names, ": reclaimed ")}
 
@@ -767,6 +791,40 @@ def run_redis_restarts(root: Path, *, signals: int, rate: float, restarts: int =
                                                      "ConnectionError")}
 
 
+class PriceAgeSampler:
+    """Samples the age of the cached prices (now - polled_at) in a thread; ``max_age`` is the worst
+    seen. Use as a context manager: the thread stops on leaving it."""
+
+    def __init__(self, fleet: Fleet, interval: float = 0.25) -> None:
+        import threading
+
+        self.client = fleet.client()
+        self.keys = [fleet.keys.prices(s) for s in fleet.options.symbols]
+        self.interval = interval
+        self.max_age = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="price-age-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                stamps = [self.client.hget(key, "polled_at") for key in self.keys]
+            except redis.RedisError:
+                continue
+            now = time.time()
+            for stamp in stamps:
+                if stamp:
+                    self.max_age = max(self.max_age, now - float(stamp))
+
+    def __enter__(self) -> "PriceAgeSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def run_broker_faults(root: Path, *, signals: int, rate: float, fault_500: float = 0.08, fault_429: float = 0.08,
                       fault_hang: float = 0.04, hang_seconds: float = 16.0, storm_window: float = 3.0,
                       hung_posts: int = 2, workers: int = 3, seed: int = 13,
@@ -790,48 +848,59 @@ def run_broker_faults(root: Path, *, signals: int, rate: float, fault_500: float
         names = start_core(fleet, workers, broker_flags=flags, claim_idle=2 * hang_seconds + 5,
                            order_timeout=5.0, max_deliveries=8)
         generator = fleet.start_generator(signals, rate, seed=seed)
-
-        def hangs() -> int:
-            return int(fleet.admin("GET", "/_paper/stats")["faults_injected"].get("hang", 0))
-
-        if hung_posts:
-            target = hangs() + hung_posts
-            fleet.admin("POST", "/_paper/faults", {**normal, "fault_hang": {"orders": 1, "all": fault_hang}})
-            try:
-                wait_for(lambda: hangs() >= target, 30, f"{hung_posts} hung order requests", diagnose=fleet.tails)
-            finally:
-                fleet.admin("POST", "/_paper/faults", normal)
-
-        before = fleet.admin("GET", "/_paper/stats")
-        started = time.monotonic()
-        fleet.admin("POST", "/_paper/faults", {"fault_500": 0, "fault_429": 1, "fault_hang": 0})
-        time.sleep(storm_window)  # the window's length is the scenario; the counts below are what is checked
-        fleet.admin("POST", "/_paper/faults", normal)
-        window = time.monotonic() - started
-        after = fleet.admin("GET", "/_paper/stats")
-        storm_requests = after["requests"] - before["requests"]
-        # honoured: about one request per process per Retry-After second; ignoring it would be hundreds
-        storm_limit = int(15 * window) + 10
-        assert storm_requests <= storm_limit, (
-            f"{storm_requests} requests in a {window:.1f}s window of nothing but 429s (limit {storm_limit}): "
-            f"the fleet does not honour Retry-After; by route: {_delta(before['by_route'], after['by_route'])}")
-
-        wait_for(lambda: not generator.alive, drain_timeout, "the generator to finish", diagnose=fleet.tails)
-        wait_drained(fleet, drain_timeout, expected_sources=signals)
+        with PriceAgeSampler(fleet) as sampler:
+            if hung_posts:
+                hang_some_posts(fleet, hung_posts, normal)
+            storm = honour_429_storm(fleet, storm_window, normal)
+            wait_for(lambda: not generator.alive, drain_timeout, "the generator to finish", diagnose=fleet.tails)
+            wait_drained(fleet, drain_timeout, expected_sources=signals)
         outcome = check_invariants(fleet)  # turns the faults off before reading the broker
         assert_alive(fleet, ["paper-broker", "poller", "router", *names])
         unresolved = [e for e in outcome.journal if e.get("outcome") != "filled" and not e.get("reason")]
         assert not unresolved, f"journal entries without a reason: {unresolved[:5]}"
         stats = outcome.stats
         buys = [e for e in outcome.journal if e.get("side") == "buy"]
-        return {**outcome.figures(), "workers": workers, "requests": stats["requests"],
+        return {**outcome.figures(), **storm, "workers": workers, "requests": stats["requests"],
                 "responses_by_status": stats["by_status"], "faults_injected": stats["faults_injected"],
-                "storm_window_s": round(window, 1), "storm_window_requests": storm_requests,
-                "storm_window_limit": storm_limit, "dlq_reasons": dict(outcome.dlq_reasons),
+                "dlq_reasons": dict(outcome.dlq_reasons), "max_price_age_s": round(sampler.max_age, 1),
                 "buy_signals": len(buys),
                 "buys_filled": sum(1 for e in buys if e.get("outcome") in ("filled", "partially_filled")),
-                "duplicate_coid_refusals": count_in_logs(fleet, ["paper-broker"], "must be unique"),
+                # a hung POST that lands after its worker gave up on it meets the re-sent order's client_order_id
+                "late_landings_refused_as_duplicate": int(stats["by_status"].get("422", 0)),
                 "orders_found_by_lookup": count_in_logs(fleet, names, "already exists", "exists (")}
+
+
+def hang_some_posts(fleet: Fleet, count: int, normal: Mapping[str, float]) -> None:
+    """Every order-group request hangs until ``count`` of them did, then back to ``normal``."""
+    def hangs() -> int:
+        return int(fleet.admin("GET", "/_paper/stats")["faults_injected"].get("hang", 0))
+
+    target = hangs() + count
+    fleet.admin("POST", "/_paper/faults", {**normal, "fault_hang": {"orders": 1, "all": normal["fault_hang"]}})
+    try:
+        wait_for(lambda: hangs() >= target, 30, f"{count} hung order requests", diagnose=fleet.tails)
+    finally:
+        fleet.admin("POST", "/_paper/faults", dict(normal))
+
+
+def honour_429_storm(fleet: Fleet, window: float, normal: Mapping[str, float]) -> dict[str, Any]:
+    """Answer EVERY request 429 (Retry-After 1) for ``window`` seconds and count what the fleet sends."""
+    before = fleet.admin("GET", "/_paper/stats")
+    started = time.monotonic()
+    fleet.admin("POST", "/_paper/faults", {"fault_500": 0, "fault_429": 1, "fault_hang": 0})
+    try:
+        time.sleep(window)  # the window's length is the scenario; the request count below is what is checked
+    finally:
+        fleet.admin("POST", "/_paper/faults", dict(normal))
+    elapsed = time.monotonic() - started
+    after = fleet.admin("GET", "/_paper/stats")
+    sent = after["requests"] - before["requests"]
+    # honoured: about one request per process per Retry-After second; ignoring it would be hundreds
+    limit = int(15 * elapsed) + 10
+    assert sent <= limit, (
+        f"{sent} requests in a {elapsed:.1f}s window of nothing but 429s (limit {limit}): the fleet does not "
+        f"honour Retry-After; by route: {_delta(before['by_route'], after['by_route'])}")
+    return {"storm_window_s": round(elapsed, 1), "storm_window_requests": sent, "storm_window_limit": limit}
 
 
 def _delta(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
@@ -865,7 +934,8 @@ def run_bad_input(root: Path, *, entries: int, seed: int = 14, workers: int = 2,
     workers' own input). No process may crash; each bad entry lands in the DLQ with a precise
     reason; every good one is journaled (and the buys trade)."""
     with Fleet(root, FleetOptions(seed=seed)) as fleet:
-        names = start_core(fleet, workers)
+        # a 10,000-entry backlog may take longer than the default 60 s signal age to work off
+        names = start_core(fleet, workers, worker_extra=("--max-signal-age", "3600"))
         rb = fleet.client(decode=False)
         payloads = bad_payloads(entries, seed, fleet.options.symbols, good_every)
         classes = add_entries(rb, fleet.options.source_streams[0], payloads)

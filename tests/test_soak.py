@@ -1,0 +1,48 @@
+"""Soak versions of the fault scenarios (`make soak` = `pytest -m soak`; `make test` skips them).
+
+Same runners and invariants as tests/test_faults.py (tests/faults/harness.py), longer and harder:
+1,000 signals under worker (and router) kill -9s, four Redis restarts, broker faults over 300
+signals with more hung orders and a longer 429 storm, and 10,000 bad-input entries.
+Takes about 5-8 minutes on 2 cores. The figures printed (pytest -s) go into docs/reliability.md.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from faults.harness import run_bad_input, run_broker_faults, run_redis_restarts, run_worker_crashes
+
+pytestmark = pytest.mark.soak
+
+
+def report(name: str, figures: dict) -> None:
+    print(f"\nFIGURES soak {name}: {json.dumps(figures, sort_keys=True, default=str)}")
+
+
+def test_soak_worker_and_router_kill9(tmp_path: Path) -> None:
+    figures = run_worker_crashes(tmp_path, signals=1000, rate=25, workers=3, kill_every=2.0, min_kills=15,
+                                 router_every=6, drain_timeout=240)
+    report("worker_crashes", figures)
+    assert figures["kills"] >= 15 and figures["router_kills"] >= 2
+
+
+def test_soak_redis_restarts(tmp_path: Path) -> None:
+    figures = run_redis_restarts(tmp_path, signals=1000, rate=25, restarts=4, down_for=3.0, workers=3,
+                                 drain_timeout=240)
+    report("redis_restarts", figures)
+    assert figures["redis_restarts"] == 4
+
+
+def test_soak_broker_faults(tmp_path: Path) -> None:
+    figures = run_broker_faults(tmp_path, signals=300, rate=5, fault_500=0.08, fault_429=0.08, fault_hang=0.04,
+                                hang_seconds=16.0, storm_window=6.0, hung_posts=4, workers=3, drain_timeout=300)
+    report("broker_faults", figures)
+    assert figures["faults_injected"].get("hang", 0) >= 4
+
+
+def test_soak_bad_input(tmp_path: Path) -> None:
+    figures = run_bad_input(tmp_path, entries=10_000, good_every=5, workers=3, drain_timeout=300)
+    report("bad_input", figures)
+    assert figures["dead_lettered"] == figures["bad"] + figures["junk_on_signals_stream"]
