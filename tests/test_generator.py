@@ -282,6 +282,6 @@ def test_generate_command_unreachable_redis_hides_the_password(monkeypatch: pyte
 
 def test_generate_command_reports_a_stream_key_of_the_wrong_type(env: dict, r: redis.Redis) -> None:
     r.set("alpha", "not a stream")
-    result = CliRunner().invoke(cli, ["generate", "--count", "1", "--always-open"])
+    result = CliRunner().invoke(cli, ["generate", "--count", "1", "--rate", "1000", "--always-open"])
     assert result.exit_code == 1
     assert "Redis error on stream alpha" in result.output and "WRONGTYPE" in result.output
