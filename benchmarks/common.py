@@ -511,10 +511,6 @@ def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
     return out
 
 
-def jittered_sleep(mean: float) -> None:
-    time.sleep(random.uniform(0.5 * mean, 1.5 * mean))
-
-
 class Sampler:
     """Calls ``probe()`` every ``interval`` seconds (jittered) in a thread while in a ``with``
     block; ``samples`` holds what it returned (None results are dropped)."""

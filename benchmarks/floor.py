@@ -26,6 +26,8 @@ class FloorResult:
     ping: Dist
     loop: Dist
     hop: Dist
+    reads_sequential: Dist | None = None  # the worker's six pre-trade reads, one round trip each
+    reads_pipelined: Dist | None = None  # the same six reads in one pipeline (one round trip)
 
     @property
     def round_trip_ms(self) -> float:
@@ -33,7 +35,11 @@ class FloorResult:
         return self.ping.p50
 
     def to_dict(self) -> dict:
-        return {"ping": self.ping.to_dict(), "loop": self.loop.to_dict(), "hop": self.hop.to_dict()}
+        out = {"ping": self.ping.to_dict(), "loop": self.loop.to_dict(), "hop": self.hop.to_dict()}
+        if self.reads_sequential and self.reads_pipelined:
+            out |= {"reads_sequential": self.reads_sequential.to_dict(),
+                    "reads_pipelined": self.reads_pipelined.to_dict()}
+        return out
 
 
 def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: bool) -> FloorResult:
@@ -61,7 +67,53 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
     r.delete(stream)
 
     hops = _hop(r, redis_url, procs, work_dir, count=300 if quick else 2000)
-    return FloorResult(Dist.of(pings), Dist.of(loops), Dist.of(hops))
+    sequential, pipelined = _pre_trade_reads(redis_url, n)
+    return FloorResult(Dist.of(pings), Dist.of(loops), Dist.of(hops), Dist.of(sequential), Dist.of(pipelined))
+
+
+def _pre_trade_reads(redis_url: str, n: int) -> tuple[list[float], list[float]]:
+    """What the worker reads before it submits (done marker, halt, clock, price, account, position),
+    through the fleet's own connection settings (bot.redisconn.connect, decoded): one round trip per
+    read as bot/worker.py does it today, versus all six in one pipeline."""
+    from bot.keys import Keys
+    from bot.redisconn import connect
+
+    keys = Keys("bench-floor")
+    c = connect(redis_url)
+    c.hset(keys.clock, mapping={"is_open": "1", "next_open": "2030-01-02T09:30:00-05:00",
+                                "next_close": "2030-01-01T16:00:00-05:00", "timestamp": "2030-01-01T10:00:00-05:00",
+                                "polled_at": "1.0", "as_of": "1.0"})
+    c.hset(keys.prices("NVDA"), mapping={"bid": "120.01", "ask": "120.03", "bid_size": "100", "ask_size": "200",
+                                         "last": "120.02", "quote_time": "1.0", "polled_at": "1.0", "as_of": "1.0"})
+    c.hset(keys.account, mapping={"cash": "100000", "buying_power": "100000", "equity": "100000",
+                                  "status": "ACTIVE", "trading_blocked": "0", "account_blocked": "0",
+                                  "polled_at": "1.0", "as_of": "1.0"})
+    c.hset(keys.positions, mapping={"NVDA": '{"qty": "10", "qty_available": "10", "avg_entry_price": "100", '
+                                            '"market_value": "1200", "side": "long"}', "_polled_at": "1", "_as_of": "1"})
+
+    def reads(target):  # type: ignore[no-untyped-def]
+        target.exists(keys.done("nvda", "1-0"))
+        target.get(keys.halt)
+        target.hgetall(keys.clock)
+        target.hgetall(keys.prices("NVDA"))
+        target.hgetall(keys.account)
+        target.hget(keys.positions, "NVDA")
+
+    sequential, pipelined = [], []
+    for i in range(n + 100):
+        t0 = time.perf_counter()
+        reads(c)
+        t1 = time.perf_counter()
+        pipe = c.pipeline(transaction=False)
+        reads(pipe)
+        pipe.execute()
+        t2 = time.perf_counter()
+        if i >= 100:
+            sequential.append((t1 - t0) * 1000)
+            pipelined.append((t2 - t1) * 1000)
+    c.delete(keys.clock, keys.prices("NVDA"), keys.account, keys.positions)
+    c.close()
+    return sequential, pipelined
 
 
 def _hop(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, count: int) -> list[float]:

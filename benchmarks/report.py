@@ -6,7 +6,6 @@ import datetime as dt
 import math
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +144,10 @@ def floor_table(results: dict[str, Any]) -> list[str]:
     rows = [[name, str(d.n), fmt_ms(d.p50, 3), fmt_ms(d.p99, 3)] for name, d in (
         ("PING round trip", floor.ping), ("XADD + XREADGROUP + XACK, one client (3 RTT)", floor.loop),
         ("stream hop: XADD -> blocked XREADGROUP in another process", floor.hop))]
+    if floor.reads_sequential and floor.reads_pipelined:
+        rows += [[name, str(d.n), fmt_ms(d.p50, 3), fmt_ms(d.p99, 3)] for name, d in (
+            ("worker's 6 pre-trade reads, one round trip each (as today)", floor.reads_sequential),
+            ("the same 6 reads in one pipeline", floor.reads_pipelined))]
     return _table(["what", "n", "p50 ms", "p99 ms"], rows)
 
 
@@ -208,6 +211,18 @@ def scaling_cpu_table(results: dict[str, Any]) -> list[str]:
     return _table(["workers", *roles, "total"], rows)
 
 
+def scaling_stage_table(results: dict[str, Any]) -> list[str]:
+    points = [p for p in (results.get("scaling") or []) if p.stages]
+    if not points:
+        return []
+    names = (("pre_trade", "claimed -> submitted"), ("broker", "submitted -> final"),
+             ("post", "final -> journaled"), ("read_gap", "journaled -> next claim"),
+             ("service", "claimed -> journaled"))
+    rows = [[str(p.workers), *(f"{fmt_ms(p.stages[k].p50, 1)} / {fmt_ms(p.stages[k].p99, 1)}" for k, _ in names)]
+            for p in points]
+    return _table(["workers", *(f"{label} p50/p99 ms" for _, label in names)], rows)
+
+
 def latency_table(results: dict[str, Any]) -> list[str]:
     pipe, tq = results.get("pipeline"), results.get("taskqueue")
     if not pipe or not tq or not tq.latency:
@@ -255,14 +270,33 @@ def poller_table(results: dict[str, Any]) -> list[str]:
         return ["(not run)"]
     rows = [["idle fleet (poller only)", f"{poller.ticks}", f"{poller.data_requests_per_tick:.2f}",
              f"{poller.requests_per_tick:.2f}", fmt_ms(poller.price_age.p50, 0), fmt_ms(poller.price_age.p99, 0)]]
+    pipe = results.get("pipeline")
+    poller_routes = ("GET /v2/stocks/snapshots", "GET /v2/account", "GET /v2/positions", "GET /v2/clock")
+    for x in (pipe.rates if pipe else []):
+        per_signal = x.broker_requests_per_signal
+        if not per_signal:
+            continue
+        per_second = {k: v * x.achieved_rate for k, v in per_signal.items() if k in poller_routes}
+        rows.append([f"under load, {x.rate:g} signals/s (2 workers)", "",
+                     f"{per_second.get('GET /v2/stocks/snapshots', 0) * poller.interval:.2f}",
+                     f"{sum(per_second.values()) * poller.interval:.1f}", "", ""])
     for p in points:
         if p.price_age and p.price_age.n:
-            rows.append([f"under load, {p.workers} workers, 50 ms broker", "", "", "", fmt_ms(p.price_age.p50, 0),
-                         fmt_ms(p.price_age.p99, 0)])
+            per_order = {k: v for k, v in p.broker_requests_per_order.items() if k in poller_routes}
+            snaps = per_order.get("GET /v2/stocks/snapshots", 0) * p.throughput * poller.interval
+            every = sum(per_order.values()) * p.throughput * poller.interval
+            rows.append([f"under load, {p.workers} workers, 50 ms broker", "",
+                         f"{snaps:.2f}" if per_order else "", f"{every:.1f}" if per_order else "",
+                         fmt_ms(p.price_age.p50, 0), fmt_ms(p.price_age.p99, 0)])
     lines = _table(["when", "ticks", "data requests/tick", "all requests/tick", "price age p50 ms",
                     "price age p99 ms"], rows)
     lines += ["", "Requests by route over the idle window: " +
               ", ".join(f"{k} {v}" for k, v in sorted(poller.by_route.items()))]
+    if pipe and any(x.broker_requests_per_signal for x in pipe.rates):
+        lines += ["", "Under load the poller's requests per tick are its account/positions refreshes: a worker asks "
+                      "for one after every fill and the poller serves each ask at once. Broker requests per signal: " +
+                  "; ".join(f"{x.rate:g}/s: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+                      x.broker_requests_per_signal.items())) for x in pipe.rates)]
     return lines
 
 
@@ -292,6 +326,7 @@ def render_table(results: dict[str, Any]) -> str:
              *pipeline_table(results), "", "   CPU ms per signal by process", *pipeline_cpu_table(results),
              "", "3. Scaling (20 symbols, 50 ms per broker request) and 4. Dramatiq side by side",
              *scaling_table(results), "", "   CPU ms per order by process", *scaling_cpu_table(results),
+             "", "   Where a worker's time per order goes", *scaling_stage_table(results),
              "", "4. End-to-end latency: source XADD / enqueue -> order final (2 workers, zero-latency broker)",
              *latency_table(results),
              "", "5. Memory (RSS)", *memory_table(results),
@@ -309,6 +344,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -380,6 +416,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
             right.axis("off")
         for ax in (left, right):
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
         fig.tight_layout()
         path = out_dir / "latency.png"
         fig.savefig(path, dpi=110)
@@ -426,7 +464,9 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         "## 2. Pipeline overhead: source XADD -> order submitted",
         "",
         "2 workers, zero-latency paper broker, 4 symbols, signals XADDed at a fixed rate by the harness. "
-        "Start = our clock right after XADD returned; stages from the journal: router hop = -> `routed_at`, "
+        "Start = our clock right before XADD was sent (the router is often woken, and stamps `routed_at`, before "
+        "the XADD reply is back in the harness, so an after-XADD stamp made the first hop negative; the "
+        "journal's `source_at` is only the entry id's whole milliseconds); stages from the journal: router hop = -> `routed_at`, "
         "worker hop = `routed_at` -> `claimed_at`, pre-trade = `claimed_at` -> `submitted_at` (risk checks, "
         "sizing, ledger reservation, rate limiter), to final = -> `final_at`. \"p50 / 4 RTT\" divides the p50 by "
         "four PING round trips (the floor).",
@@ -439,8 +479,9 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         "",
         "## 3. Scaling over worker processes (and 4. Dramatiq)",
         "",
-        "20 symbols, paper broker latency 50 ms per request, workers added to one running fleet. At each N a "
-        "backlog of about 7 s of work is XADDed at once; throughput = orders finished between the 10th and 90th "
+        "20 symbols, paper broker latency 50 ms per request, workers added to one running fleet; the paper broker "
+        "is reset (and positions re-seeded) before each N, since its per-request cost grows with every order it "
+        "holds (see Why). At each N a backlog of about 7 s of work is XADDed at once; throughput = orders finished between the 10th and 90th "
         "percentile completion time / that span. Efficiency = thr(N) / (N x thr(1)).",
         "",
         *scaling_table(results),
@@ -448,6 +489,11 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         "CPU milliseconds per order, by process:",
         "",
         *scaling_cpu_table(results),
+        "",
+        "Where a worker's time per order goes (from the journal's stage times; \"journaled\" is the journal "
+        "entry id's millisecond):",
+        "",
+        *scaling_stage_table(results),
         "",
         *([f"![throughput vs workers](bench/{plots[0].name})", ""] if plots else []),
         "## 4. Side by side: end-to-end latency against Dramatiq",

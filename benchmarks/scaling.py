@@ -21,7 +21,6 @@ import redis
 from benchmarks.common import (
     SYMBOLS_20,
     Dist,
-    Fleet,
     Procs,
     Sampler,
     burst,

@@ -10,6 +10,7 @@ paper broker and the same price poller.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import uuid
@@ -30,7 +31,6 @@ from benchmarks.common import (
     ms,
     rss_mb,
     tree_pids,
-    wait_for,
 )
 from benchmarks.scaling import FIRST_GUESS_PER_WORKER, LATENCY, WORKER_COUNTS, Memory, ScalePoint, backlog_size, \
     set_efficiency, steady_throughput
@@ -69,7 +69,7 @@ class Dramatiq:
         self.index = 0
 
     def start(self, processes: int) -> None:
-        env = self.fleet.env(dramatiq_prom_db="", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        env = self.fleet.env(PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         self.pool = self.procs.start(f"dramatiq-x{processes}", [
             sys.executable, "-m", "dramatiq", "benchmarks.dq_tasks", "--processes", str(processes),
             "--threads", "1", "--queues", self.queue, "--worker-shutdown-timeout", "5000"], env)
@@ -192,8 +192,6 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
                 used = cpu_after.get(pid, 0.0) - cpu_before.get(pid, 0.0)
                 total += used
                 point.cpu_ms_per_order[name] = point.cpu_ms_per_order.get(name, 0.0) + used * 1000 / count
-            import os
-
             point.cpu_busy = total / (wall * (os.cpu_count() or 1))
             point.memory_idle = idle
             peak: dict[int, float] = {}
