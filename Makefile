@@ -24,6 +24,7 @@ soak: $(STAMP)
 	$(BIN)/pytest -m soak
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.run
 
 clean:
