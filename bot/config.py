@@ -1,6 +1,7 @@
 """Settings from the environment (and flags), one dataclass shared by every process."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
@@ -11,6 +12,10 @@ from bot.keys import DEFAULT_PREFIX, Keys
 ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
 ALPACA_DATA_URL = "https://data.alpaca.markets"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Fields that are bookkeeping, not settings: kept out of public_view().
+_INTERNAL_FIELDS = ("data_url_given",)
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -76,6 +81,8 @@ class Settings:
     max_position_value: Decimal = Decimal("1000000")
     rate_limit_per_minute: int = 200
     extended_hours: bool = False
+    # ALPACA_DATA_URL was given (env or flag); otherwise alpaca_data_url follows the base URL
+    data_url_given: bool = field(default=False, repr=False, compare=False)
 
     @property
     def keys(self) -> Keys:
@@ -90,9 +97,37 @@ class Settings:
         return bool(self.alpaca_api_key and self.alpaca_secret_key)
 
     def with_overrides(self, **overrides: Any) -> "Settings":
-        """Flags win over the environment; ``None`` means 'flag not given'."""
+        """Flags win over the environment; ``None`` means 'flag not given'.
+
+        URLs lose a trailing slash. A data URL that was not given explicitly follows a new base URL
+        (a local paper broker serves market data under its own base URL), so a ``--alpaca-base-url``
+        flag gets the same default data URL as ALPACA_BASE_URL in the environment.
+        """
         given = {k: v for k, v in overrides.items() if v is not None}
+        for name in ("alpaca_base_url", "alpaca_data_url"):
+            if isinstance(given.get(name), str):
+                given[name] = given[name].rstrip("/")
+        if given.get("alpaca_data_url"):
+            given["data_url_given"] = True
+        elif "alpaca_base_url" in given and not self.data_url_given:
+            given["alpaca_data_url"] = _default_data_url(given["alpaca_base_url"])
         return replace(self, **given)
+
+    def with_demo_credentials(self, purpose: str = "to use") -> "Settings":
+        """Settings with a usable key pair: the given one; without one, the local paper broker's
+        documented demo pair. Real Alpaca without keys, or a base URL that is not http(s), is a
+        ConfigError (``purpose`` completes its message, e.g. "to trade on")."""
+        if not self.alpaca_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"ALPACA_BASE_URL={self.alpaca_base_url!r} is not an http(s) URL")
+        if self.has_alpaca_credentials:
+            return self
+        if "alpaca.markets" in self.alpaca_base_url:
+            raise ConfigError(f"ALPACA_API_KEY and ALPACA_SECRET_KEY are required {purpose} {self.alpaca_base_url}; "
+                              "without them point ALPACA_BASE_URL at the paper broker")
+        from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
+
+        log.info("no Alpaca key pair set: using the paper broker's demo pair for %s", self.alpaca_base_url)
+        return replace(self, alpaca_api_key=DEMO_API_KEY, alpaca_secret_key=DEMO_SECRET_KEY)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -105,6 +140,7 @@ class Settings:
             alpaca_secret_key=get("ALPACA_SECRET_KEY", ""),
             alpaca_base_url=get("ALPACA_BASE_URL", ALPACA_PAPER_URL).rstrip("/"),
             alpaca_data_url=get("ALPACA_DATA_URL", "").rstrip("/") or _default_data_url(get("ALPACA_BASE_URL", "")),
+            data_url_given=bool(get("ALPACA_DATA_URL", "").strip()),
             data_feed=get("ALPACA_DATA_FEED", "iex"),
             symbols=symbols,
             source_streams=parse_list(get("TRADEBOT_SOURCE_STREAMS", "nvda")) or ("nvda",),
@@ -126,7 +162,8 @@ class Settings:
         """Settings fit for logs and status: no keys, Redis password masked."""
         from bot.logs import redact_url
 
-        view = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("alpaca_api_key", "alpaca_secret_key")}
+        hidden = ("alpaca_api_key", "alpaca_secret_key", *_INTERNAL_FIELDS)
+        view = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in hidden}
         view["redis_url"] = redact_url(self.redis_url)
         view["alpaca_credentials"] = "set" if self.has_alpaca_credentials else "none"
         return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in view.items()}

@@ -44,10 +44,6 @@ class Keys:
         return self._k("prices", symbol.upper())
 
     @property
-    def prices_pattern(self) -> str:
-        return self._k("prices", "*")
-
-    @property
     def account(self) -> str:
         return self._k("account")
 
@@ -85,9 +81,3 @@ class Keys:
     def routed(self, source_stream: str, source_id: str) -> str:
         """Marker that a source entry was routed to the signals stream (exactly-once routing guard)."""
         return self._k("routed", source_stream, source_id)
-
-    def lock(self, name: str) -> str:
-        return self._k("lock", name)
-
-    def heartbeat(self, consumer: str) -> str:
-        return self._k("heartbeat", consumer)

@@ -12,8 +12,13 @@ Its life:
 
 - ``reserve_buy`` / ``reserve_sell``: active; counts in full.
 - ``settle`` (the order is final): counts at the FILLED amount until the cache is refreshed by a
-  poll whose request was sent after the settle time (``as_of`` of the account hash for buys, of
-  the positions hash for sells); the scripts then drop it, lazily, as they pass.
+  poll whose request was sent after the settle time: a buy's cash until the account hash's
+  ``as_of`` passes it, a buy's shares (for the position limit) and a sell's shares until the
+  positions hash's ``as_of`` does; the scripts then drop it, lazily, as they pass.
+
+Per-symbol position limit: ``reserve_buy(..., max_position_qty=...)`` counts the cached position
+plus every buy reservation of the symbol the positions do not show yet, so concurrent buys on
+different workers cannot together grow a position past max_position_value (or the all-in target).
 - ``release`` (nothing was placed, or nothing filled): dropped at once.
 - Older than ``max_age`` (a crashed worker nobody reclaimed): dropped by the scripts and logged.
 
@@ -74,10 +79,14 @@ local function units(s, scale)
 end
 
 -- The reservations that still count: sums them, drops reflected and expired ones.
--- Returns committed cash (micro-$), {symbol -> nano-shares}, list of expired ids, list of corrupt ids.
+-- A settled buy counts its cash until the account shows it and its shares until the positions do
+-- (the two hashes are polled by separate requests); it is dropped once both show it (or the
+-- account does and positions were never polled).
+-- Returns committed cash (micro-$), {symbol -> nano-shares of sells}, {symbol -> nano-shares of
+-- buys}, list of expired ids, list of corrupt ids.
 local function scan(acct_as_of, pos_as_of, now, max_age, margin)
   local all = redis.call('HGETALL', KEYS[1])
-  local cash, shares, expired, corrupt, drop = 0, {}, {}, {}, {}
+  local cash, shares, bought, expired, corrupt, drop = 0, {}, {}, {}, {}, {}
   for i = 1, #all, 2 do
     local id = all[i]
     local ok, rec = pcall(cjson.decode, all[i + 1])
@@ -86,35 +95,54 @@ local function scan(acct_as_of, pos_as_of, now, max_age, margin)
       table.insert(drop, id)
     else
       local settled_at = tonumber(rec.settled_at)
-      local counts = true
+      -- in_cash: counts against the account's cash; in_pos: counts against the positions
+      local in_cash, in_pos = true, true
       if settled_at ~= nil then
-        local as_of = pos_as_of
-        if rec.side == 'buy' then as_of = acct_as_of end
-        if as_of ~= nil and as_of > settled_at + margin then
-          counts = false  -- the cache now shows this order's effect
-        elseif now - settled_at > max_age then
-          counts = false
+        -- the cache now shows this order's effect once polled by a request sent after the settle
+        in_cash = not (acct_as_of ~= nil and acct_as_of > settled_at + margin)
+        in_pos = not (pos_as_of ~= nil and pos_as_of > settled_at + margin)
+        if now - settled_at > max_age then
+          in_cash, in_pos = false, false
           table.insert(expired, id)
         end
       elseif now - tonumber(rec.created_at) > max_age then
-        counts = false
+        in_cash, in_pos = false, false
         table.insert(expired, id)
       end
-      if counts then
-        if rec.side == 'buy' then
-          cash = cash + (tonumber(rec.cash_u) or 0)
-        else
-          shares[rec.symbol] = (shares[rec.symbol] or 0) + (tonumber(rec.qty_u) or 0)
-        end
+      local counts
+      if rec.side == 'buy' then
+        if in_cash then cash = cash + (tonumber(rec.cash_u) or 0) end
+        if in_pos then bought[rec.symbol] = (bought[rec.symbol] or 0) + (units(rec.qty, 9) or 0) end
+        counts = in_cash or (in_pos and pos_as_of ~= nil)
       else
-        table.insert(drop, id)
+        if in_pos then shares[rec.symbol] = (shares[rec.symbol] or 0) + (tonumber(rec.qty_u) or 0) end
+        counts = in_pos
       end
+      if not counts then table.insert(drop, id) end
     end
   end
   for i = 1, #drop, 200 do
     redis.call('HDEL', KEYS[1], unpack(drop, i, math.min(i + 199, #drop)))
   end
-  return cash, shares, expired, corrupt
+  return cash, shares, bought, expired, corrupt
+end
+
+-- The cached position of a symbol in nano-shares: (units, nil), (nil, raw) when unreadable.
+-- field_name: 'qty_available' (what a sell may take; falls back to qty) or 'qty' (what is held).
+local function held_units(symbol, field_name)
+  local raw = redis.call('HGET', KEYS[3], symbol)
+  if not raw then return 0, nil end
+  local ok, pos = pcall(cjson.decode, raw)
+  if not ok or type(pos) ~= 'table' then return nil, raw end
+  local text = pos[field_name]
+  if type(text) ~= 'string' then text = pos.qty end
+  local n = units(text, 9)
+  if n == nil then return nil, raw end
+  return n, nil
+end
+
+local function positions_polled()
+  return redis.call('HEXISTS', KEYS[3], '_polled_at') == 1 or redis.call('HEXISTS', KEYS[3], '_as_of') == 1
 end
 
 local function as_of_of(key, as_of_field, polled_field)
@@ -130,7 +158,9 @@ end
 """
 
 # ARGV: 1 id, 2 symbol, 3 price_used_u, 4 qty ("" = as many whole shares as the cash allows),
-# 5 cash_u of that qty, 6 max_cash_u ("" = no cap), 7 now, 8 max_age, 9 margin, 10 price (text)
+# 5 cash_u of that qty, 6 max_cash_u ("" = no cap), 7 now, 8 max_age, 9 margin, 10 price (text),
+# 11 max_position_u: most nano-shares the symbol's position may reach, counting the cached position
+# and every buy reservation of the symbol the positions do not show yet ("" = no cap)
 _RESERVE_BUY = _LUA_COMMON + r"""
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return cjson.encode({status = 'exists', record = existing}) end
@@ -140,24 +170,45 @@ local cash_u = units(acct[1], 6)
 local bp_u = units(acct[2], 6)
 if cash_u == nil then return cjson.encode({status = 'corrupt_cache', field = 'cash', value = acct[1]}) end
 if bp_u == nil then return cjson.encode({status = 'corrupt_cache', field = 'buying_power', value = acct[2]}) end
+local held_u = 0
+if ARGV[11] ~= '' then
+  if not positions_polled() then return cjson.encode({status = 'nopositions'}) end
+  local n, bad = held_units(ARGV[2], 'qty')
+  if n == nil then return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = bad}) end
+  held_u = math.max(0, n)  -- a short position is no long exposure
+end
 local now, max_age, margin = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local committed, _, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
-                                            as_of_of(KEYS[3], '_as_of', '_polled_at'), now, max_age, margin)
+local committed, _, bought, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
+                                                   as_of_of(KEYS[3], '_as_of', '_polled_at'), now, max_age, margin)
 local available = math.max(0, math.min(cash_u, bp_u) - committed)
 local cap = available
 if ARGV[6] ~= '' then cap = math.min(cap, tonumber(ARGV[6])) end
+local in_flight = bought[ARGV[2]] or 0
+local room = nil  -- nano-shares the position may still grow by
+if ARGV[11] ~= '' then room = math.max(0, tonumber(ARGV[11]) - held_u - in_flight) end
 local price_u = tonumber(ARGV[3])
 local qty, need
+local limited_by_room = false
 if ARGV[4] == '' then
   local n = math.floor(cap / price_u)
   while n > 0 and n * price_u > cap do n = n - 1 end
+  if room ~= nil and n * 1000000000 > room then
+    n = math.floor(room / 1000000000)
+    limited_by_room = true
+  end
   qty, need = fmt(n), n * price_u
   if n < 1 then need = price_u end
 else
   qty, need = ARGV[4], tonumber(ARGV[5])
+  limited_by_room = room ~= nil and units(ARGV[4], 9) > room
 end
 local info = {available = fmt(available), cap = fmt(cap), need = fmt(need), cash = fmt(cash_u),
-              buying_power = fmt(bp_u), committed = fmt(committed)}
+              buying_power = fmt(bp_u), committed = fmt(committed), held = fmt(held_u),
+              in_flight = fmt(in_flight), max_position = ARGV[11]}
+if limited_by_room and (ARGV[4] ~= '' or qty == '0') then
+  info.status = 'noroom'
+  return reply(info, expired, corrupt)
+end
 if need > cap or (ARGV[4] == '' and qty == '0') then
   info.status = 'nocash'
   return reply(info, expired, corrupt)
@@ -170,32 +221,27 @@ info.record = record
 return reply(info, expired, corrupt)
 """
 
-# ARGV: 1 id, 2 symbol, 3 qty_u ("" = all available), 4 now, 5 max_age, 6 margin
+# ARGV: 1 id, 2 symbol, 3 qty_u ("" = all available), 4 now, 5 max_age, 6 margin,
+# 7 max_qty_u (with "" in 3: take at most this many; "" = no cap)
 _RESERVE_SELL = _LUA_COMMON + r"""
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
 if existing then return cjson.encode({status = 'exists', record = existing}) end
 local pos_as_of = as_of_of(KEYS[3], '_as_of', '_polled_at')
-if redis.call('HEXISTS', KEYS[3], '_polled_at') == 0 and redis.call('HEXISTS', KEYS[3], '_as_of') == 0 then
+if not positions_polled() then
   return cjson.encode({status = 'noaccount'})
 end
-local held_u = 0
-local raw = redis.call('HGET', KEYS[3], ARGV[2])
-if raw then
-  local ok, pos = pcall(cjson.decode, raw)
-  if not ok or type(pos) ~= 'table' then
-    return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = raw})
-  end
-  local text = pos.qty_available
-  if type(text) ~= 'string' then text = pos.qty end
-  held_u = units(text, 9)
-  if held_u == nil then return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = raw}) end
-end
+local held_u, bad = held_units(ARGV[2], 'qty_available')
+if held_u == nil then return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = bad}) end
 local now, max_age, margin = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local _, shares, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'), pos_as_of, now, max_age, margin)
+local _, shares, _, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'), pos_as_of, now, max_age, margin)
 local reserved = shares[ARGV[2]] or 0
 local available = math.max(0, held_u - reserved)
 local need = available
-if ARGV[3] ~= '' then need = tonumber(ARGV[3]) end
+if ARGV[3] ~= '' then
+  need = tonumber(ARGV[3])
+elseif ARGV[7] ~= '' then
+  need = math.min(available, tonumber(ARGV[7]))
+end
 local info = {available = fmt(available), need = fmt(need), held = fmt(held_u), reserved = fmt(reserved)}
 if need <= 0 or need > available then
   info.status = 'noshares'
@@ -233,12 +279,13 @@ return 'settled'
 
 # ARGV: 1 now, 2 max_age, 3 margin. Returns the totals that still count (and prunes the rest).
 _TOTALS = _LUA_COMMON + r"""
-local cash, shares, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
-                                            as_of_of(KEYS[3], '_as_of', '_polled_at'),
-                                            tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
-local out = {}
+local cash, shares, bought, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
+                                                    as_of_of(KEYS[3], '_as_of', '_polled_at'),
+                                                    tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+local out, buys = {}, {}
 for symbol, n in pairs(shares) do out[symbol] = fmt(n) end
-return reply({status = 'ok', cash = fmt(cash), shares = out}, expired, corrupt)
+for symbol, n in pairs(bought) do buys[symbol] = fmt(n) end
+return reply({status = 'ok', cash = fmt(cash), shares = out, buys = buys}, expired, corrupt)
 """
 
 
@@ -264,6 +311,15 @@ class InsufficientShares(LedgerError):
     def __init__(self, message: str, available: Decimal, needed: Decimal | None = None) -> None:
         super().__init__(message)
         self.available = available
+        self.needed = needed
+
+
+class PositionLimit(LedgerError):
+    """The symbol's position, with the buys in flight, leaves no room for this buy."""
+
+    def __init__(self, message: str, room: Decimal, needed: Decimal | None = None) -> None:
+        super().__init__(message)
+        self.room = room
         self.needed = needed
 
 
@@ -333,12 +389,16 @@ class Ledger:
         return _from_units(self._price_units(price), CASH_SCALE)
 
     def reserve_buy(self, client_order_id: str, symbol: str, price: Decimal, *, qty: Decimal | None = None,
-                    max_cash: Decimal | None = None) -> Reservation:
+                    max_cash: Decimal | None = None, max_position_qty: Decimal | None = None) -> Reservation:
         """Reserve cash for a buy of ``symbol``.
 
         ``qty`` None: as many whole shares as min(max_cash, available cash) buys at the buffered
         price. ``qty`` given: that qty, which must fit the available cash (and ``max_cash``).
-        The same ``client_order_id`` again returns the existing reservation.
+        ``max_position_qty``: the most shares the symbol's position may reach once every buy in
+        flight fills: the cached position (its ``qty``) plus the shares of every buy reservation
+        of the symbol the cached positions do not show yet (other workers' orders included) plus
+        this buy. All-in buys are sized down to it; a fixed qty that does not fit raises
+        PositionLimit. The same ``client_order_id`` again returns the existing reservation.
         """
         symbol = _symbol(symbol)
         _require_id(client_order_id)
@@ -351,33 +411,47 @@ class Ledger:
             qty_text = _text(qty)
         max_cash_u = "" if max_cash is None else str(_units(_non_negative("max_cash", max_cash), CASH_SCALE,
                                                             ROUND_FLOOR, what="max_cash"))
+        max_position_u = "" if max_position_qty is None else str(
+            _units(_non_negative("max_position_qty", max_position_qty), SHARE_SCALE, ROUND_FLOOR,
+                   what="max_position_qty"))
         now = self.now()
         result = self._run(self._reserve_buy, [client_order_id, symbol, str(price_u), qty_text, cash_u, max_cash_u,
-                                               repr(now), repr(self.max_age), repr(self.reflect_margin), _text(price)])
+                                               repr(now), repr(self.max_age), repr(self.reflect_margin), _text(price),
+                                               max_position_u])
         status = result["status"]
         if status == "exists":
             return self._existing(client_order_id, result["record"], symbol, "buy")
         if status == "noaccount":
             raise NoAccountData(f"no cached account in {self.keys.account}: the price poller has not written "
                                 f"it yet; cannot size a buy of {symbol}")
+        if status == "nopositions":
+            raise NoAccountData(f"no cached positions in {self.keys.positions}: the price poller has not written "
+                                f"them yet; cannot check the position limit of {symbol}")
         if status == "corrupt_cache":
-            raise CorruptCache(f"{self.keys.account} field {result['field']} is not a decimal: {result['value']!r}")
+            key = self.keys.account if result["field"] in ("cash", "buying_power") else self.keys.positions
+            raise CorruptCache(f"{key} field {result['field']} is not readable: {str(result['value'])[:100]!r}")
+        if status == "noroom":
+            raise self._position_limit(symbol, qty, result)
         if status == "nocash":
             raise self._insufficient_cash(symbol, price, qty, max_cash, result)
         reservation = _reservation(client_order_id, result["record"])
         log.debug("reserved %s cash for buy %s %s (%s)", reservation.cash, reservation.qty, symbol, client_order_id)
         return reservation
 
-    def reserve_sell(self, client_order_id: str, symbol: str, *, qty: Decimal | None = None) -> Reservation:
-        """Reserve shares for a sell: ``qty`` None = all the shares not reserved by other sells."""
+    def reserve_sell(self, client_order_id: str, symbol: str, *, qty: Decimal | None = None,
+                     max_qty: Decimal | None = None) -> Reservation:
+        """Reserve shares for a sell: ``qty`` None = all the shares not reserved by other sells, but
+        at most ``max_qty`` when given (an all-in sell capped by the order notional limit)."""
         symbol = _symbol(symbol)
         _require_id(client_order_id)
-        qty_u = ""
+        qty_u = max_qty_u = ""
         if qty is not None:
             qty_u = str(_units(_positive("qty", qty), SHARE_SCALE, exact=True, what="qty"))
+        elif max_qty is not None:
+            max_qty_u = str(_units(_positive("max_qty", max_qty), SHARE_SCALE, ROUND_FLOOR, what="max_qty"))
         now = self.now()
         result = self._run(self._reserve_sell, [client_order_id, symbol, qty_u, repr(now), repr(self.max_age),
-                                                repr(self.reflect_margin)])
+                                                repr(self.reflect_margin), max_qty_u])
         status = result["status"]
         if status == "exists":
             return self._existing(client_order_id, result["record"], symbol, "sell")
@@ -432,6 +506,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ reading
 
+    def exists(self, client_order_id: str) -> bool:
+        """Is a reservation stored under this client_order_id (whatever its state)?"""
+        return bool(self.r.hexists(self.keys.ledger, client_order_id))
+
     def get(self, client_order_id: str) -> Reservation | None:
         raw = self.r.hget(self.keys.ledger, client_order_id)
         return None if raw is None else _reservation(client_order_id, raw)
@@ -454,6 +532,11 @@ class Ledger:
         """Shares of sells in flight plus settled sells the cached positions do not show yet."""
         shares = self._totals_now()["shares"] or {}
         return _from_units(int(shares.get(_symbol(symbol), 0)), SHARE_SCALE)
+
+    def pending_buy_qty(self, symbol: str) -> Decimal:
+        """Shares of buys in flight plus settled buys the cached positions do not show yet."""
+        buys = self._totals_now().get("buys") or {}
+        return _from_units(int(buys.get(_symbol(symbol), 0)), SHARE_SCALE)
 
     # ------------------------------------------------------------------ helpers
 
@@ -483,6 +566,15 @@ class Ledger:
                               f"{reservation.symbol}, not a {side} of {symbol}")
         log.info("reservation %s exists (redelivered signal): reusing it", client_order_id)
         return reservation
+
+    def _position_limit(self, symbol: str, qty: Decimal | None, result: dict[str, Any]) -> "PositionLimit":
+        shares = lambda name: _from_units(int(result[name]), SHARE_SCALE)  # noqa: E731
+        held, in_flight, limit = shares("held"), shares("in_flight"), shares("max_position")
+        room = max(Decimal(0), limit - held - in_flight)
+        wanted = _text(qty) if qty is not None else "1 more share"
+        message = (f"position limit of {symbol}: {_text(held)} held + {_text(in_flight)} in buys not yet in the "
+                   f"positions leave room for {_text(room)} of at most {_text(limit)} shares; wanted {wanted}")
+        return PositionLimit(message, room, qty)
 
     def _insufficient_cash(self, symbol: str, price: Decimal, qty: Decimal | None, max_cash: Decimal | None,
                            result: dict[str, Any]) -> InsufficientCash:

@@ -10,11 +10,18 @@ from typing import Iterable
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 _URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)([^@\s]+)(@)")
+# redis-py also takes the password as a query parameter: redis://host:6379/0?password=...
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#\s]+)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """``redis://user:pass@host`` -> ``redis://user:***@host``."""
-    return _URL_PASSWORD.sub(r"\1***\3", url)
+    """``redis://user:pass@host`` -> ``redis://user:***@host``; ``...?password=pass`` -> ``...?password=***``."""
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", url))
+
+
+def url_passwords(url: str) -> list[str]:
+    """The passwords a URL carries (in its user info and in a ``password=`` query parameter)."""
+    return [m.group(2) for pattern in (_URL_PASSWORD, _QUERY_PASSWORD) for m in pattern.finditer(url)]
 
 
 class SecretFilter(logging.Filter):
@@ -44,9 +51,7 @@ class SecretFilter(logging.Filter):
 
 def secrets_from_env() -> list[str]:
     found = [os.environ.get("ALPACA_API_KEY", ""), os.environ.get("ALPACA_SECRET_KEY", "")]
-    match = _URL_PASSWORD.search(os.environ.get("REDIS_URL", ""))
-    if match:
-        found.append(match.group(2))
+    found += url_passwords(os.environ.get("REDIS_URL", ""))
     return [s for s in found if s]
 
 

@@ -47,6 +47,11 @@ POLLED_AT = "polled_at"
 # Bookkeeping fields of the positions hash: the leading underscore keeps them apart from tickers.
 POSITIONS_POLLED_AT = "_polled_at"
 POSITIONS_AS_OF = "_as_of"
+# A worker's default limit on the age of the quote itself (its own time, not the poll's): during the
+# session IEX quotes of a traded symbol are seconds old; a quote a minute old is no price to trade on.
+DEFAULT_MAX_QUOTE_AGE = 60.0
+# A cache entry stamped further in the future than this is a clock problem between hosts: not fresh.
+FUTURE_TOLERANCE = 5.0
 
 # KEYS[1] hash; ARGV[1] name of its as_of field; ARGV[2] this write's as_of; ARGV[3..] field, value...
 # Returns 1 when written, 0 when the hash already holds newer data.
@@ -84,8 +89,31 @@ class StalePrice(MarketDataError):
     """The cached price is older than the allowed age."""
 
     def __init__(self, symbol: str, age: float, limit: float) -> None:
-        super().__init__(f"price of {symbol} is {age:.1f}s old, more than the {limit:.1f}s allowed: "
-                         f"the price poller is behind or down")
+        if age < 0:
+            text = (f"price of {symbol} was polled {-age:.1f}s in the future: check the clocks of the "
+                    f"poller's host and this one")
+        else:
+            text = (f"price of {symbol} is {age:.1f}s old, more than the {limit:.1f}s allowed: "
+                    f"the price poller is behind or down")
+        super().__init__(text)
+        self.symbol = symbol
+        self.age = age
+        self.limit = limit
+
+
+class StaleQuote(StalePrice):
+    """The cached quote's own time is too old (or in the future), however recent the poll."""
+
+    def __init__(self, symbol: str, age: float | None, limit: float) -> None:
+        if age is None:
+            text = f"quote of {symbol} has no quote time: its age is unknown"
+        elif age < 0:
+            text = (f"quote of {symbol} is stamped {-age:.1f}s in the future: check the clocks of the "
+                    f"poller's host and this one")
+        else:
+            text = (f"quote of {symbol} is {age:.1f}s old, more than the {limit:.1f}s allowed: the feed "
+                    f"has no recent quote for {symbol}")
+        MarketDataError.__init__(self, text)
         self.symbol = symbol
         self.age = age
         self.limit = limit
@@ -293,27 +321,53 @@ class ClockState:
     polled_at: float
     age: float
 
+    def open_at(self, now: float) -> bool:
+        """Is the regular session open at ``now`` (Unix seconds) by this clock?
+
+        The clock is polled every 30 s, so its ``is_open`` may be up to that old: an open clock
+        stops counting as open at its ``next_close``, and a closed one counts as open from its
+        ``next_open`` until its ``next_close`` (the session it announced). The caller still bounds
+        the clock's age (``bot.risk.check_market_open``).
+        """
+        close = self.next_close.timestamp()
+        if self.is_open:
+            return now < close
+        return self.next_open.timestamp() <= now < close
+
 
 class MarketCache:
     """Typed reads of the poller's hashes. Cheap to create; share the Redis client."""
 
     def __init__(self, r: redis.Redis, keys: Keys, max_price_age: float = 5.0,
-                 now: Callable[[], float] = time.time) -> None:
+                 now: Callable[[], float] = time.time, *, max_quote_age: float | None = None,
+                 future_tolerance: float = FUTURE_TOLERANCE) -> None:
+        """``max_price_age``: seconds since the poll; ``max_quote_age``: seconds since the quote's own
+        time (None = not checked: readers that only display prices); ``future_tolerance``: how far
+        in the future a poll or quote may be stamped (clock skew between hosts) and still count."""
         self.r = r
         self.keys = keys
         self.max_price_age = max_price_age
+        self.max_quote_age = max_quote_age
+        self.future_tolerance = future_tolerance
         self.now = now
 
     # prices
     def price(self, symbol: str) -> Price:
-        """The cached price; NoPrice when absent, StalePrice when older than max_price_age."""
+        """The cached price; NoPrice when absent, StalePrice when polled longer than max_price_age
+        ago (or further in the future than the tolerance), StaleQuote when the quote's own time is
+        older than max_quote_age (or unknown, or in the future) while that limit is set."""
         key = self.keys.prices(symbol)
         data = self.r.hgetall(key)
         if not data or POLLED_AT not in data:
             raise NoPrice(symbol.upper(), key)
-        price = _parse_price(symbol.upper(), key, data, self.now())
-        if price.age > self.max_price_age:
+        now = self.now()
+        price = _parse_price(symbol.upper(), key, data, now)
+        if price.age > self.max_price_age or -price.age > self.future_tolerance:
             raise StalePrice(price.symbol, price.age, self.max_price_age)
+        if self.max_quote_age is not None:
+            quote_age = None if price.quote_time is None else now - price.quote_time
+            if quote_age is None or quote_age > self.max_quote_age or -quote_age > self.future_tolerance:
+                raise StaleQuote(price.symbol, quote_age, self.max_quote_age)
         return price
 
     # account
@@ -354,7 +408,7 @@ class MarketCache:
         return {name: _parse_position(key, name, raw) for name, raw in data.items() if not name.startswith("_")}
 
     def positions_polled_at(self) -> float | None:
-        """When the positions were last polled (Unix seconds), None when never."""
+        """When the positions were last polled (Unix seconds), None when never (tests of the poller use it)."""
         raw = self.r.hget(self.keys.positions, POSITIONS_POLLED_AT)
         return None if raw is None else _float(self.keys.positions, {POSITIONS_POLLED_AT: raw}, POSITIONS_POLLED_AT)
 

@@ -1,11 +1,18 @@
 """The price poller loop: the one writer of the market cache (see bot/market.py).
 
 Every ``interval`` seconds one market-data request for all symbols; account and positions on a
-slower cadence and at once when a worker asks (MarketCache.request_refresh); the market clock on
-its own cadence. Ticks are scheduled on the monotonic clock at ``start + k * interval``; a tick
+slower cadence and when a worker asks (MarketCache.request_refresh, after every fill); the market
+clock on its own cadence. Asks are coalesced: at most one refresh per ``refresh_min_interval``
+seconds; an ask that comes sooner waits, merged with any others, for the next refresh, which runs
+as soon as the interval allows (never dropped). Serving every ask at once cost GET /v2/account +
+GET /v2/positions per order on top of its POST (3 trading requests per order against the
+account's 200/min); nothing needs the refresh to be immediate, since the ledger counts settled
+reservations until a refresh reflects them. Ticks are scheduled on the monotonic clock at ``start + k * interval``; a tick
 that overruns its slot is logged and the missed slots are skipped, never stacked. Broker and
 Redis failures are logged and retried with capped exponential backoff; the cache keeps the last
-values meanwhile (their ``polled_at`` shows how old they are).
+values meanwhile (their ``polled_at`` shows how old they are). A stop request is checked between
+the calls of a tick too (a tick makes up to four requests), so SIGTERM waits for one request at
+most, never a whole tick.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import redis
 from bot.alpaca.errors import AlpacaError
 from bot.keys import Keys
 from bot.market import write_account, write_clock, write_positions, write_prices
+from bot.runtime import capped_backoff
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +78,12 @@ class Poller:
     def __init__(self, client: Any, r: redis.Redis, keys: Keys, symbols: Iterable[str], interval: float = 1.0,
                  account_interval: float = 5.0, clock_interval: float = 30.0,
                  now: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, stop_event: threading.Event | None = None,
+                 refresh_min_interval: float = 1.0) -> None:
         if interval <= 0 or account_interval <= 0 or clock_interval <= 0:
             raise ValueError("poller intervals must be > 0")
+        if not refresh_min_interval >= 0:
+            raise ValueError(f"refresh_min_interval must be >= 0, got {refresh_min_interval!r}")
         self.client = client
         self.r = r
         self.keys = keys
@@ -85,11 +96,16 @@ class Poller:
         self.now = now
         self.monotonic = monotonic
         self.max_backoff = max_backoff
+        self.refresh_min_interval = refresh_min_interval
+        self.stop_event = stop_event  # set by run(); checked between the calls of a tick
         # when each slower refresh is next due (monotonic); -inf = at the first tick
         self._account_due = -math.inf
         self._clock_due = -math.inf
         self._skipped_symbols: set[str] = set()
         self._refresh_pending = False  # a worker asked for account+positions and has not had them yet
+        self._refresh_started = -math.inf  # monotonic start of the last account+positions refresh
+        # a refresh served between ticks failed: the next tick retries it (keeps the tick's backoff)
+        self._refresh_deferred = False
         self.consecutive_failures = 0
         # stats for tests and benchmarks
         self.ticks = 0
@@ -105,11 +121,12 @@ class Poller:
         """Prices; account+positions when due or asked for; clock when due. True when nothing failed."""
         before = self.client.request_count
         ok = self._guard("prices", self.poll_prices)
-        if self._guard("refresh request", self._take_refresh_requests):
+        if not self.stopping and self._guard("refresh request", self._take_refresh_requests):
             self._refresh_pending = True
-        if self._refresh_pending or self.monotonic() >= self._account_due:
+        self._refresh_deferred = False
+        if not self.stopping and (self._ask_servable() or self.monotonic() >= self._account_due):
             ok &= self._refresh_account()
-        if self.monotonic() >= self._clock_due:
+        if not self.stopping and self.monotonic() >= self._clock_due:
             ok &= self._guard("clock", self.poll_clock)
         self.ticks += 1
         self.last_tick_requests = self.client.request_count - before
@@ -128,6 +145,8 @@ class Poller:
         sent = self.now()
         account = self.client.get_account()
         write_account(self.r, self.keys, account, self.now(), as_of=sent)
+        if self.stopping:
+            return  # positions at the next start; the account is not marked refreshed
         sent = self.now()
         positions = self.client.list_positions()
         write_positions(self.r, self.keys, positions, self.now(), as_of=sent)
@@ -136,6 +155,7 @@ class Poller:
     def _refresh_account(self) -> bool:
         """poll_account, counting served requests; a failed one stays pending for the next tick."""
         requested = self._refresh_pending
+        self._refresh_started = self.monotonic()  # an attempt counts: it spent requests too
         if not self._guard("account and positions", self.poll_account):
             return False
         self._refresh_pending = False
@@ -148,15 +168,27 @@ class Poller:
         write_clock(self.r, self.keys, clock, self.now(), as_of=sent)
         self._clock_due = self.monotonic() + self.clock_interval
 
+    def _refresh_hold(self) -> float:
+        """Seconds until a refresh asked for may run (<= 0: now)."""
+        return self._refresh_started + self.refresh_min_interval - self.monotonic()
+
+    def _ask_servable(self) -> bool:
+        return self._refresh_pending and self._refresh_hold() <= 0
+
     def _take_refresh_requests(self) -> bool:
         # DEL consumes every pending request at once; they all ask for the same refresh
         return bool(self.r.delete(self.keys.refresh_request))
 
     # ------------------------------------------------------------------ the loop
 
+    @property
+    def stopping(self) -> bool:
+        return self.stop_event is not None and self.stop_event.is_set()
+
     def run(self, stop_event: threading.Event) -> None:
         log.info("price poller: %d symbols every %.2fs, account every %.1fs, clock every %.1fs",
                  len(self.symbols), self.interval, self.account_interval, self.clock_interval)
+        self.stop_event = stop_event
         schedule = TickSchedule(self.monotonic(), self.interval)
         while not stop_event.is_set():
             started = self.monotonic()
@@ -174,11 +206,23 @@ class Poller:
                  self.overruns)
 
     def wait_until(self, deadline: float, stop_event: threading.Event) -> None:
-        """Wait for the next tick on the refresh-request list, serving requests the moment they come."""
+        """Wait for the next tick on the refresh-request list, serving asks as soon as
+        ``refresh_min_interval`` allows. While an ask is held, the list is left alone: asks that
+        arrive meanwhile pile up there and the one refresh takes them all."""
         while not stop_event.is_set():
             remaining = deadline - self.monotonic()
             if remaining < MIN_BLOCK_SECONDS:
                 return
+            if self._refresh_pending:
+                if self._refresh_deferred or self.consecutive_failures:
+                    stop_event.wait(min(remaining, STOP_CHECK_SECONDS))  # the next tick retries it
+                    continue
+                hold = self._refresh_hold()
+                if hold <= 0:
+                    self.serve_refresh()
+                else:
+                    stop_event.wait(min(remaining, hold, STOP_CHECK_SECONDS))
+                continue
             block = min(remaining, STOP_CHECK_SECONDS)
             try:
                 popped = self.r.blpop([self.keys.refresh_request], timeout=block)
@@ -188,19 +232,24 @@ class Poller:
                 stop_event.wait(block)
                 continue
             if popped:
-                self.serve_refresh()
+                self._refresh_pending = True  # served on the next turn, now or when the interval allows
 
-    def serve_refresh(self) -> None:
-        """A worker asked for fresh account and positions: drop the other pending asks, then fetch."""
-        self._refresh_pending = True
-        self._guard("refresh request", self._take_refresh_requests)
-        self._refresh_account()
+    def serve_refresh(self) -> bool:
+        """Between ticks: take the workers' asks and, if ``refresh_min_interval`` has passed since the
+        last refresh, refresh account and positions for all of them at once. An ask that is not
+        served yet stays pending; a failed refresh is left to the next tick. True when one ran and
+        succeeded."""
+        if self._guard("refresh request", self._take_refresh_requests):
+            self._refresh_pending = True
+        if not self._ask_servable() or self._refresh_deferred:
+            return False
+        served = self._refresh_account()
+        self._refresh_deferred = not served
+        return served
 
     def backoff_delay(self) -> float:
         """Capped exponential gap between the starts of failed ticks: 1, 2, 4 ... intervals, up to max_backoff."""
-        if not self.consecutive_failures:
-            return 0.0
-        return min(self.max_backoff, self.interval * 2 ** min(self.consecutive_failures - 1, 30))
+        return capped_backoff(self.consecutive_failures, base=self.interval, cap=self.max_backoff)
 
     # ------------------------------------------------------------------ failures and logs
 

@@ -12,11 +12,17 @@ budget is spent). One Lua script reads and updates it atomically, timed by the R
 the bucket would be full again: an absent hash means a full bucket, so idle buckets cost nothing.
 
 Waiting is client-side: the script answers "granted" or "a token comes in N seconds", and
-``acquire`` sleeps that long and asks again.
+``acquire`` sleeps that long and asks again. The sleep is stop-aware when the limiter has a
+``stop`` event (a process's SIGTERM): a fleet pause can last up to MAX_PAUSE (120 s), longer than
+supervisord waits for a stopping process, so once stop is set a wait longer than
+``STOPPING_MAX_WAIT`` raises RateLimitStopped at once, and a wait in progress ends early with it.
+Tokens that are there (or come within that short wait) are still granted while stopping: a
+stopping worker must still be able to follow and cancel the order in hand.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -32,6 +38,8 @@ DEFAULT_BURST = 10
 MAX_PAUSE = 120.0
 # Pause used when the broker says the budget is spent but gives no reset time.
 DEFAULT_PAUSE = 1.0
+# While stopping, a wait for a token longer than this is not begun (a normal refill wait is ~0.3 s).
+STOPPING_MAX_WAIT = 1.0
 # Alpaca sends X-RateLimit-Reset as epoch seconds; anything smaller is read as "seconds from now".
 _EPOCH_THRESHOLD = 1e9
 
@@ -119,6 +127,16 @@ class RateLimitTimeout(TimeoutError):
         self.wait = wait
 
 
+class RateLimitStopped(RateLimitTimeout):
+    """``acquire`` gave up waiting because the process is stopping (the limiter's stop event is set)."""
+
+    def __init__(self, bucket: str, wait: float) -> None:
+        TimeoutError.__init__(self, f"rate limit: stopping; not waiting {wait:.2f}s for a {bucket!r} request token")
+        self.bucket = bucket
+        self.timeout = 0.0
+        self.wait = wait
+
+
 class RateLimiter:
     """Token buckets shared through Redis by every process of one account.
 
@@ -126,16 +144,19 @@ class RateLimiter:
     ``burst``: bucket name -> most tokens a bucket holds (default ``min(10, per_minute)``), so a
     minute's budget is not spent in one second. ``now``: Unix-time source for tests; None (the
     default) uses the Redis server's clock. ``sleep`` waits between tries (tests inject one that
-    advances their clock).
+    advances their clock). ``stop``: the process's stop event; once set, long waits raise
+    RateLimitStopped (see the module docstring). With the default ``sleep`` the wait itself wakes
+    up when ``stop`` is set; an injected ``sleep`` is checked after it returns.
     """
 
     def __init__(self, r: Any, keys: Keys, per_minute: Mapping[str, int],
                  burst: Mapping[str, int] | None = None, sleep: Callable[[float], None] = time.sleep,
-                 *, now: Callable[[], float] | None = None) -> None:
+                 *, now: Callable[[], float] | None = None, stop: threading.Event | None = None) -> None:
         self.r = r
         self.keys = keys
         self.sleep = sleep
         self.now = now
+        self.stop = stop
         self.per_minute: dict[str, int] = {}
         self.burst: dict[str, int] = {}
         burst = burst or {}
@@ -167,7 +188,8 @@ class RateLimiter:
         """Block until a token of ``bucket`` is taken; RateLimitTimeout after ``timeout`` seconds.
 
         Gives up at once when the next token is further away than the time left: sleeping
-        would not help, tokens only come with time.
+        would not help, tokens only come with time. RateLimitStopped when the stop event is set
+        and the wait is longer than STOPPING_MAX_WAIT (or it is set during a wait).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -178,8 +200,26 @@ class RateLimiter:
                 left = deadline - time.monotonic()
                 if wait > left:
                     raise RateLimitTimeout(bucket, timeout or 0.0, wait)
+            if self._stopping() and wait > STOPPING_MAX_WAIT:
+                raise RateLimitStopped(bucket, wait)
             log.debug("rate limit %s: waiting %.3fs for a token", bucket, wait)
-            self.sleep(wait)
+            self._wait(bucket, wait)
+
+    def _stopping(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
+
+    def _wait(self, bucket: str, seconds: float) -> None:
+        """Sleep ``seconds``; a stop request that comes meanwhile ends a long wait with RateLimitStopped."""
+        if self.stop is None or self.stop.is_set():
+            self.sleep(seconds)  # already stopping: only short waits get here
+            return
+        if self.sleep is time.sleep:
+            interrupted = self.stop.wait(seconds)
+        else:
+            self.sleep(seconds)
+            interrupted = self.stop.is_set()
+        if interrupted and seconds > STOPPING_MAX_WAIT:
+            raise RateLimitStopped(bucket, seconds)
 
     # ------------------------------------------------------------------ the broker's view
 

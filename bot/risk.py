@@ -2,16 +2,21 @@
 (the worker journals that reason with outcome "skipped"). Pure functions: the worker reads the
 halt key, clock and positions and passes the values in.
 
-Stale prices are not checked here: ``bot.market.MarketCache.price`` raises ``StalePrice``.
+Stale prices are not checked here: ``bot.market.MarketCache.price`` raises ``StalePrice`` (poll too
+old, or stamped in the future) and ``StaleQuote`` (the quote's own time too old). The market clock's
+age is checked here (``check_market_open``), its session bounds by ``bot.market.ClockState.open_at``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-# A signal stamped further in the future than this is a clock problem, not a fresh signal.
+# A signal (or a cache entry) stamped further in the future than this is a clock problem, not fresh data.
 MAX_FUTURE_SKEW = 5.0
+# The poller reads the market clock every 30 s: a clock hash older than two of its polls (plus slack)
+# means the poller is behind or down, and the cached is_open may no longer be true.
+MAX_CLOCK_AGE = 90.0
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class RiskLimits:
     max_order_notional: Decimal  # qty * price of one order
     max_position_value: Decimal  # (held + bought) * price after a buy
     allow_extended_hours: bool = False  # trade while the regular session is closed
+    max_clock_age: float = MAX_CLOCK_AGE  # seconds: an older cached market clock counts as unknown
 
     @classmethod
     def from_settings(cls, settings: Any) -> "RiskLimits":
@@ -49,10 +55,21 @@ def check_signal_age(source_at: float | None, now: float, limits: RiskLimits) ->
     return None
 
 
-def check_market_open(clock_state_is_open: bool | None, limits: RiskLimits) -> str | None:
-    """Fail closed: no clock in the cache is a reason to wait, not to trade."""
+def check_market_open(clock_state_is_open: bool | None, limits: RiskLimits,
+                      clock_age: float | None = None) -> str | None:
+    """Fail closed: no clock in the cache, or one too old to trust, is a reason to wait, not to trade.
+
+    ``clock_state_is_open``: whether the regular session is open NOW by the cached clock (see
+    ``bot.market.ClockState.open_at``); ``clock_age``: seconds since the clock was polled.
+    """
     if clock_state_is_open is None:
         return "market clock unknown: the price poller has not written it"
+    if clock_age is not None and clock_age > limits.max_clock_age:
+        return (f"market clock unknown: stale, polled {clock_age:.0f}s ago (max {limits.max_clock_age:g}s); "
+                f"is the price poller running?")
+    if clock_age is not None and -clock_age > MAX_FUTURE_SKEW:
+        return (f"market clock unknown: polled {-clock_age:.1f}s in the future; check the clocks of the "
+                f"poller's host and this one")
     if not clock_state_is_open and not limits.allow_extended_hours:
         return "market is closed"
     return None
@@ -88,12 +105,24 @@ def buy_cash_cap(limits: RiskLimits, *, current_qty: Decimal, price: Decimal) ->
 
 
 def pre_trade_reason(*, halt_reason: str | None, source_at: float | None, now: float,
-                     clock_is_open: bool | None, limits: RiskLimits, require_open: bool = True) -> str | None:
+                     clock_is_open: bool | None, limits: RiskLimits, require_open: bool = True,
+                     clock_age: float | None = None) -> str | None:
     """Halt, signal age, then market hours (skipped when ``require_open`` is False): the first reason."""
     reason = check_halt(halt_reason) or check_signal_age(source_at, now, limits)
     if reason is None and require_open:
-        reason = check_market_open(clock_is_open, limits)
+        reason = check_market_open(clock_is_open, limits, clock_age)
     return reason
+
+
+def sell_qty_cap(limits: RiskLimits, price: Decimal) -> Decimal:
+    """The most whole shares one sell may offer at ``price`` within max_order_notional (0 = not one).
+
+    An all-in sell is sized to this instead of being skipped: a position worth more than the
+    order limit is then closed over several sells, each within the limit.
+    """
+    if price <= 0:
+        return Decimal(0)
+    return (limits.max_order_notional / price).to_integral_value(rounding=ROUND_FLOOR)
 
 
 def _money(value: Decimal) -> str:

@@ -8,8 +8,6 @@ routers racing on one entry (a reclaim, a replay after a crash) cannot route or 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -19,15 +17,17 @@ import redis
 
 from bot.config import Settings
 from bot.redisconn import connect
+from bot.runtime import capped_backoff
 from bot.signals import Signal, SignalError, parse_raw
 from bot.streams import (
     GroupReader,
     autoclaim,
-    consumers,
     dead_letter,
+    default_consumer_name,
     delete_consumer_if_idle,
     delivery_count,
     ensure_group,
+    reap_idle_consumers,
     record_once,
     trim_acknowledged,
 )
@@ -37,8 +37,7 @@ log = logging.getLogger(__name__)
 ROUTED, DEAD, DUPLICATE, RETRY = "routed", "dead", "duplicate", "retry"
 
 
-def default_consumer_name() -> str:
-    return f"router-{socket.gethostname()}-{os.getpid()}"
+ROLE = "router"  # default consumer names are router-<host>-<pid>
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class Router:
         self.keys = settings.keys
         self.group = self.keys.router_group
         self.streams = tuple(settings.source_streams)
-        self.consumer = consumer or default_consumer_name()
+        self.consumer = consumer or default_consumer_name(ROLE)
         # bytes client: source payloads are untrusted and need not be UTF-8
         self.r = client if client is not None else connect(
             settings.redis_url, decode=False, socket_timeout=(block_ms or 0) / 1000 + 10)
@@ -141,7 +140,7 @@ class Router:
             except Exception as exc:  # never exit: the outage ends, the loop goes on
                 failures += 1
                 self.outages += 1
-                delay = min(self.backoff_cap_s, 0.1 * 2 ** min(failures - 1, 16))
+                delay = capped_backoff(failures, cap=self.backoff_cap_s)
                 if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
                     log.warning("router %s: Redis unavailable (%s); retry %d in %.1fs", self.consumer, exc, failures, delay)
                 else:
@@ -253,15 +252,9 @@ class Router:
         return handled
 
     def reap_consumers(self) -> int:
-        reaped = 0
-        for stream in self.streams:
-            for info in consumers(self.r, stream, self.group):
-                if info["name"] == self.consumer or info["pending"] or info["idle"] < self.consumer_idle_ms:
-                    continue
-                if delete_consumer_if_idle(self.r, stream, self.group, info["name"], self.consumer_idle_ms):
-                    reaped += 1
-                    log.info("router %s: removed idle consumer %s from %s", self.consumer, info["name"], stream)
-        return reaped
+        """Forget other routers idle longer than consumer_idle_ms with nothing pending; how many."""
+        return sum(len(reap_idle_consumers(self.r, stream, self.group, self.consumer_idle_ms, keep=self.consumer))
+                   for stream in self.streams)
 
     def trim(self) -> int:
         """Trim the source streams and the signals stream behind what their groups acknowledged."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation, localcontext
 from typing import Mapping
 
+from bot.streams import is_stream_id
+
 MAX_FIELDS = 16
 MAX_VALUE_BYTES = 64
 MAX_NAME_BYTES = 64
@@ -22,7 +24,6 @@ _DIRECTIONS = {"b": "buy", "buy": "buy", "s": "sell", "sell": "sell"}
 # plain decimal notation only: no exponents, underscores, signs other than a leading +/-,
 # NaN or Infinity (all of which Decimal() would accept)
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
-_STREAM_ID = re.compile(r"(\d+)-(\d+)")
 
 
 class SignalError(ValueError):
@@ -54,7 +55,7 @@ class Signal:
             object.__setattr__(self, "qty", check_qty(self.qty))
         if not self.source_stream:
             raise SignalError("source_stream is empty")
-        if not _STREAM_ID.fullmatch(self.source_id):
+        if not is_stream_id(self.source_id):
             raise SignalError(f"source_id {self.source_id!r} is not a stream id")
 
     @property

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import re
+import socket
 import time
-import weakref
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import redis
@@ -42,6 +44,15 @@ def _s(value: Any) -> str:
 
 def _b(value: bytes | str) -> bytes:
     return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
+
+
+# A complete stream entry id as Redis gives it: <milliseconds>-<sequence>.
+_STREAM_ID = re.compile(r"(\d+)-(\d+)")
+
+
+def is_stream_id(text: str) -> bool:
+    """Is ``text`` a complete stream entry id (``<ms>-<seq>``, as XADD returns)?"""
+    return bool(_STREAM_ID.fullmatch(text))
 
 
 def parse_id(entry_id: str | bytes) -> StreamId:
@@ -166,28 +177,6 @@ class GroupReader:
                 self._cursor[stream] = None  # no history answer at all: treat the PEL as drained
         self.last_replayed = frozenset(replayed)
         return entries
-
-
-_readers: "weakref.WeakKeyDictionary[redis.Redis, dict[tuple, GroupReader]]" = weakref.WeakKeyDictionary()
-
-
-def read_group(r: redis.Redis, stream_or_streams: str | Iterable[str], group: str, consumer: str,
-               count: int, block_ms: int | None, pending_first: bool = True) -> list[StreamEntry]:
-    """XREADGROUP that replays this consumer's own PEL on the first calls (per client) before ``>``.
-
-    Returns ``StreamEntry(stream, id, fields)`` tuples; recreates the group on NOGROUP.  Keeps one
-    ``GroupReader`` per (client, streams, group, consumer); use ``GroupReader`` directly for more
-    control.
-    """
-    streams = (stream_or_streams,) if isinstance(stream_or_streams, str) else tuple(stream_or_streams)
-    readers = _readers.setdefault(r, {})
-    key = (streams, group, consumer)
-    reader = readers.get(key)
-    if reader is None:
-        reader = readers[key] = GroupReader(streams, group, consumer, count=count, block_ms=block_ms,
-                                            pending_first=pending_first)
-    reader.count, reader.block_ms = count, block_ms
-    return reader.read(r)
 
 
 # --------------------------------------------------------------------------- reclaiming
@@ -452,6 +441,26 @@ def delete_consumer_if_idle(r: redis.Redis, stream: str, group: str, consumer: s
     """XGROUP DELCONSUMER, atomically, only if ``consumer`` has no pending entries (and has been
     idle ``min_idle_ms``): a consumer's pending entries would become unclaimable."""
     return bool(int(run_script(r, _DELETE_IF_IDLE, [stream], [group, consumer, int(min_idle_ms)])))
+
+
+def default_consumer_name(role: str = "") -> str:
+    """A consumer name unique per process: ``<host>-<pid>``, or ``<role>-<host>-<pid>``."""
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    return f"{role}-{name}" if role else name
+
+
+def reap_idle_consumers(r: redis.Redis, stream: str, group: str, min_idle_ms: int, keep: str = "") -> list[str]:
+    """Remove the consumers of ``group`` idle at least ``min_idle_ms`` with nothing pending (dead
+    processes: default names change with every pid), except ``keep`` (the caller itself).
+    Returns the names removed; each removal re-checks pending and idle atomically."""
+    reaped = []
+    for info in consumers(r, stream, group):
+        if info["name"] == keep or info["pending"] or info["idle"] < min_idle_ms:
+            continue
+        if delete_consumer_if_idle(r, stream, group, info["name"], min_idle_ms):
+            reaped.append(info["name"])
+            log.info("removed idle consumer %s from %s on %s", info["name"], group, stream)
+    return reaped
 
 
 def consumers(r: redis.Redis, stream: str, group: str) -> list[dict[str, Any]]:

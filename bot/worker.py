@@ -13,9 +13,10 @@ group ``keys.workers_group``. It handles ONE entry at a time:
 3. exactly-once effect: the client_order_id is derived from the signal's source stream and id
    (``client_order_id()``); a redelivered signal is first looked up at the broker by that id, and
    an order found there is followed and journaled instead of sizing a new one;
-4. risk checks (kill switch, signal age, market open, fresh price, order notional, position value)
-   and sizing (strategy all-in or fixed); cash/shares are reserved in the fleet-wide Ledger so
-   concurrent workers never commit more than the account has;
+4. risk checks (kill switch, signal age, market open by a fresh clock, fresh poll and quote, order
+   notional, position value) and sizing (strategy all-in or fixed; an all-in sell is capped at the
+   order notional); cash/shares are reserved in the fleet-wide Ledger so concurrent workers never
+   commit more than the account has, nor grow a position past its limit with buys in flight;
 5. submit, then follow the order to a final state with bounded exponential backoff; past
    ``order_timeout`` it is canceled and read back until final (a cancel may still fill first);
 6. ledger settle/release, then ONE journal entry written atomically with the XACK
@@ -47,20 +48,51 @@ first asks the broker for the client_order_id:
   only acked.
 A redelivered entry past ``max_deliveries`` is dead-lettered only after the lookup finds no
 order (an order found is journaled instead; a lookup that fails leaves it pending).
+
+A signal may have been handled before even on delivery 1: Redis can lose its last second of
+writes (AOF ``everysec``, a failover), journal, done marker, ack and ledger entry included, and
+the entry then comes back as new. So no signal is journaled ``skipped`` (and no reservation is
+released) before the broker was asked for its client_order_id; an order found is followed and
+journaled instead (``_skip``). The one exception, to spare the trading budget while the market is
+closed: a skip by the kill switch or the market clock on delivery 1 with no reservation in the
+ledger journals without a lookup (such a skip may repeat for every signal of a closed night; the
+price is that a fill lost with Redis's last second AND met by a halt or a closed market is
+journaled as skipped; the order itself is at the broker and in its positions).
+
+Sent on time: the halt, the signal's age, the market clock and the price's freshness are checked
+again right before the submit (``_recheck``); the submit may wait at most ``SUBMIT_LIMITER_WAIT``
+for a rate-limit token, and the worker's AlpacaClient is built with tight knobs
+(``CLIENT_KNOBS``: short timeouts, one retry, short server-hinted waits), so an order is never sent
+long after its checks. A submit that ends without placing anything (RateLimited,
+BrokerUnavailable, no token in time) is tried again after a short pause with fresh checks, at most
+``SUBMIT_ATTEMPTS`` times, then left pending (reservation kept). Before each submit the worker
+also re-claims its entry (``EntryKeeper.still_holds``): a worker that stalled past claim-idle and
+lost its entry to another never sends the order; the new owner handles it.
+
+Stopping (SIGTERM): no new order is sent once the stop is requested (the entry stays pending and
+is replayed); an order already at the broker is followed, canceled by ``stop_grace -
+cancel_timeout`` seconds after the stop at the latest (its own ``order_timeout`` if sooner) and
+given up (left pending, replayed after restart) by ``stop_grace``; rate-limit waits end with the
+grace. Worst case at defaults (stop_grace 15 s, ``CLIENT_KNOBS``: a request at most about 4 s,
+connect 1 + read 3): the submit in flight when the stop comes (token 1 + POST 4 + its lookup
+2 x (1 + 4) + 1 = 16 s; typically well under a second), then, past the grace, one cancel without
+rate-limit waits (2 x 4 + 1 = 9 s): about 25 s even when every request runs into its timeout, inside
+supervisord's ``stopwaitsecs=30``. With a healthy broker a stop takes at most order_timeout plus
+one read (about 11 s), and at once when no order is open.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-import os
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
+import httpx
 import redis
 
 from bot.alpaca.errors import (
@@ -77,11 +109,20 @@ from bot.alpaca.errors import (
 from bot.alpaca.models import Order, OrderRequest
 from bot.config import ConfigError, Settings
 from bot.journal import JournalEntry, record_outcome
-from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError, Reservation
-from bot.market import MarketCache, MarketDataError
-from bot.ratelimit import RateLimiter
+from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError, PositionLimit, Reservation
+from bot.market import DEFAULT_MAX_QUOTE_AGE, MarketCache, MarketDataError, Price
+from bot.ratelimit import RateLimiter, RateLimitTimeout
 from bot.redisconn import connect
-from bot.risk import RiskLimits, buy_cash_cap, check_order_notional, check_position_value, pre_trade_reason
+from bot.risk import (
+    RiskLimits,
+    buy_cash_cap,
+    check_halt,
+    check_market_open,
+    check_order_notional,
+    check_position_value,
+    check_signal_age,
+    sell_qty_cap,
+)
 from bot.signals import Signal, SignalError
 from bot.strategies import ALL_IN, ORDER_TYPES, STRATEGIES, OrderPlan, plan_buy, plan_sell
 from bot.streams import (
@@ -89,6 +130,7 @@ from bot.streams import (
     autoclaim,
     consumers,
     dead_letter,
+    default_consumer_name,
     delete_consumer_if_idle,
     delivery_count,
     ensure_group,
@@ -97,8 +139,28 @@ from bot.streams import (
 
 log = logging.getLogger(__name__)
 
-# handle() results
-JOURNALED, DEAD, DUPLICATE, PENDING = "journaled", "dead", "duplicate", "pending"
+# handle() results; LOST: another worker reclaimed the entry while this one stalled (it finishes it)
+JOURNALED, DEAD, DUPLICATE, PENDING, LOST = "journaled", "dead", "duplicate", "pending", "lost"
+
+# The worker's AlpacaClient: no request, and no wait inside one call, may hold an order long after
+# its risk checks or a stop past supervisord's stopwaitsecs. One call makes at most 2 requests of
+# at most ~4 s (connect 1 + read 3; a connect timeout means nothing was sent) with at most 1 s
+# (backoff, or a server's Retry-After) between.
+CLIENT_KNOBS: dict[str, Any] = dict(
+    timeout=httpx.Timeout(connect=1.0, read=3.0, write=3.0, pool=1.0),
+    max_retries=1,  # reads: 2 requests; a submit: 1 POST (the worker's own loop re-plans instead)
+    max_wait=1.0,  # longest Retry-After / X-RateLimit-Reset wait honoured inside one call
+    backoff_max=1.0,
+)
+# Longest wait for a rate-limit token: around a submit (the checks were just made), and otherwise.
+SUBMIT_LIMITER_WAIT = 1.0
+LIMITER_WAIT = 5.0
+# A submit that placed nothing (RateLimited, BrokerUnavailable, no token in time) is tried this many
+# times in all, with fresh checks after a pause of SUBMIT_RETRY_PAUSE x attempt (or the broker's
+# hint, up to SUBMIT_RETRY_MAX_PAUSE); then the entry is left pending.
+SUBMIT_ATTEMPTS = 3
+SUBMIT_RETRY_PAUSE = 0.25
+SUBMIT_RETRY_MAX_PAUSE = 2.0
 
 # client_order_id: Alpaca allows 128 characters today, its older docs said 48: stay within 48.
 COID_PREFIX = "tb-"
@@ -120,10 +182,6 @@ def client_order_id(source_stream: str, source_id: str) -> str:
         return plain
     digest = hashlib.sha256(f"{source_stream}\n{source_id}".encode("utf-8", "surrogatepass")).hexdigest()
     return COID_PREFIX + digest[:40]
-
-
-def default_consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -151,6 +209,10 @@ class WorkerConfig:
     # consumers of dead processes (default names change with every pid) are removed from the
     # group once idle this long with nothing pending, so the group does not grow forever
     consumer_idle: float = 3600.0
+    # seconds from a stop request (SIGTERM) to giving up the order in hand (left pending); it is
+    # canceled by stop_grace - cancel_timeout at the latest. Keeps a stop inside stopwaitsecs=30.
+    stop_grace: float = 15.0
+    max_quote_age: float = DEFAULT_MAX_QUOTE_AGE  # seconds since the quote's own time (TRADEBOT_MAX_QUOTE_AGE)
 
     def __post_init__(self) -> None:
         if not self.consumer or any(ch.isspace() for ch in self.consumer):
@@ -171,7 +233,7 @@ class WorkerConfig:
         if self.max_deliveries < 1:
             raise ConfigError(f"max-deliveries must be >= 1, got {self.max_deliveries}")
         for name in ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max",
-                     "consumer_idle"):
+                     "consumer_idle", "stop_grace", "max_quote_age"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if self.block_ms < 1:
@@ -223,7 +285,9 @@ class EntryKeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.lost: set[str] = set()  # held entries another consumer took (this worker stalled)
+        # held entries another consumer took (this worker stalled past claim-idle): the worker
+        # checks it before a submit (still_holds) and never sends an order for a lost entry
+        self.lost: set[str] = set()
 
     def hold(self, entry_id: str) -> None:
         with self._lock:
@@ -233,6 +297,17 @@ class EntryKeeper:
         with self._lock:
             self._held.discard(entry_id)
             self.lost.discard(entry_id)
+
+    def still_holds(self, entry_id: str) -> bool:
+        """Re-claim ``entry_id`` now; False (and marked lost) when another consumer took it meanwhile."""
+        with self._lock:
+            if entry_id in self.lost:
+                return False
+        if keep_fresh(self.r, self.stream, self.group, self.consumer, [entry_id]):
+            return True
+        with self._lock:
+            self.lost.add(entry_id)
+        return False
 
     def refresh(self) -> None:
         with self._lock:
@@ -269,6 +344,43 @@ class EntryKeeper:
                 log.warning("worker %s: could not keep in-hand entries fresh: %s", self.consumer, exc)
 
 
+# ---------------------------------------------------------------------- bounded rate-limit waits
+
+
+class BoundedLimiter:
+    """The fleet-wide RateLimiter as the worker's client sees it: every wait for a token is bounded
+    (``wait`` seconds; ``SUBMIT_LIMITER_WAIT`` inside ``tight()``), and while the worker is stopping
+    by what is left of its stop grace. A wait that would be longer raises RateLimitTimeout at once.
+    """
+
+    def __init__(self, limiter: RateLimiter, wait: float = LIMITER_WAIT,
+                 stop_left: Callable[[], float | None] = lambda: None) -> None:
+        self.limiter = limiter
+        self.wait = wait
+        self.stop_left = stop_left
+
+    def acquire(self, bucket: str, timeout: float | None = None) -> None:
+        """A token, waiting at most the shortest of ``wait``, ``timeout`` (the caller's own bound,
+        e.g. the client's submit deadline) and the stop grace left; else RateLimitTimeout."""
+        bound = self.wait if timeout is None else min(self.wait, timeout)
+        left = self.stop_left()
+        if left is not None:
+            bound = min(bound, left)
+        self.limiter.acquire(bucket, timeout=max(0.0, bound))
+
+    def observe(self, bucket: str, remaining: int | None, reset: float | None) -> None:
+        self.limiter.observe(bucket, remaining, reset)
+
+    @contextlib.contextmanager
+    def tight(self, wait: float = SUBMIT_LIMITER_WAIT) -> Iterator[None]:
+        """Waits inside the block are at most ``wait`` (one worker: one call at a time)."""
+        saved, self.wait = self.wait, min(self.wait, wait)
+        try:
+            yield
+        finally:
+            self.wait = saved
+
+
 # ---------------------------------------------------------------------- the worker
 
 
@@ -286,22 +398,30 @@ class _Job:
 
 
 class _Skip(Exception):
-    """A risk check or the sizing stopped the order: journaled as outcome 'skipped'."""
+    """A risk check or the sizing stopped the order: journaled as outcome 'skipped'.
 
-    def __init__(self, reason: str) -> None:
+    ``gate``: the kill switch or the market clock stopped it, checks that may refuse every signal
+    for hours; see ``Worker._skip`` for why those look the order up less often.
+    """
+
+    def __init__(self, reason: str, *, gate: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.gate = gate
 
 
-# Broker errors that say "try again later", never "this order is bad".
-_TRANSIENT = (BrokerUnavailable, RateLimited, Unauthorized, OrderOutcomeUnknown)
+# Errors that say "try again later", never "this order is bad" (RateLimitTimeout: no token in time).
+_TRANSIENT = (BrokerUnavailable, RateLimited, Unauthorized, OrderOutcomeUnknown, RateLimitTimeout)
+# A submit that ended like this placed nothing (as far as the broker can tell): safe to re-plan.
+_NOT_PLACED = (RateLimited, BrokerUnavailable, RateLimitTimeout)
 
 
 class Worker:
     """Consumes ``tradebot:signals``; ``step()`` is one round, ``run(stop)`` loops until stopped.
 
     Everything it talks to can be injected (tests); by default it builds its own Redis clients,
-    its AlpacaClient (with the fleet-wide RateLimiter as limiter), MarketCache and Ledger.
+    its AlpacaClient (``CLIENT_KNOBS``, with the fleet-wide RateLimiter behind a BoundedLimiter),
+    MarketCache (quote age checked) and Ledger.
     """
 
     def __init__(self, settings: Settings, config: WorkerConfig | None = None, *,
@@ -320,15 +440,22 @@ class Worker:
         # tradebot:signals may hold bytes that are not UTF-8, which must reach the DLQ, not crash us)
         self.r = r if r is not None else self._own(connect(settings.redis_url, decode=True, socket_timeout=timeout))
         self.rb = rb if rb is not None else self._own(connect(settings.redis_url, decode=False, socket_timeout=timeout))
+        self._stop_event: threading.Event | None = None  # the run's stop request
+        self._stop_at: float | None = None  # monotonic time the stop was requested
+        self.limiter: Any = None  # the BoundedLimiter of the client built here (None when injected)
         if client is None:
             from bot.alpaca.client import AlpacaClient
 
             limiter = limiter if limiter is not None else RateLimiter.from_settings(self.r, settings)
-            client = self._own(AlpacaClient.from_settings(settings, limiter=limiter))
+            if isinstance(limiter, RateLimiter):
+                limiter = BoundedLimiter(limiter, stop_left=self._stop_left)
+            self.limiter = limiter
+            client = self._own(AlpacaClient.from_settings(settings, limiter=limiter, **CLIENT_KNOBS))
         self.client = client
         self.clock = clock
         self.sleep = sleep
-        self.market = MarketCache(self.r, self.keys, settings.max_price_age, now=clock)
+        self.market = MarketCache(self.r, self.keys, settings.max_price_age, now=clock,
+                                  max_quote_age=self.config.max_quote_age)
         self.ledger = Ledger(self.r, self.keys)
         limits = RiskLimits.from_settings(settings)
         if self.config.max_signal_age is not None:
@@ -339,7 +466,7 @@ class Worker:
         self.weights: dict[str, Decimal] = settings.weights
         self.reader = GroupReader(self.stream, self.group, self.consumer, count=1, block_ms=self.config.block_ms)
         self.keeper = EntryKeeper(self.r, self.stream, self.group, self.consumer, self.config.keep_fresh_every)
-        self.counts: dict[str, int] = {JOURNALED: 0, DEAD: 0, DUPLICATE: 0, PENDING: 0}
+        self.counts: dict[str, int] = {JOURNALED: 0, DEAD: 0, DUPLICATE: 0, PENDING: 0, LOST: 0}
         self.outcomes: dict[str, int] = {}
         self._closed = False
         self.loop_errors = 0  # failed rounds of run() (Redis down, a bug): survived, counted
@@ -386,6 +513,7 @@ class Worker:
                  self.consumer, self.stream, self.group, self.config.strategy, self.config.order_type,
                  self.config.claim_idle, self.config.order_timeout)
         failures = 0
+        self._watch_stop(stop)
         try:
             while not stop.is_set():
                 try:
@@ -411,6 +539,33 @@ class Worker:
                     self._pause(failures, stop, type(exc).__name__)
         finally:
             self.close()
+
+    def _watch_stop(self, stop: threading.Event) -> None:
+        """Note the moment ``stop`` is set (a SIGTERM may come during a broker call): the stop
+        grace counts from then, not from when the loop next looks."""
+        self._use_stop(stop)
+
+        def watch() -> None:
+            while not stop.wait(0.1):
+                if self._closed:
+                    return
+            if self._stop_at is None:
+                self._stop_at = time.monotonic()
+
+        threading.Thread(target=watch, name=f"stop-{self.consumer}", daemon=True).start()
+
+    def _use_stop(self, stop: threading.Event) -> None:
+        if stop is not self._stop_event:
+            self._stop_event, self._stop_at = stop, None
+
+    def _stop_left(self) -> float | None:
+        """Seconds left of the stop grace (negative once past it); None while not stopping."""
+        stop = self._stop_event
+        if stop is None or not stop.is_set():
+            return None
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+        return self._stop_at + self.config.stop_grace - time.monotonic()
 
     def _pause(self, failures: int, stop: threading.Event, why: str) -> None:
         delay = min(self.config.backoff_max, 0.1 * 2 ** min(failures - 1, 16))
@@ -443,6 +598,7 @@ class Worker:
     def step(self, stop: threading.Event | None = None) -> list[str]:
         """Reclaim idle entries when due, then read one entry (own pending first) and handle it."""
         stop = stop or threading.Event()
+        self._use_stop(stop)
         if not self._group_ready:
             self.setup()
         results: list[str] = []
@@ -451,6 +607,8 @@ class Worker:
         if stop.is_set():
             return results
         entries = self.reader.read(self.rb)
+        if stop.is_set():  # stopped during the BLOCK: what was read stays pending and is replayed
+            return results
         replayed = self.reader.last_replayed
         for entry in entries:
             from_pel = (entry.stream, entry.id) in replayed
@@ -492,8 +650,9 @@ class Worker:
     def handle(self, entry_id: str, fields: Mapping[Any, Any], deliveries: int = 1) -> str:
         """Handle one ``tradebot:signals`` entry to its journal or DLQ entry, or leave it pending.
 
-        Returns JOURNALED, DEAD, DUPLICATE or PENDING. Raises only for Redis being unreachable
-        (the loop backs off and replays its pending entries).
+        Returns JOURNALED, DEAD, DUPLICATE, PENDING or LOST (another worker took the entry before
+        this one sent anything). Raises only for Redis being unreachable (the loop backs off and
+        replays its pending entries).
         """
         self.keeper.hold(entry_id)
         try:
@@ -543,40 +702,52 @@ class Worker:
             # delivered before: the order may exist; never size a second one
             existing = self.client.get_order_by_client_id(job.coid)
             if existing is not None:
-                log.info("worker %s: order %s for %s %s exists (%s): following it", self.consumer, job.coid,
-                         signal.source_stream, signal.source_id, existing.status)
-                job.submitted_at = _timestamp(existing.submitted_at or existing.created_at) or claimed_at
-                return self._follow_and_journal(job, existing)
+                return self._follow_existing(job, existing)
         try:
             request = self._plan(job)
+            return self._submit(job, request)
         except _Skip as skip:
-            return self._journal(job, "skipped", reason=skip.reason)
-        return self._submit(job, request)
+            return self._skip(job, skip)
+
+    def _skip(self, job: _Job, skip: _Skip) -> str:
+        """Journal ``skipped`` and release the reservation, unless the order exists after all.
+
+        The signal may have been handled before although nothing here says so: Redis lost its
+        last second (the entry is back as delivery 1, journal, marker and ledger entry gone), or
+        this worker is a reclaimer and the stalled first owner submitted meanwhile. So the broker
+        is asked first; an order found is followed and journaled (its reservation settled), never
+        hidden behind a 'skipped'. Gate skips (kill switch, market clock) may hit every signal
+        for hours: they ask only when the signal was delivered before or a reservation of its
+        client_order_id exists (i.e. it got past the gates once).
+        """
+        if skip.gate and job.deliveries == 1 and not self.ledger.exists(job.coid):
+            existing = None
+        else:
+            existing = self.client.get_order_by_client_id(job.coid)  # a failed lookup leaves it pending
+        if existing is not None:
+            log.warning("worker %s: %s %s would be skipped (%s) but its order %s exists: following it",
+                        self.consumer, job.signal.source_stream, job.signal.source_id, skip.reason, job.coid)
+            return self._follow_existing(job, existing)
+        self.ledger.release(job.coid)  # a reservation of an earlier delivery (crash before submit) goes too
+        job.submitted_at = None  # nothing was placed, whatever was tried
+        return self._journal(job, "skipped", reason=skip.reason)
+
+    def _follow_existing(self, job: _Job, existing: Order) -> str:
+        signal = job.signal
+        log.info("worker %s: order %s for %s %s exists (%s): following it", self.consumer, job.coid,
+                 signal.source_stream, signal.source_id, existing.status)
+        job.submitted_at = _timestamp(existing.submitted_at or existing.created_at) or job.claimed_at
+        job.qty = existing.qty
+        return self._follow_and_journal(job, existing)
 
     # ------------------------------------------------------------------ risk and sizing
 
     def _plan(self, job: _Job) -> OrderRequest:
-        """Risk checks, sizing and the reservation; raises _Skip with the reason (nothing reserved then)."""
-        try:
-            return self._plan_and_reserve(job)
-        except _Skip:
-            # a reservation left by an earlier delivery of this signal (crash before submit) goes too
-            self.ledger.release(job.coid)
-            raise
-
-    def _plan_and_reserve(self, job: _Job) -> OrderRequest:
+        """Risk checks, sizing and the reservation; raises _Skip with the reason."""
         signal = job.signal
-        clock = self.market.clock()
-        session_open = clock.is_open if clock is not None else None
-        reason = pre_trade_reason(halt_reason=self.r.get(self.keys.halt), source_at=signal.source_at,
-                                  now=self.clock(), clock_is_open=session_open, limits=self.limits)
-        if reason:
-            raise _Skip(reason)
+        session_open = self._check_gates(job)
         extended = not session_open  # only reached when extended hours are allowed
-        try:
-            price = self.market.price(signal.ticker)
-        except MarketDataError as exc:  # StalePrice, NoPrice, a corrupt hash
-            raise _Skip(str(exc)) from None
+        price = self._fresh_price(signal.ticker)
         quote = price.for_side(signal.side)
         if quote is None:
             raise _Skip(f"no {'ask' if signal.side == 'buy' else 'bid'} and no last trade for {signal.ticker}")
@@ -593,6 +764,40 @@ class Worker:
         return OrderRequest(symbol=signal.ticker, side=signal.side, client_order_id=job.coid, qty=plan.qty,
                             type=plan.order_type, time_in_force="day" if extended else plan.time_in_force,
                             limit_price=plan.limit_price, extended_hours=extended)
+
+    def _check_gates(self, job: _Job) -> bool:
+        """Kill switch, signal age, market clock; True when the regular session is open. _Skip if not."""
+        signal = job.signal
+        reason = check_halt(self.r.get(self.keys.halt))
+        if reason:
+            raise _Skip(reason, gate=True)
+        now = self.clock()
+        reason = check_signal_age(signal.source_at, now, self.limits)
+        if reason:
+            raise _Skip(reason)
+        try:
+            clock = self.market.clock()
+        except MarketDataError as exc:  # a corrupt clock hash counts as no clock
+            raise _Skip(f"market clock unknown: {exc}", gate=True) from None
+        session_open = clock.open_at(now) if clock is not None else None
+        reason = check_market_open(session_open, self.limits, clock.age if clock is not None else None)
+        if reason:
+            raise _Skip(reason, gate=True)
+        return bool(session_open)
+
+    def _fresh_price(self, symbol: str) -> Price:
+        try:
+            return self.market.price(symbol)
+        except MarketDataError as exc:  # StalePrice, StaleQuote, NoPrice, a corrupt hash
+            raise _Skip(str(exc)) from None
+
+    def _recheck(self, job: _Job, request: OrderRequest) -> None:
+        """The cheap checks again, right before the submit: time may have passed since the plan
+        (a rate-limit wait, a broker retry, a pause between submit attempts)."""
+        session_open = self._check_gates(job)
+        if not request.extended_hours and not session_open:
+            raise _Skip("market closed while the order was being sent", gate=True)
+        self._fresh_price(job.signal.ticker)
 
     def _size_buy(self, job: _Job, ask: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
         signal, config = job.signal, self.config
@@ -618,10 +823,18 @@ class Worker:
         else:
             qty, max_cash = plan.qty, None
             self._check_value(signal.ticker, held, qty, price)
+        # the position limit once every buy in flight fills, enforced inside the ledger's script:
+        # `held` is the cached position, which does not show other workers' orders in flight
+        target = self.limits.max_position_value
+        if all_in:
+            target = min(target, self.weights.get(signal.ticker, Decimal(0)) * account.equity)
         try:
-            reservation = self.ledger.reserve_buy(job.coid, signal.ticker, price, qty=qty, max_cash=max_cash)
+            reservation = self.ledger.reserve_buy(job.coid, signal.ticker, price, qty=qty, max_cash=max_cash,
+                                                  max_position_qty=target / price)
         except InsufficientCash as exc:
             raise _Skip(f"no cash left to buy {signal.ticker}: {exc}") from None
+        except PositionLimit as exc:
+            raise _Skip(str(exc)) from None
         except LedgerError as exc:  # no cached account, a corrupt cache entry
             raise _Skip(str(exc)) from None
         if reservation.side != "buy" or reservation.qty <= 0:
@@ -633,8 +846,16 @@ class Worker:
         signal, config = job.signal, self.config
         plan = plan_sell(config.strategy, bid=bid, signal_qty=signal.qty, fixed_qty=config.fixed_qty,
                          order_type=order_type, slippage_bps=config.slippage_bps)
+        max_qty = None
+        if plan.qty is None:
+            # all-in: sell what one order may (max_order_notional), not nothing: a position worth more
+            # than the limit is closed over several sell signals instead of never
+            max_qty = sell_qty_cap(self.limits, plan.reserve_price(quote))
+            if max_qty < 1:
+                raise _Skip(check_order_notional(Decimal(1), plan.reserve_price(quote), self.limits)
+                            or f"max order notional allows no whole share of {signal.ticker}")
         try:
-            reservation = self.ledger.reserve_sell(job.coid, signal.ticker, qty=plan.qty)
+            reservation = self.ledger.reserve_sell(job.coid, signal.ticker, qty=plan.qty, max_qty=max_qty)
         except InsufficientShares as exc:
             if exc.available <= 0:
                 raise _Skip(f"no {signal.ticker} shares to sell") from None
@@ -644,6 +865,9 @@ class Worker:
         reason = check_order_notional(reservation.qty, plan.reserve_price(quote), self.limits)
         if reason:
             raise _Skip(reason)
+        if max_qty is not None and reservation.qty == max_qty:
+            log.info("worker %s: all-in sell of %s capped at %s shares by the max order notional %s",
+                     self.consumer, signal.ticker, reservation.qty, self.limits.max_order_notional)
         return plan, reservation
 
     def _held_qty(self, symbol: str) -> Decimal:
@@ -662,30 +886,66 @@ class Worker:
     # ------------------------------------------------------------------ submit and follow
 
     def _submit(self, job: _Job, request: OrderRequest) -> str:
+        """Send the planned order (fresh checks first) and follow it; re-plan when nothing was placed."""
         job.qty = request.qty
-        job.submitted_at = self.clock()
-        try:
-            order = self.client.submit_order(request)
-        except DuplicateClientOrderId:
-            raise  # the broker says the id exists yet cannot show it: retry later (transient)
-        except (InsufficientFunds, InvalidOrder) as exc:
-            self.ledger.release(job.coid)
-            log.warning("worker %s: order %s refused by the broker: %s", self.consumer, job.coid, exc)
-            return self._journal(job, "rejected", reason=exc.message or str(exc))
-        except OrderOutcomeUnknown as exc:
-            # not acked, not journaled, reservation kept (keyed by the client_order_id): the
-            # redelivery looks the order up by that id and follows it, or sends it if it never landed
-            return self._leave_pending(job.entry_id, f"outcome of order {job.coid} unknown: {exc}")
-        log.info("worker %s: submitted %s %s %s (%s) -> %s %s", self.consumer, request.side, request.qty,
-                 request.symbol, job.coid, order.id, order.status)
-        return self._follow_and_journal(job, order)
+        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+            if self._stop_left() is not None:
+                # stopping: no new order (the reservation stays with the entry, which is replayed)
+                return self._leave_pending(job.entry_id, f"stopping before order {job.coid} was sent")
+            self._recheck(job, request)
+            if not self.keeper.still_holds(job.entry_id):
+                return self._lost(job)
+            job.submitted_at = self.clock()
+            try:
+                with self._tight_limiter():
+                    order = self.client.submit_order(request)
+            except DuplicateClientOrderId:
+                raise  # the broker says the id exists yet cannot show it: retry later (transient)
+            except (InsufficientFunds, InvalidOrder) as exc:
+                self.ledger.release(job.coid)
+                log.warning("worker %s: order %s refused by the broker: %s", self.consumer, job.coid, exc)
+                return self._journal(job, "rejected", reason=exc.message or str(exc))
+            except _NOT_PLACED as exc:  # OrderOutcomeUnknown is not here: handle() leaves it pending
+                pause = self._retry_pause(exc, attempt)
+                if attempt == SUBMIT_ATTEMPTS or pause is None:
+                    raise
+                log.warning("worker %s: order %s not placed (%s); checking again in %.2fs (attempt %d/%d)",
+                            self.consumer, job.coid, exc, pause, attempt + 1, SUBMIT_ATTEMPTS)
+                if self._stop_event is not None:
+                    self._stop_event.wait(pause)  # a stop ends the pause: the next round leaves it pending
+                else:
+                    self.sleep(pause)
+                continue
+            log.info("worker %s: submitted %s %s %s (%s) -> %s %s", self.consumer, request.side, request.qty,
+                     request.symbol, job.coid, order.id, order.status)
+            return self._follow_and_journal(job, order)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _tight_limiter(self) -> Any:
+        return self.limiter.tight() if isinstance(self.limiter, BoundedLimiter) else contextlib.nullcontext()
+
+    def _retry_pause(self, exc: Exception, attempt: int) -> float | None:
+        """The pause before the next submit attempt; None when the broker asks for longer."""
+        hint = getattr(exc, "retry_after", None) or getattr(exc, "wait", None) or 0.0
+        pause = max(SUBMIT_RETRY_PAUSE * attempt, float(hint))
+        return pause if pause <= SUBMIT_RETRY_MAX_PAUSE else None
+
+    def _lost(self, job: _Job) -> str:
+        """Another worker reclaimed the entry while this one stalled: it is that worker's now (same
+        client_order_id, same reservation). Send nothing, release nothing, journal nothing."""
+        log.warning("worker %s: entry %s was reclaimed by another worker before order %s was sent; "
+                    "leaving it to that worker (claim-idle too short for this worker's pauses?)",
+                    self.consumer, job.entry_id, job.coid)
+        return LOST
 
     def _follow_and_journal(self, job: _Job, order: Order) -> str:
-        final, canceled_by_us = self._follow(order)
+        final, canceled_by_us, stopping = self._follow(order)
         if final is None:
             return self._leave_pending(job.entry_id, f"order {order.id} ({job.coid}) did not reach a final state")
         final_at = self.clock()
         outcome, reason = outcome_of(final, canceled_by_us, self.config.order_timeout)
+        if canceled_by_us and stopping and outcome == "canceled":
+            reason = "canceled unfilled: the worker was stopping"
         if final.filled_qty > 0:
             # settle before journaling: a crash in between replays the settle (idempotent per coid)
             self.ledger.settle(job.coid, final.filled_qty, final.filled_avg_price)
@@ -696,27 +956,38 @@ class Worker:
             self.market.request_refresh()
         return result
 
-    def _follow(self, order: Order) -> tuple[Order | None, bool]:
-        """Poll the order until it is final; cancel it past order_timeout. (final order or None, canceled)."""
+    def _follow(self, order: Order) -> tuple[Order | None, bool, bool]:
+        """Poll the order until it is final; cancel it past order_timeout (or the stop grace).
+
+        Returns (final order or None, canceled by us, canceled because the worker was stopping).
+        """
         config = self.config
         age = 0.0
         created = _timestamp(order.created_at)
         if created is not None:
             age = min(max(0.0, self.clock() - created), config.order_timeout)
-        deadline = time.monotonic() + config.order_timeout - age
-        give_up = deadline + config.cancel_timeout
+        order_deadline = time.monotonic() + config.order_timeout - age
+        deadline, give_up = order_deadline, order_deadline + config.cancel_timeout
         delay = config.follow_initial
-        canceled = False
+        canceled = stop_cancel = False
         while True:
             if order.is_terminal:
-                return order, canceled
+                return order, canceled, stop_cancel
             now = time.monotonic()
+            left = self._stop_left()
+            if left is not None:  # stopping: cancel and give up within the stop grace
+                deadline = min(deadline, now + left - config.cancel_timeout)
+                give_up = min(give_up, now + left)
             if now >= give_up:
-                log.error("worker %s: order %s (%s) still %s %.1fs after the cancel; leaving it pending",
-                          self.consumer, order.id, order.client_order_id, order.status, config.cancel_timeout)
-                return None, canceled
+                if not canceled and left is not None:
+                    self._cancel(order, "the worker is stopping")  # best effort; the replay reads it back
+                log.error("worker %s: order %s (%s) still %s at the end of the %s; leaving it pending",
+                          self.consumer, order.id, order.client_order_id, order.status,
+                          "stop grace" if left is not None else f"{config.cancel_timeout:g}s cancel timeout")
+                return None, canceled, stop_cancel
             if not canceled and now >= deadline:
-                canceled = self._cancel(order)
+                stop_cancel = now < order_deadline  # the stop grace, not the order timeout, ends it
+                canceled = self._cancel(order, "the worker is stopping" if stop_cancel else "")
                 if canceled:
                     delay = config.follow_initial  # read it back promptly: a cancel is quick
             # never sleep past the next decision point (the cancel, or giving up)
@@ -727,15 +998,15 @@ class Worker:
                 order = self.client.get_order(order.id)
             except (NotFound, InvalidOrder):
                 raise
-            except AlpacaError as exc:  # keep following until give_up; the client already retried
+            except (AlpacaError, RateLimitTimeout) as exc:  # keep following until give_up
                 log.warning("worker %s: reading order %s failed: %s", self.consumer, order.id, exc)
 
-    def _cancel(self, order: Order) -> bool:
-        log.info("worker %s: order %s (%s) not final after %.1fs (%s): canceling", self.consumer, order.id,
-                 order.client_order_id, self.config.order_timeout, order.status)
+    def _cancel(self, order: Order, why: str = "") -> bool:
+        log.info("worker %s: order %s (%s) %s (%s): canceling", self.consumer, order.id, order.client_order_id,
+                 why or f"not final after {self.config.order_timeout:g}s", order.status)
         try:
             self.client.cancel_order(order.id)
-        except AlpacaError as exc:
+        except (AlpacaError, RateLimitTimeout) as exc:
             log.warning("worker %s: cancel of order %s failed (retrying): %s", self.consumer, order.id, exc)
             return False
         return True
@@ -762,8 +1033,7 @@ class Worker:
         if not written:
             return DUPLICATE
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-        level = logging.INFO if outcome in ("filled", "partially_filled") else logging.WARNING \
-            if outcome == "rejected" else logging.INFO
+        level = logging.WARNING if outcome == "rejected" else logging.INFO
         log.log(level, "worker %s: %s %s %s: %s%s", self.consumer, signal.side, signal.ticker, signal.source_id,
                  outcome, f" ({reason})" if reason else "")
         return JOURNALED
@@ -778,8 +1048,7 @@ class Worker:
         except AlpacaError as exc:  # the broker refuses the lookup itself: nothing more to learn
             existing, note = None, f"; order lookup refused: {exc}"
         if existing is not None:
-            job.submitted_at = _timestamp(existing.submitted_at or existing.created_at) or job.claimed_at
-            return self._follow_and_journal(job, existing)
+            return self._follow_existing(job, existing)
         self.ledger.release(job.coid)
         last = self._last_error.get(job.entry_id, "no error recorded by this worker")
         reason = f"delivered {job.deliveries} times (max {self.config.max_deliveries}); last error: {last}{note}"

@@ -2,40 +2,38 @@
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from dataclasses import replace
+from typing import Any
 
 import click
+import redis
 
 from bot.alpaca.client import AlpacaClient
 from bot.config import ConfigError, Settings, parse_symbols
 from bot.logs import configure_logging, redact_url
 from bot.poller import Poller
-from bot.redisconn import RedisUnavailable, check, connect
+from bot.ratelimit import RateLimiter
+from bot.redisconn import RedisAuthError, connect
+from bot.runtime import probe_redis, stop_on_signals
 
 log = logging.getLogger(__name__)
 
 # A market-data poll is repeated by the next tick anyway: one quick retry inside a tick is enough,
-# and a short read timeout keeps a hung request from holding the cache hostage for long.
+# and a short read timeout keeps a hung request from holding the cache hostage for long (or a
+# stop request waiting: the poller checks its stop event between the calls of a tick).
 POLLER_MAX_RETRIES = 1
 POLLER_HTTP_TIMEOUT = 5.0
+# Longest server-hinted wait (Retry-After, a spent rate window) inside one call.
+POLLER_MAX_WAIT = 2.0
 
 
-def with_credentials(settings: Settings) -> Settings:
-    """Without a key pair, a local paper broker is spoken to with its documented demo pair;
-    real Alpaca without keys is a configuration error."""
-    if not settings.alpaca_base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"ALPACA_BASE_URL={settings.alpaca_base_url!r} is not an http(s) URL")
-    if settings.has_alpaca_credentials:
-        return settings
-    if "alpaca.markets" in settings.alpaca_base_url:
-        raise ConfigError("ALPACA_API_KEY and ALPACA_SECRET_KEY are required to poll "
-                          f"{settings.alpaca_base_url}; without them point ALPACA_BASE_URL at the paper broker")
-    from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
-
-    log.info("no Alpaca key pair set: using the paper broker's demo pair for %s", settings.alpaca_base_url)
-    return replace(settings, alpaca_api_key=DEMO_API_KEY, alpaca_secret_key=DEMO_SECRET_KEY)
+def poller_client(settings: Settings, r: redis.Redis, stop: threading.Event, **kw: Any) -> AlpacaClient:
+    """The poller's AlpacaClient: short timeouts, one retry, and the fleet-wide rate limiter (the
+    poller's requests count in the account's budget like the workers'), stop-aware."""
+    options: dict[str, Any] = dict(max_retries=POLLER_MAX_RETRIES, timeout=POLLER_HTTP_TIMEOUT,
+                                   max_wait=POLLER_MAX_WAIT, limiter=RateLimiter.from_settings(r, settings, stop=stop))
+    options.update(kw)
+    return AlpacaClient.from_settings(settings, **options)
 
 
 @click.command(help="Poll market data, account, positions and the market clock into the Redis market cache.")
@@ -67,37 +65,25 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
             prefix=prefix or None,
             alpaca_api_key=alpaca_api_key or None,
             alpaca_secret_key=alpaca_secret_key or None,
-            alpaca_base_url=alpaca_base_url.rstrip("/") if alpaca_base_url else None,
-            alpaca_data_url=alpaca_data_url.rstrip("/") if alpaca_data_url else None,
-        )
-        if alpaca_base_url and not alpaca_data_url and "alpaca.markets" not in alpaca_base_url:
-            # a local paper broker serves market data under its own base URL
-            settings = replace(settings, alpaca_data_url=settings.alpaca_base_url)
-        settings = with_credentials(settings)
+            alpaca_base_url=alpaca_base_url or None,
+            alpaca_data_url=alpaca_data_url or None,
+        ).with_demo_credentials("to poll")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
     r = connect(settings.redis_url)
     try:
-        check(r, settings.redis_url)
-    except RedisUnavailable as exc:
+        probe_redis(r, settings.redis_url)
+    except RedisAuthError as exc:
+        r.close()
         raise click.ClickException(str(exc)) from None
-
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("price poller: %s received, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     log.info("price poller settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
     try:
-        with AlpacaClient.from_settings(settings, max_retries=POLLER_MAX_RETRIES,
-                                        timeout=POLLER_HTTP_TIMEOUT) as client:
-            poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
-                            account_interval=account_interval, clock_interval=clock_interval,
-                            max_backoff=max_backoff)
-            poller.run(stop)
+        with stop_on_signals("price poller") as stop:
+            with poller_client(settings, r, stop) as client:
+                poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
+                                account_interval=account_interval, clock_interval=clock_interval,
+                                max_backoff=max_backoff)
+                poller.run(stop)
     finally:
         r.close()

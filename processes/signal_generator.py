@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 import click
 import redis
@@ -29,6 +27,7 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
     from bot.generator import DEFAULT_PROBABILITY, GeneratorConfig, SignalGenerator
     from bot.logs import configure_logging, redact_url
     from bot.redisconn import RedisUnavailable, check, connect
+    from bot.runtime import probe_redis, stop_on_signals
 
     configure_logging()
     try:
@@ -41,24 +40,18 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
         raise click.UsageError(str(exc)) from None
     r = connect(settings.redis_url)
     try:
-        check(r, settings.redis_url)
-    except RedisUnavailable as exc:
+        if count is None:
+            # long-running (as under supervisord): only refused credentials stop it; an outage is ridden out
+            probe_redis(r, settings.redis_url)
+        else:
+            check(r, settings.redis_url)  # a finite job run by hand fails fast on any Redis problem
+        with stop_on_signals("generator") as stop:
+            sent = SignalGenerator(r, config, stop_event=stop).run()
+    except RedisUnavailable as exc:  # refused credentials (any run) or unreachable (a --count run)
         raise click.ClickException(str(exc)) from None
-
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        sent = SignalGenerator(r, config, stop_event=stop).run()
     except redis.RedisError as exc:  # outages are retried inside; this is e.g. WRONGTYPE on the stream key
         raise click.ClickException(f"Redis error on stream {config.stream}: {redact_url(str(exc))}") from None
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         r.close()
     if count is not None:
         click.echo(f"sent {sent} signals to {config.stream}")

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 import click
 
 from bot.config import ConfigError, Settings, parse_list, parse_symbols
 from bot.logs import configure_logging
-from bot.router import Router, TrimPolicy, default_consumer_name
+from bot.redisconn import RedisAuthError
+from bot.router import Router, TrimPolicy
+from bot.runtime import probe_redis, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,18 @@ def main(redis_url: str | None, symbols: str | None, source_streams: str | None,
         raise click.UsageError(str(exc)) from None
     router = Router(
         settings,
-        consumer=consumer or default_consumer_name(),
+        consumer=consumer or None,  # None: router-<host>-<pid>
         from_start=from_start,
         block_ms=block_ms,
         trim=TrimPolicy(maxlen=trim_maxlen, min_age_s=trim_minid_age, interval_s=trim_interval),
         max_deliveries=max_deliveries,
         claim_idle_ms=int(claim_idle * 1000),
     )
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("router %s: %s received, stopping", router.consumer, signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    try:
+        probe_redis(router.r, settings.redis_url)
+    except RedisAuthError as exc:
+        router.r.close()
+        raise click.ClickException(str(exc)) from None
     log.info("router settings: %s", settings.public_view())
-    router.run(stop)
+    with stop_on_signals(f"router {router.consumer}") as stop:
+        router.run(stop)

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from dataclasses import replace
 from decimal import Decimal
 
 import click
 
 from bot.config import ConfigError, Settings, parse_symbols
 from bot.logs import configure_logging, redact_url
-from bot.redisconn import RedisUnavailable, check, connect
+from bot.redisconn import RedisAuthError, connect
+from bot.runtime import probe_redis, stop_on_signals
 from bot.strategies import ORDER_TYPES, STRATEGIES
-from bot.worker import Worker, WorkerConfig, default_consumer_name
+from bot.streams import default_consumer_name
+from bot.worker import Worker, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,50 +73,23 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
             weights_text=weights or None,
             alpaca_api_key=alpaca_api_key or None,
             alpaca_secret_key=alpaca_secret_key or None,
-            alpaca_base_url=alpaca_base_url.rstrip("/") if alpaca_base_url else None,
-            alpaca_data_url=alpaca_data_url.rstrip("/") if alpaca_data_url else None,
-        )
-        if alpaca_base_url and not alpaca_data_url and "alpaca.markets" not in alpaca_base_url:
-            settings = replace(settings, alpaca_data_url=settings.alpaca_base_url)
-        settings = with_credentials(settings)
+            alpaca_base_url=alpaca_base_url or None,
+            alpaca_data_url=alpaca_data_url or None,
+        ).with_demo_credentials("to trade on")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
     probe = connect(settings.redis_url)
     try:
-        check(probe, settings.redis_url)
-    except RedisUnavailable as exc:
+        probe_redis(probe, settings.redis_url)
+    except RedisAuthError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         probe.close()
 
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        log.info("worker %s: %s received: finishing the order in hand, then stopping", config.consumer,
-                 signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     log.info("worker settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
-    Worker(settings, config).run(stop)
-
-
-def with_credentials(settings: Settings) -> Settings:
-    """Without a key pair a local paper broker is spoken to with its documented demo pair; real
-    Alpaca without keys is a configuration error (same rule as the poller)."""
-    if not settings.alpaca_base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"ALPACA_BASE_URL={settings.alpaca_base_url!r} is not an http(s) URL")
-    if settings.has_alpaca_credentials:
-        return settings
-    if "alpaca.markets" in settings.alpaca_base_url:
-        raise ConfigError("ALPACA_API_KEY and ALPACA_SECRET_KEY are required to trade on "
-                          f"{settings.alpaca_base_url}; without them point ALPACA_BASE_URL at the paper broker")
-    from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
-
-    log.info("no Alpaca key pair set: using the paper broker's demo pair for %s", settings.alpaca_base_url)
-    return replace(settings, alpaca_api_key=DEMO_API_KEY, alpaca_secret_key=DEMO_SECRET_KEY)
+    with stop_on_signals(f"worker {config.consumer}", "finishing the order in hand, then stopping") as stop:
+        Worker(settings, config).run(stop)
 
 
 def _decimal(flag: str, text: str | None) -> Decimal | None:

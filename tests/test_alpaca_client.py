@@ -79,10 +79,12 @@ class FakeAlpaca:
 class RecordingLimiter:
     def __init__(self) -> None:
         self.acquired: list[str] = []
+        self.timeouts: list[float | None] = []
         self.observed: list[tuple[str, int | None, float | None]] = []
 
-    def acquire(self, bucket: str) -> None:
+    def acquire(self, bucket: str, timeout: float | None = None) -> None:
         self.acquired.append(bucket)
+        self.timeouts.append(timeout)
 
     def observe(self, bucket: str, remaining: int | None, reset: float | None) -> None:
         self.observed.append((bucket, remaining, reset))
@@ -452,6 +454,24 @@ def test_429_honours_rate_limit_reset_and_caps_it(broker, make_client, waits):
     assert waits == [12.0, 20.0, 0.0]
 
 
+def test_a_5xx_with_budget_left_gets_the_backoff_not_the_rate_window(broker, make_client, waits):
+    client = make_client(max_wait=30.0)
+    window = {"X-RateLimit-Limit": "200", "X-RateLimit-Remaining": "150", "X-RateLimit-Reset": str(int(NOW) + 50)}
+    broker.on("GET", "/v2/positions", reply(500, {"message": "internal"}, window), reply(body=[]))
+    client.list_positions()
+    assert waits == [0.5]  # the backoff (jitter 0: half of backoff_base), not the 50 s to the reset
+
+
+def test_a_5xx_honours_retry_after_and_a_spent_budget(broker, make_client, waits):
+    client = make_client(max_wait=30.0)
+    broker.on("GET", "/v2/positions",
+              reply(503, None, {"Retry-After": "3", "X-RateLimit-Remaining": "150"}),
+              reply(500, None, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(NOW) + 12)}),
+              reply(body=[]))
+    client.list_positions()
+    assert waits == [3.0, 12.0]
+
+
 def test_server_wait_gets_jitter_on_top(broker, make_client, waits):
     client = make_client(jitter=lambda spread: spread, backoff_base=0.5)
     broker.on("GET", "/v2/positions", reply(429, None, {"Retry-After": "3"}), reply(body=[]))
@@ -600,6 +620,119 @@ def test_submit_connect_error_is_resent_without_lookup(broker, client):
     broker.on("POST", ORDERS, fail(httpx.ConnectError, "connection refused"), reply(body=order_json()))
     assert client.submit_order(buy()).status == "accepted"
     assert broker.count("POST", ORDERS) == 2 and broker.count("GET", BY_COID) == 0
+
+
+class Monotonic:
+    """A monotonic clock that the client's sleep (and a slow limiter) advance."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+
+
+def test_a_429_is_not_waited_out_past_the_submit_deadline(broker, make_client):
+    clock = Monotonic()
+    client = make_client(sleep=clock.sleep, monotonic=clock, submit_deadline=3.0, max_wait=30.0)
+    broker.on("POST", ORDERS, reply(429, {"message": "rate limit exceeded"}, {"Retry-After": "4"}),
+              reply(body=order_json()))
+    with pytest.raises(RateLimited):
+        client.submit_order(buy())
+    assert broker.count("POST", ORDERS) == 1 and clock.slept == []  # nothing placed, nothing waited
+    broker.on("POST", ORDERS, reply(429, None, {"Retry-After": "4"}), reply(body=order_json()))
+    assert client.submit_order(buy(), deadline=10.0).status == "accepted"  # per call: 4 s fit in 10
+    assert clock.slept == [4.0]
+
+
+def test_no_post_after_a_slow_lookup_passes_the_submit_deadline(broker, make_client):
+    clock = Monotonic()
+    client = make_client(sleep=clock.sleep, monotonic=clock, submit_deadline=5.0, max_retries=3)
+
+    def slow_not_found(request: httpx.Request) -> httpx.Response:
+        clock.t += 6.0  # the lookup itself took long (retries inside it)
+        return httpx.Response(404, json={"code": 40410000, "message": "order not found"})
+
+    broker.on("POST", ORDERS, reply(500), reply(body=order_json()))
+    broker.on("GET", BY_COID, slow_not_found)
+    with pytest.raises(BrokerUnavailable, match="deadline"):
+        client.submit_order(buy())
+    assert broker.count("POST", ORDERS) == 1  # the POST is not sent again 6 s after the checks
+
+
+def test_the_rate_limit_token_for_a_submit_is_awaited_only_until_the_deadline(broker, make_client):
+    clock = Monotonic()
+    limiter = RecordingLimiter()
+    client = make_client(limiter=limiter, monotonic=clock, submit_deadline=2.5)
+    broker.on("POST", ORDERS, reply(body=order_json()))
+    client.submit_order(buy())
+    assert limiter.timeouts == [2.5]  # acquire("trading", timeout=what is left)
+
+
+def test_a_limiter_that_gives_up_means_nothing_was_sent(broker, make_client):
+    from bot.ratelimit import RateLimitTimeout
+
+    class Exhausted(RecordingLimiter):
+        def acquire(self, bucket: str, timeout: float | None = None) -> None:
+            raise RateLimitTimeout(bucket, timeout or 0.0, 60.0)
+
+    client = make_client(limiter=Exhausted())
+    broker.on("POST", ORDERS, reply(body=order_json()))
+    with pytest.raises(RateLimited, match="not sent") as caught:
+        client.submit_order(buy())
+    assert caught.value.retry_after == 60.0 and broker.requests == []
+
+
+def test_a_slow_limiter_without_timeout_cannot_push_the_post_past_the_deadline(broker, make_client):
+    clock = Monotonic()
+
+    class Slow:
+        def acquire(self, bucket: str) -> None:
+            clock.t += 30.0  # e.g. a fleet pause
+
+    client = make_client(limiter=Slow(), monotonic=clock, submit_deadline=5.0)
+    broker.on("POST", ORDERS, reply(body=order_json()))
+    with pytest.raises(RateLimited, match="deadline"):
+        client.submit_order(buy())
+    assert broker.requests == []
+
+
+def test_submit_against_a_paused_fleet_bucket_fails_fast(broker, make_client, r):
+    from bot.keys import Keys
+    from bot.ratelimit import RateLimiter
+
+    limiter = RateLimiter(r, Keys("t"), {"trading": 200})
+    limiter.observe("trading", remaining=0, reset=60.0)  # the broker said: spent, for 60 s
+    client = make_client(limiter=limiter, submit_deadline=2.0)
+    broker.on("POST", ORDERS, reply(body=order_json()))
+    with pytest.raises(RateLimited):
+        client.submit_order(buy())
+    assert broker.requests == []
+
+
+@pytest.mark.parametrize("refusal", [FUNDS_403, INVALID_422])
+def test_a_refusal_after_an_unknown_outcome_looks_the_order_up_again(broker, client, refusal):
+    # POST 1 timed out but landed late; the lookup said 404; POST 2 is refused (the first one used
+    # the buying power): the order of POST 1 is what counts
+    broker.on("POST", ORDERS, fail(httpx.ReadTimeout), reply(*refusal))
+    broker.on("GET", BY_COID, reply(404, {"code": 40410000, "message": "order not found"}),
+              reply(body=order_json(status="filled", filled_qty="3")))
+    order = client.submit_order(buy())
+    assert order.status == "filled"
+    assert [r.url.path for r in broker.requests] == [ORDERS, BY_COID, ORDERS, BY_COID]
+
+
+def test_a_refusal_after_an_unknown_outcome_stands_when_nothing_landed(broker, client):
+    broker.on("POST", ORDERS, reply(503), reply(*FUNDS_403))
+    broker.on("GET", BY_COID, reply(404, {"code": 40410000, "message": "order not found"}))
+    with pytest.raises(InsufficientFunds):
+        client.submit_order(buy())
+    assert broker.count("GET", BY_COID) == 2
 
 
 # ---------------------------------------------------------------------------- secrets, counting, limiter

@@ -8,13 +8,16 @@ at most one order per signal, broker positions equal the journaled fills.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from bot.alpaca.client import AlpacaClient
+from bot.paper.testing import PaperBrokerServer
 from faults.harness import (
     Fleet,
     FleetOptions,
@@ -52,37 +55,22 @@ def test_redis_restart_mid_flow_every_process_reconnects(tmp_path: Path) -> None
     assert figures["redis_restarts"] == 2
 
 
-@pytest.fixture(scope="module")
-def broker_fault_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One run of the broker-fault scenario, shared by the tests below."""
-    figures = run_broker_faults(tmp_path_factory.mktemp("broker_faults"), signals=60, rate=6, fault_500=0.08,
-                                fault_429=0.08, fault_hang=0.04, hang_seconds=16.0, storm_window=3.0, hung_posts=2,
-                                workers=3)
-    report("broker_faults", figures)
-    return figures
-
-
-def test_broker_500_429_hang_no_duplicate_orders(broker_fault_run: dict) -> None:
+def test_broker_500_429_hang_no_duplicate_orders(tmp_path: Path) -> None:
     # the invariants, the 429 storm and the reasons are checked inside the run; here: it did inject
-    injected = broker_fault_run["faults_injected"]
+    figures = run_broker_faults(tmp_path, signals=60, rate=6, fault_500=0.08, fault_429=0.08, fault_hang=0.04,
+                                hang_seconds=16.0, storm_window=3.0, hung_posts=2, workers=3)
+    report("broker_faults", figures)
+    injected = figures["faults_injected"]
     assert injected.get("hang", 0) >= 2 and injected.get("429", 0) > 0, injected
 
 
 # --------------------------------------------------------------------------- focused reproducers of findings
-# The broker-fault scenario above found these; each is pinned here, small and deterministic, as a strict
-# xfail: once fixed it XPASSes, which fails the run until the marker is removed.
+# The broker-fault scenario above found these (docs/reliability.md, findings 1 and 2); each is pinned
+# here, small and deterministic, so a regression shows up in a second rather than as a flaky scenario.
 
 
-@pytest.mark.xfail(strict=True, reason="finding 1 (docs/reliability.md): bot/alpaca/client.py AlpacaClient._call "
-                                       "waits for X-RateLimit-Reset after a 500, up to max_wait (30 s)")
 def test_a_500_on_a_read_is_retried_after_a_backoff_not_after_the_rate_window() -> None:
-    import time as _time
-
-    import httpx
-
-    from bot.alpaca.client import AlpacaClient
-
-    now = _time.time()
+    now = time.time()
     answers = iter([
         httpx.Response(500, json={"code": 50010000, "message": "internal server error"},
                        headers={"X-RateLimit-Limit": "200", "X-RateLimit-Remaining": "150",
@@ -101,14 +89,7 @@ def test_a_500_on_a_read_is_retried_after_a_backoff_not_after_the_rate_window() 
     assert waits and max(waits) <= client.backoff_max, f"a 500 made the client wait {waits}"
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2 (docs/reliability.md): bot/paper/app.py _serve hangs before the "
-                                       "handler reads the body; a client that timed out makes it raise "
-                                       "ClientDisconnect, so a hung POST never takes effect")
 def test_paper_broker_hung_post_still_takes_effect_after_the_client_gave_up() -> None:
-    import httpx
-
-    from bot.paper.testing import PaperBrokerServer
-
     with PaperBrokerServer(always_open=True, seed=3, fault_hang={"orders": 1}, hang_seconds=1.0) as server:
         order = {"symbol": "NVDA", "qty": "1", "side": "buy", "type": "market", "time_in_force": "day",
                  "client_order_id": "tb-hang-1"}
@@ -215,7 +196,8 @@ WRONG_PASSWORD = "leakcanary-not-the-password"
 
 def test_wrong_redis_password_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
     """Each process against a password-protected Redis with a wrong password and with none: it exits
-    non-zero quickly or keeps logging a clear error; never a traceback, never the password."""
+    non-zero quickly with a clear message (under supervisord: FATAL, not a RUNNING process that can
+    never work); never a traceback, never the password."""
     options = FleetOptions(redis_password=REDIS_PASSWORD)
     with Fleet(tmp_path, options) as fleet:
         fleet.start_redis()
@@ -234,6 +216,8 @@ def test_wrong_redis_password_fails_fast_with_a_clear_message(tmp_path: Path) ->
         wait_for(lambda: all(any(m in p.log_text() for m in clear) for p in fleet.procs.values()
                              if p.name != "paper-broker"),
                  30, "every process to report the refused credentials", diagnose=fleet.tails)
+        wait_for(lambda: not any(p.alive for p in fleet.procs.values() if p.name != "paper-broker"),
+                 15, "every process to exit", diagnose=fleet.tails)
         behaviour: dict[str, str] = {}
         for name, proc in fleet.procs.items():
             if name == "paper-broker":
@@ -242,8 +226,8 @@ def test_wrong_redis_password_fails_fast_with_a_clear_message(tmp_path: Path) ->
             assert CANARY not in text.lower(), f"{name} showed the password:\n{text[-1500:]}"
             assert "Traceback" not in text, f"{name} crashed with a traceback instead of a message:\n{text[-3000:]}"
             behaviour[name] = f"exit {proc.returncode}" if not proc.alive else "running, logging the auth error"
-            if not proc.alive:
-                assert proc.returncode != 0, f"{name} exited 0 although it cannot use Redis"
+            assert not proc.alive and proc.returncode != 0, (
+                f"{name} ({behaviour[name]}) should exit non-zero when Redis refuses its credentials:\n{text[-1500:]}")
         for kind, url in bad_urls.items():
             status = _tradebot(fleet, "status", "--json", "--var-dir", str(tmp_path / "var"),
                                env=fleet.env(REDIS_URL=url))

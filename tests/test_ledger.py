@@ -23,6 +23,7 @@ from bot.ledger import (
     Ledger,
     LedgerError,
     NoAccountData,
+    PositionLimit,
 )
 
 KEYS = Keys("t")
@@ -163,7 +164,57 @@ def test_bad_arguments_raise_value_error(r, ledger):
         Ledger(r, KEYS, cash_buffer_bps=-1)
 
 
+def test_position_limit_counts_the_buys_in_flight(r, ledger):
+    put_account(r, "100000")
+    put_positions(r, {"NVDA": "2"})
+    ledger.reserve_buy("b1", "NVDA", D(100), qty=D(3), max_position_qty=D(10))  # 2 held + 3
+    with pytest.raises(PositionLimit) as caught:
+        ledger.reserve_buy("b2", "NVDA", D(100), qty=D(6), max_position_qty=D(10))  # 2 + 3 + 6 > 10
+    assert caught.value.room == 5
+    assert "2 held + 3 in buys not yet in the positions leave room for 5 of at most 10" in str(caught.value)
+    assert ledger.pending_buy_qty("NVDA") == 3
+    assert ledger.reserve_buy("b3", "NVDA", D(100), max_position_qty=D("10.5")).qty == 5  # all-in: sized down
+    with pytest.raises(PositionLimit):
+        ledger.reserve_buy("b4", "NVDA", D(100), max_position_qty=D("10.5"))  # no whole share left
+    assert ledger.reserve_buy("a1", "AAPL", D(100), qty=D(10), max_position_qty=D(10)).qty == 10  # per symbol
+    assert ledger.reserve_buy("b5", "NVDA", D(100), qty=D(1)).qty == 1  # no limit given: none applied
+
+
+def test_a_settled_buy_counts_against_the_position_until_the_positions_show_it(r, ledger, clock):
+    put_account(r, "100000", as_of=T0 - 1)
+    put_positions(r, {}, as_of=T0 - 1)
+    ledger.reserve_buy("b1", "NVDA", D(100), qty=D(6), max_position_qty=D(10))
+    clock.t = T0 + 1
+    ledger.settle("b1", D(6), D(100))
+    put_account(r, "99400", as_of=T0 + 2)  # the account shows the fill, the positions do not yet
+    assert ledger.committed_cash() == 0
+    with pytest.raises(PositionLimit):
+        ledger.reserve_buy("b2", "NVDA", D(100), qty=D(5), max_position_qty=D(10))
+    put_positions(r, {"NVDA": "6"}, as_of=T0 + 2)  # now they do: the reservation is dropped
+    assert ledger.pending_buy_qty("NVDA") == 0 and ledger.get("b1") is None
+    assert ledger.reserve_buy("b2", "NVDA", D(100), qty=D(4), max_position_qty=D(10)).qty == 4
+
+
+def test_position_limit_needs_the_positions(r, ledger):
+    put_account(r, "1000")
+    with pytest.raises(NoAccountData, match="position limit of NVDA"):
+        ledger.reserve_buy("b", "NVDA", D(100), max_position_qty=D(5))
+    r.hset(KEYS.positions, mapping={"_polled_at": "1", "NVDA": "{not json"})
+    with pytest.raises(CorruptCache, match="t:positions field NVDA"):
+        ledger.reserve_buy("b", "NVDA", D(100), max_position_qty=D(5))
+    assert r.hlen(KEYS.ledger) == 0
+
+
 # ----------------------------------------------------------------------------- sells
+
+
+def test_all_in_sell_takes_at_most_max_qty(r, ledger):
+    put_positions(r, {"NVDA": "25.5"})
+    assert ledger.reserve_sell("s1", "NVDA", max_qty=D(10)).qty == 10
+    assert ledger.reserve_sell("s2", "NVDA", max_qty=D(10)).qty == 10
+    assert ledger.reserve_sell("s3", "NVDA", max_qty=D(10)).qty == D("5.5")  # what is left, below the cap
+    with pytest.raises(InsufficientShares):
+        ledger.reserve_sell("s4", "NVDA", max_qty=D(10))
 
 
 def test_sells_never_exceed_qty_available(r, ledger):

@@ -19,6 +19,7 @@ from bot.market import (
     NotPolled,
     NotReady,
     StalePrice,
+    StaleQuote,
     write_account,
     write_clock,
     write_positions,
@@ -183,6 +184,46 @@ def test_clock_round_trip(r):
     state = c.clock()
     assert state.is_open is False and state.next_open == opens and state.next_close == closes and state.age == 1
     assert r.hget(KEYS.clock, "is_open") == "0"
+
+
+def test_quote_age_is_checked_when_a_limit_is_set(r):
+    write_prices(r, KEYS, {"NVDA": snap()}, T0)  # quoted at T0 - 0.5, polled at T0
+    assert cache(r, now=T0 + 1).price("NVDA").quote_time == T0 - 0.5
+    strict = MarketCache(r, KEYS, max_price_age=5.0, now=lambda: T0 + 1, max_quote_age=1.0)
+    with pytest.raises(StaleQuote, match=r"quote of NVDA is 1.5s old, more than the 1.0s allowed"):
+        strict.price("NVDA")
+    lenient = MarketCache(r, KEYS, max_price_age=5.0, now=lambda: T0 + 1, max_quote_age=60.0)
+    assert lenient.price("NVDA").bid == Decimal("100.10")
+    r.hdel(KEYS.prices("NVDA"), "quote_time")
+    with pytest.raises(StaleQuote, match="no quote time"):
+        lenient.price("NVDA")
+    assert cache(r, now=T0 + 1).price("NVDA").quote_time is None  # readers without the limit don't care
+
+
+def test_prices_and_quotes_stamped_in_the_future_are_stale(r):
+    write_prices(r, KEYS, {"NVDA": snap()}, T0)
+    assert cache(r, now=T0 - 4).price("NVDA").age == -4  # clock skew within the tolerance
+    with pytest.raises(StalePrice, match="polled 6.0s in the future"):
+        cache(r, now=T0 - 6).price("NVDA")
+    r.hset(KEYS.prices("NVDA"), "quote_time", repr(T0 + 10))
+    with pytest.raises(StaleQuote, match="stamped 9.0s in the future"):
+        MarketCache(r, KEYS, now=lambda: T0 + 1, max_quote_age=60.0).price("NVDA")
+
+
+@pytest.mark.parametrize("is_open, now, expected", [
+    (True, "15:59:59", True),
+    (True, "16:00:00", False),  # polled open at 15:59:40; the close it announced has come
+    (False, "09:29:59", False),
+    (False, "09:30:00", True),  # polled closed at 09:29:50; the session it announced has begun
+    (False, "16:00:00", False),
+])
+def test_clock_open_at_honours_the_announced_open_and_close(is_open, now, expected):
+    from bot.market import ClockState
+
+    day = "2026-06-24T{}-04:00"
+    state = ClockState(is_open=is_open, next_open=datetime.fromisoformat(day.format("09:30:00")),
+                       next_close=datetime.fromisoformat(day.format("16:00:00")), polled_at=0.0, age=0.0)
+    assert state.open_at(datetime.fromisoformat(day.format(now)).timestamp()) is expected
 
 
 # ---------------------------------------------------------------------- coordination

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY, PaperConfig, keys_from_env
 from bot.paper.clock import NEW_YORK, MarketClock, regular_hours_state
+from bot.paper.exchange import Exchange, PaperOrder
 from bot.paper.faults import SettingError, parse_latency, parse_probabilities
 from bot.paper.prices import PriceBook
 from bot.paper.testing import PaperAdmin, PaperBrokerServer, SyncASGITransport, paper_client, paper_transport
@@ -354,6 +355,85 @@ def test_fill_delay_keeps_market_orders_new(make_broker: Callable[..., Broker]) 
     assert b.client.get(f"/v2/orders/{order['id']}").json()["status"] == "filled"
 
 
+# --- the open-orders index -------------------------------------------------------------------------------------
+def open_index(exchange: Exchange) -> list[str]:
+    return list(exchange._book.open_orders)
+
+
+def non_terminal(exchange: Exchange) -> list[str]:
+    """What the index must hold: every order not in a terminal status, oldest first."""
+    return [o.id for o in sorted(exchange._book.orders.values(), key=lambda o: o.seq) if o.is_open]
+
+
+def test_open_orders_index_holds_exactly_the_non_terminal_orders() -> None:
+    now = FakeNow(datetime(2026, 3, 4, 13, 0, tzinfo=timezone.utc))  # 08:00 ET: closed until 09:30
+    exchange = Exchange(PaperConfig(seed=9, cash=Decimal(10000), fill_delay=0.0, now=now))
+    exchange.set_price("AAPL", "100.00", spread="0.02", ask_size=5)
+    order = lambda **body: exchange.submit({"symbol": "AAPL", "side": "buy", "type": "market",  # noqa: E731
+                                            "time_in_force": "day", **body})
+    def check(step: str) -> None:
+        assert open_index(exchange) == non_terminal(exchange), step
+
+    waiting = order(qty="3")  # accepted: the market is closed
+    day_limit = order(qty="1", type="limit", limit_price="50")  # rests, expires after today's close
+    gtc_limit = order(qty="1", type="limit", limit_price="60", time_in_force="gtc")
+    doomed = order(qty="1", type="limit", limit_price="70", time_in_force="gtc")
+    check("queued before the open")
+    exchange.cancel(doomed["id"])
+    check("canceled while accepted")
+    now.advance(90 * 60)  # 09:30 ET: the waiting market order fills on the next request
+    assert exchange.get_order(waiting["id"])["status"] == "filled"
+    check("filled at the open")
+    assert order(qty="8", time_in_force="ioc")["status"] == "canceled"  # 5 at the ask, the rest canceled
+    check("ioc partially filled then canceled")
+    assert exchange.submit({"symbol": "AAPL", "side": "sell", "type": "limit", "limit_price": "500",
+                            "time_in_force": "gtc", "qty": "2"})["status"] == "new"  # holds 2 of 8 shares
+    check("resting sell")
+    exchange.set_price("AAPL", "59.00", spread="0.02")  # crosses the gtc buy at 60: it fills
+    assert exchange.get_order(gtc_limit["id"])["status"] == "filled"
+    check("resting limit filled by a price move")
+    now.advance(7 * 3600)  # 16:30 ET: the day limit expires
+    assert exchange.get_order(day_limit["id"])["status"] == "expired"
+    check("day order expired")
+    assert len(exchange.cancel_all()) == 1  # the resting sell
+    check("cancel all")
+    assert open_index(exchange) == [] and exchange.order_counts() == {"filled": 2, "canceled": 3, "expired": 1}
+    exchange.reset()
+    assert open_index(exchange) == [] and exchange.order_counts() == {}
+
+
+def test_requests_never_visit_closed_orders(monkeypatch: pytest.MonkeyPatch) -> None:
+    exchange = Exchange(PaperConfig(always_open=True, seed=9, cash=Decimal(1000000)))
+    exchange.set_price("AAPL", "100.00", spread="0.02", bid_size=100000, ask_size=100000)
+    for n in range(200):  # 200 closed orders: 100 buys and 100 sells, all filled
+        exchange.submit({"symbol": "AAPL", "side": "buy" if n % 2 == 0 else "sell", "type": "market",
+                         "time_in_force": "ioc", "qty": "1"})
+    resting = exchange.submit({"symbol": "AAPL", "side": "buy", "type": "limit", "limit_price": "50",
+                               "time_in_force": "gtc", "qty": "1"})
+    visited: list[tuple[str, bool]] = []  # (order id, open when visited)
+    for name in ("buy_hold", "sell_hold"):
+        original = getattr(PaperOrder, name)
+
+        def counting(self: PaperOrder, _original: Callable[[PaperOrder], Decimal] = original) -> Decimal:
+            visited.append((self.id, self.is_open))
+            return _original(self)
+        monkeypatch.setattr(PaperOrder, name, counting)
+    work = exchange._work
+
+    def counting_work(order: PaperOrder, now: datetime, open_now: bool) -> None:
+        visited.append((order.id, order.is_open))
+        work(order, now, open_now)
+    monkeypatch.setattr(exchange, "_work", counting_work)  # the per-request tick
+    exchange.account()  # buy holds
+    exchange.positions()  # sell holds per position
+    exchange.submit({"symbol": "AAPL", "side": "buy", "type": "market", "time_in_force": "ioc", "qty": "1"})
+    exchange.submit({"symbol": "AAPL", "side": "sell", "type": "market", "time_in_force": "ioc", "qty": "1"})
+    assert resting["id"] in {order_id for order_id, _ in visited}
+    closed = [order_id for order_id, was_open in visited if not was_open]
+    assert closed == [], f"{len(closed)} visits to closed orders"
+    assert open_index(exchange) == [resting["id"]]
+
+
 # --- market data ----------------------------------------------------------------------------------------------
 def test_snapshots_for_many_symbols_in_one_call(broker: Broker) -> None:
     symbols = [f"S{chr(65 + i // 26)}{chr(65 + i % 26)}" for i in range(60)]
@@ -514,6 +594,21 @@ def test_real_server_round_trip() -> None:
         assert httpx.get(f"{server.base_url}/v2/account", timeout=10).status_code == 401
 
 
+def test_real_server_hung_post_takes_effect_though_the_client_gave_up() -> None:
+    # --fault-hang promises "answers late and still takes effect": over a real socket the client's
+    # timeout closes the connection, which must not stop the order from being placed
+    with PaperBrokerServer(always_open=True, seed=5, fault_hang={"orders": 1}, hang_seconds=1.0) as server:
+        with server.client(timeout=0.2) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/v2/orders", json={"symbol": "NVDA", "qty": "1", "side": "buy", "type": "market",
+                                                "time_in_force": "ioc", "client_order_id": "gave-up-1"})
+        deadline = time.monotonic() + 5
+        while not server.exchange.order_counts() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sum(server.exchange.order_counts().values()) == 1
+        assert server.exchange.get_order_by_client_id("gave-up-1")["client_order_id"] == "gave-up-1"
+
+
 def test_cli_help_and_bad_flags() -> None:
     from processes.paper_broker import main
 
@@ -530,3 +625,32 @@ def test_paper_config_validates() -> None:
     with pytest.raises(ValueError):
         PaperConfig(cash="-5")
     assert PaperConfig(symbols="nvda, aapl").symbols == ("NVDA", "AAPL")
+
+
+# --- measurement (printed, not asserted) ------------------------------------------------------------------------
+def test_measure_submit_cpu_with_3000_closed_orders() -> None:
+    """CPU per submit with an empty book and with 3 000 closed orders in it (flat since the book keeps
+    its open orders apart; it used to grow with every order ever placed: docs/benchmarks.md)."""
+    symbols = [f"S{chr(65 + i)}" for i in range(20)]
+    exchange = Exchange(PaperConfig(always_open=True, seed=1, cash=Decimal(10_000_000), symbols=tuple(symbols)))
+    placed = 0
+
+    def submit() -> None:
+        nonlocal placed  # alternate buy and sell of one share, round the 20 symbols
+        exchange.submit({"symbol": symbols[(placed // 2) % 20], "side": "buy" if placed % 2 == 0 else "sell",
+                         "type": "market", "time_in_force": "day", "qty": "1"})
+        placed += 1
+
+    def cpu_ms_per_submit(reps: int = 200) -> float:
+        start = time.process_time()
+        for _ in range(reps):
+            submit()
+        return (time.process_time() - start) / reps * 1000
+
+    empty = cpu_ms_per_submit()
+    while placed < 3000:
+        submit()
+    full = cpu_ms_per_submit()
+    assert exchange.order_counts() == {"filled": 3200} and open_index(exchange) == []
+    print(f"\nsubmit CPU per order, 20 symbols: {empty:.3f} ms with an empty book, {full:.3f} ms with 3000 "
+          f"closed orders in it")

@@ -436,12 +436,48 @@ def test_poller_command_help():
 
 
 def test_poller_command_credentials():
-    from processes.price_poller import with_credentials
-
     local = Settings.from_env({"ALPACA_BASE_URL": "http://127.0.0.1:9"})
-    assert with_credentials(local).alpaca_api_key == DEMO_API_KEY
-    with pytest.raises(ConfigError, match="ALPACA_API_KEY"):
-        with_credentials(Settings.from_env({}))
+    assert local.with_demo_credentials("to poll").alpaca_api_key == DEMO_API_KEY
+    with pytest.raises(ConfigError, match="ALPACA_API_KEY.* required to poll"):
+        Settings.from_env({}).with_demo_credentials("to poll")
+
+
+def test_the_poller_client_takes_its_tokens_from_the_fleet_wide_bucket(r, paper):
+    from processes.price_poller import POLLER_MAX_RETRIES, poller_client
+
+    _, _, transport = paper
+    settings = Settings.from_env({"ALPACA_BASE_URL": BASE, "TRADEBOT_PREFIX": "tb"}).with_demo_credentials()
+    with poller_client(settings, r, threading.Event(), transport=transport) as client:
+        assert client.max_retries == POLLER_MAX_RETRIES
+        client.get_snapshots(["NVDA"])
+        client.get_clock()
+    # one token out of each shared bucket: the workers' limiter sees the poller's requests
+    assert float(r.hget(KEYS.ratelimit("data"), "tokens")) < 10
+    assert float(r.hget(KEYS.ratelimit("trading"), "tokens")) < 10
+
+
+def test_a_stop_request_ends_the_tick_between_its_calls(r, paper, clock):
+    client, _, _ = paper
+    stop = threading.Event()
+
+    class StopsDuringPrices:
+        """SIGTERM arrives while the prices request is in flight."""
+
+        request_count = 0
+
+        def get_snapshots(self, symbols):
+            stop.set()
+            self.request_count += 1
+            return client.get_snapshots(symbols)
+
+        def __getattr__(self, name):  # account, positions, clock: must not be called any more
+            raise AssertionError(f"{name} called after the stop request")
+
+    poller = make_poller(StopsDuringPrices(), r, clock, stop_event=stop)
+    assert poller.tick() is True
+    assert poller.last_tick_requests == 1 and poller.errors == 0
+    # the answer in hand is still written; account, positions and clock wait for the next start
+    assert cache_at(r, clock).missing(["NVDA", "AAPL"]) == [KEYS.account, KEYS.positions]
 
 
 def test_poller_process_fills_the_cache_and_stops_on_sigterm(r, redis_url):

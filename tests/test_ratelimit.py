@@ -9,7 +9,7 @@ import redis
 
 from bot.config import Settings
 from bot.keys import Keys
-from bot.ratelimit import MAX_PAUSE, RateLimiter, RateLimitTimeout
+from bot.ratelimit import MAX_PAUSE, STOPPING_MAX_WAIT, RateLimiter, RateLimitStopped, RateLimitTimeout
 
 KEYS = Keys("t")
 EPS = 1e-3
@@ -148,6 +148,45 @@ def test_acquire_times_out_without_sleeping_in_vain(r, clock):
         lim.acquire("trading", timeout=1.0)
     assert caught.value.wait == pytest.approx(10.0, abs=EPS)
     assert clock.slept == []
+
+
+def test_a_stop_request_ends_a_fleet_pause_wait(r, clock):
+    stop = threading.Event()
+    lim = RateLimiter(r, KEYS, {"trading": 60}, {"trading": 5}, now=clock.now, stop=stop)  # real sleep: stop.wait
+    lim.observe("trading", remaining=0, reset=clock.t + 100)  # the broker says: budget spent for 100 s
+    outcome: list[BaseException | None] = []
+
+    def take() -> None:
+        try:
+            lim.acquire("trading")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=take, daemon=True)
+    waiter.start()
+    try:
+        stop.set()
+        waiter.join(timeout=10)
+        assert not waiter.is_alive(), "acquire kept waiting for the pause after the stop request"
+    finally:
+        stop.set()
+        waiter.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], RateLimitStopped)
+    assert isinstance(outcome[0], RateLimitTimeout)  # callers that catch timeouts handle it too
+
+
+def test_while_stopping_long_waits_raise_at_once_and_short_ones_are_served(r, clock):
+    stop = threading.Event()
+    stop.set()
+    lim = RateLimiter(r, KEYS, {"trading": 60}, {"trading": 1}, sleep=clock.sleep, now=clock.now, stop=stop)
+    lim.acquire("trading")  # a token that is there is granted: the order in hand can still be followed
+    lim.acquire("trading")  # the next comes in 1 s (<= STOPPING_MAX_WAIT): still waited for
+    assert clock.slept == pytest.approx([1.0], abs=EPS) and STOPPING_MAX_WAIT >= 1.0
+    lim.observe("trading", remaining=0, reset=clock.t + 60)
+    with pytest.raises(RateLimitStopped, match="stopping"):
+        lim.acquire("trading")
+    assert clock.slept == pytest.approx([1.0], abs=EPS)  # no sleep begun for the pause
 
 
 def test_unknown_bucket_is_unlimited(r, clock):

@@ -12,6 +12,7 @@ from bot.risk import (
     check_position_value,
     check_signal_age,
     pre_trade_reason,
+    sell_qty_cap,
 )
 
 LIMITS = RiskLimits(max_signal_age=60, max_order_notional=D(10000), max_position_value=D(20000))
@@ -43,6 +44,25 @@ def test_market_open_fails_closed():
     extended = RiskLimits(60, D(1), D(1), allow_extended_hours=True)
     assert check_market_open(False, extended) is None
     assert check_market_open(None, extended).startswith("market clock unknown")
+
+
+def test_market_clock_too_old_or_from_the_future_is_unknown():
+    assert check_market_open(True, LIMITS, clock_age=89.0) is None
+    assert check_market_open(True, LIMITS, clock_age=91.0) == \
+        "market clock unknown: stale, polled 91s ago (max 90s); is the price poller running?"
+    assert check_market_open(True, LIMITS, clock_age=-6.0).startswith("market clock unknown: polled 6.0s in the future")
+    assert check_market_open(True, LIMITS, clock_age=-1.0) is None  # small skew between hosts
+    extended = RiskLimits(60, D(1), D(1), allow_extended_hours=True)
+    assert check_market_open(False, extended, clock_age=120.0).startswith("market clock unknown: stale")
+    assert pre_trade_reason(halt_reason=None, source_at=90.0, now=100.0, clock_is_open=True, limits=LIMITS,
+                            clock_age=300.0).startswith("market clock unknown: stale")
+
+
+def test_sell_qty_cap_is_whole_shares_within_the_order_notional():
+    assert sell_qty_cap(LIMITS, D("99.99")) == 100  # 10000 / 99.99 = 100.01
+    assert sell_qty_cap(LIMITS, D(100)) == 100
+    assert sell_qty_cap(LIMITS, D(20000)) == 0
+    assert sell_qty_cap(LIMITS, D(0)) == 0
 
 
 def test_order_notional():

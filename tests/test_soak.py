@@ -3,7 +3,7 @@
 Same runners and invariants as tests/test_faults.py (tests/faults/harness.py), longer and harder:
 1,000 signals under worker (and router) kill -9s, four Redis restarts, broker faults over 300
 signals with more hung orders and a longer 429 storm, and 10,000 bad-input entries.
-Takes about 5-8 minutes on 2 cores. The figures printed (pytest -s) go into docs/reliability.md.
+Takes about 5 minutes on 2 cores. The figures printed (pytest -s) go into docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def test_soak_broker_faults(tmp_path: Path) -> None:
                                 hang_seconds=16.0, storm_window=6.0, hung_posts=4, workers=3, drain_timeout=300)
     report("broker_faults", figures)
     assert figures["faults_injected"].get("hang", 0) >= 4
+    # liveness: 20% faults slow the fleet down, they must not stop it. Fails while finding 1 of
+    # docs/reliability.md is open (a 500 makes the poller sleep until X-RateLimit-Reset, up to 30 s:
+    # 2-26 of 153 buys filled, prices 30-50 s old); with it fixed: 127 of 153, at most 8.8 s old
+    assert figures["max_price_age_s"] <= 20 and figures["buys_filled"] * 3 >= figures["buy_signals"], (
+        f"the market cache went {figures['max_price_age_s']}s stale and {figures['buys_filled']} of "
+        f"{figures['buy_signals']} buys filled; not filled because: {figures['not_filled_because']}")
 
 
 def test_soak_bad_input(tmp_path: Path) -> None:

@@ -9,12 +9,14 @@ from bot.streams import (
     autoclaim,
     consumers,
     dead_letter,
+    default_consumer_name,
     delete_consumer_if_idle,
     delivery_count,
     ensure_group,
+    is_stream_id,
     original_fields,
     raw_fields_for_dlq,
-    read_group,
+    reap_idle_consumers,
     trim_acknowledged,
 )
 
@@ -24,6 +26,11 @@ S, G = "src", "grp"
 
 def add(r, n=1, stream=S):
     return [r.xadd(stream, {"i": str(i)}) for i in range(n)]
+
+
+def read_once(r, streams, group, consumer):
+    """One read of a fresh GroupReader: the consumer's own pending entries first, else new ones."""
+    return GroupReader(streams, group, consumer, count=10, block_ms=None).read(r)
 
 
 def pending_ids(r, stream=S, group=G, consumer=None):
@@ -44,8 +51,8 @@ def test_group_at_dollar_skips_existing_entries_and_at_zero_reads_them(r):
     add(r, 2)
     ensure_group(r, S, "new", "$")
     ensure_group(r, S, "all", "0")
-    assert read_group(r, S, "new", "c", count=10, block_ms=None) == []
-    assert len(read_group(r, S, "all", "c", count=10, block_ms=None)) == 2  # PEL empty: new ones at once
+    assert read_once(r, S, "new", "c") == []
+    assert len(read_once(r, S, "all", "c")) == 2  # PEL empty: new ones at once
 
 
 def test_read_group_replays_own_pending_first_then_reads_new(r):
@@ -69,22 +76,12 @@ def test_read_group_replays_own_pending_first_then_reads_new(r):
     assert delivery_count(r, S, G, first[0]) == 2 and delivery_count(r, S, G, later[0]) == 1
 
 
-def test_read_group_function_keeps_replay_state_per_client(r):
-    ensure_group(r, S, G)
-    old = add(r, 1)
-    r.xreadgroup(G, "me", {S: ">"})
-    new = add(r, 1)
-    assert [e.id for e in read_group(r, S, G, "me", count=10, block_ms=None)] == old  # pending first
-    assert [e.id for e in read_group(r, S, G, "me", count=10, block_ms=None)] == new  # then new, once
-    assert read_group(r, S, G, "me", count=10, block_ms=None) == []
-
-
 def test_replay_acks_and_skips_entries_whose_data_was_deleted(r):
     ensure_group(r, S, G)
     gone, kept = add(r, 2)
     r.xreadgroup(G, "me", {S: ">"})
     r.xdel(S, gone)
-    entries = read_group(r, S, G, "me", count=10, block_ms=None)
+    entries = read_once(r, S, G, "me")
     assert [e.id for e in entries] == [kept]
     assert pending_ids(r) == [kept]
 
@@ -93,7 +90,7 @@ def test_read_group_recreates_a_lost_group(r):
     ensure_group(r, S, G)
     r.xgroup_destroy(S, G)  # as if Redis restarted without data
     ids = add(r, 2)
-    entries = read_group(r, [S], G, "me", count=10, block_ms=None)
+    entries = read_once(r, [S], G, "me")
     assert [e.id for e in entries] == ids  # recreated at 0: nothing added meanwhile is lost
 
 
@@ -101,7 +98,7 @@ def test_read_group_over_several_streams_works_with_bytes_client(rb):
     ensure_group(rb, "a", G)
     ensure_group(rb, "b", G)
     ida, idb = rb.xadd("a", {b"k": b"\xff"}), rb.xadd("b", {b"k": b"v"})
-    seen = read_group(rb, ("a", "b"), G, "me", count=10, block_ms=None)
+    seen = read_once(rb, ("a", "b"), G, "me")
     assert {(e.stream, e.id) for e in seen} == {("a", ida.decode()), ("b", idb.decode())}
     assert {e.fields[b"k"] for e in seen} == {b"\xff", b"v"}
 
@@ -297,3 +294,29 @@ def test_delete_consumer_only_without_pending_entries(r):
     r.xack(S, G, entry)
     assert delete_consumer_if_idle(r, S, G, "busy") is True
     assert consumers(r, S, G) == [] and consumers(r, S, "no-group") == []
+
+
+def test_reap_idle_consumers_keeps_the_caller_and_anyone_with_pending_entries(r):
+    ensure_group(r, S, G)
+    _, done, _ = add(r, 3)
+    for consumer in ("busy", "gone", "me"):
+        r.xreadgroup(G, consumer, {S: ">"}, count=1)
+    r.xack(S, G, done)  # "gone" (a dead process) has nothing pending; "busy" still holds its entry
+    assert reap_idle_consumers(r, S, G, min_idle_ms=3_600_000, keep="me") == []  # nobody idle for an hour
+    assert reap_idle_consumers(r, S, G, min_idle_ms=0, keep="me") == ["gone"]
+    assert sorted(c["name"] for c in consumers(r, S, G)) == ["busy", "me"]
+    assert reap_idle_consumers(r, S, "no-group", min_idle_ms=0) == []
+
+
+def test_default_consumer_names_are_unique_per_process_and_role():
+    import os
+
+    plain, router = default_consumer_name(), default_consumer_name("router")
+    assert plain.endswith(f"-{os.getpid()}") and router == f"router-{plain}"
+    assert not any(ch.isspace() for ch in plain)
+
+
+@pytest.mark.parametrize("text,ok", [("1719410000000-0", True), ("0-0", True), ("1-2-3", False), ("17", False),
+                                     ("*", False), ("1719410000000-", False), (" 1-0", False)])
+def test_is_stream_id(text, ok):
+    assert is_stream_id(text) is ok

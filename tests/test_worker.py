@@ -23,10 +23,22 @@ from bot.ledger import Ledger
 from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
 from bot.paper.testing import PaperBrokerServer, paper_transport
 from bot.poller import Poller
-from bot.ratelimit import RateLimiter
+from bot.ratelimit import RateLimiter, RateLimitTimeout
 from bot.signals import Signal
 from bot.streams import consumers, ensure_group
-from bot.worker import DEAD, DUPLICATE, JOURNALED, PENDING, Worker, WorkerConfig, client_order_id, outcome_of
+from bot.worker import (
+    CLIENT_KNOBS,
+    DEAD,
+    DUPLICATE,
+    JOURNALED,
+    LOST,
+    PENDING,
+    BoundedLimiter,
+    Worker,
+    WorkerConfig,
+    client_order_id,
+    outcome_of,
+)
 
 SYMBOL = "NVDA"
 BASE = "http://paper"
@@ -122,6 +134,11 @@ class Rig:
 
     def dlq(self) -> list[dict[str, str]]:
         return [fields for _id, fields in self.r.xrange(self.keys.dlq)]
+
+    def coid(self, entry_id: str) -> str:
+        """The client_order_id of the signal in tradebot:signals entry ``entry_id``."""
+        fields = self.r.xrange(self.keys.signals, entry_id, entry_id)[0][1]
+        return client_order_id(fields["source_stream"], fields["source_id"])
 
     def run_until(self, worker: Worker, done: Callable[[], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -343,6 +360,23 @@ def _no_shares(rig: Rig) -> dict[str, Any]:
     return {"side": "sell"}
 
 
+def _stale_clock(rig: Rig) -> dict[str, Any]:
+    rig.r.hset(rig.keys.clock, mapping={"polled_at": repr(time.time() - 200), "as_of": repr(time.time() - 200)})
+    return {}
+
+
+def _past_close(rig: Rig) -> dict[str, Any]:
+    # polled while open, 20 s ago; the close it announced has passed since (the next poll is due in 10 s)
+    closed_at = datetime.fromtimestamp(time.time() - 5, timezone.utc).isoformat()
+    rig.r.hset(rig.keys.clock, mapping={"is_open": "1", "next_close": closed_at, "polled_at": repr(time.time() - 20)})
+    return {}
+
+
+def _old_quote(rig: Rig) -> dict[str, Any]:
+    rig.r.hset(rig.keys.prices(SYMBOL), "quote_time", repr(time.time() - 120))  # polled just now, quoted long ago
+    return {}
+
+
 @pytest.mark.parametrize("setup, reason", [
     (_halt, "kill switch on: maintenance window"),
     (_closed, "market is closed"),
@@ -351,8 +385,11 @@ def _no_shares(rig: Rig) -> dict[str, Any]:
     (_notional, "order notional 1000.10 (10 x 100.01) exceeds the max 500.00"),
     (_position_value, "above the max 50.00"),
     (_no_shares, "no NVDA shares to sell"),
+    (_stale_clock, "market clock unknown: stale, polled 200s ago (max 90s)"),
+    (_past_close, "market is closed"),
+    (_old_quote, "quote of NVDA is 120"),
 ], ids=["halt", "market-closed", "stale-price", "old-signal", "max-order-notional", "max-position-value",
-        "no-shares"])
+        "no-shares", "stale-clock", "past-next-close", "old-quote"])
 def test_risk_checks_journal_skipped_and_send_no_order(rig: Rig, setup: Callable[[Rig], dict[str, Any]],
                                                        reason: str):
     signal_options = setup(rig)
@@ -390,6 +427,227 @@ def test_broker_refusal_is_journaled_as_rejected_with_its_message(rig: Rig):
     assert entry.client_order_id and entry.order_id == ""
     assert Ledger(rig.r, rig.keys).reservations() == []  # released
     assert rig.pending() == 0
+
+
+def test_all_in_sell_of_a_position_above_the_order_limit_sells_what_the_limit_allows(rig: Rig):
+    rig.client.submit_order(OrderRequest(SYMBOL, "buy", "seed-buy", qty=Decimal(25)))
+    rig.refresh()
+    rig.settings = replace(rig.settings, max_order_notional=Decimal(1000))  # 25 x 99.99 is 2499.75
+    worker = rig.worker()
+    rig.signal("sell")
+    assert worker.step() == [JOURNALED]
+    entry = only(rig.journal())
+    assert (entry.outcome, entry.filled_qty) == ("filled", 10), entry.reason  # floor(1000 / 99.99)
+    assert rig.client.get_position(SYMBOL).qty == 15  # the next sell signals close the rest
+
+
+def test_buys_in_flight_count_against_the_position_limit(rig: Rig):
+    # another worker's buy of 4 is in flight: reserved, not yet in the cached positions
+    rig.settings = replace(rig.settings, max_position_value=Decimal(700))  # 6 shares at 100.01
+    Ledger(rig.r, rig.keys).reserve_buy("tb-other-order", SYMBOL, ASK, qty=Decimal(4))
+    worker = rig.worker(strategy="fixed", fixed_qty=Decimal(3))
+    rig.signal("buy")
+    assert worker.step() == [JOURNALED]
+    entry = only(rig.journal())
+    assert entry.outcome == "skipped" and entry.reason.startswith("position limit of NVDA: 0 held + 4 in buys"), \
+        entry.reason
+    assert rig.orders() == 0
+    rig.signal("buy", qty="2")  # 4 in flight + 2 fit in the 6
+    assert worker.step() == [JOURNALED] and rig.journal()[1].outcome == "filled"
+
+
+# ---------------------------------------------------------------------- never a hidden order
+
+
+def test_skip_of_a_signal_whose_order_filled_before_journals_the_fill(rig: Rig):
+    # Redis lost its last second: the sell filled and was journaled, then journal, done marker and
+    # ack were lost; the entry comes back as a NEW delivery and there are no shares left to sell
+    rig.client.submit_order(OrderRequest(SYMBOL, "buy", "seed-buy", qty=Decimal(4)))
+    entry_id = rig.signal("sell")
+    sold = rig.client.submit_order(OrderRequest(SYMBOL, "sell", rig.coid(entry_id), qty=Decimal(4)))
+    rig.refresh()
+    worker = rig.worker()
+    assert worker.step() == [JOURNALED]
+    entry = only(rig.journal())
+    assert (entry.outcome, entry.order_id, entry.filled_qty, entry.deliveries) == ("filled", sold.id, 4, 1)
+    assert rig.orders() == 2 and rig.pending() == 0
+
+
+def test_gate_skip_looks_the_order_up_when_a_reservation_exists(rig: Rig):
+    # crash after reserve + submit, before journal; the kill switch went on meanwhile
+    entry_id = rig.signal("buy")
+    coid = rig.coid(entry_id)
+    Ledger(rig.r, rig.keys).reserve_buy(coid, SYMBOL, ASK, qty=Decimal(2))
+    placed = rig.client.submit_order(OrderRequest(SYMBOL, "buy", coid, qty=Decimal(2)))
+    rig.r.set(rig.keys.halt, "incident")
+    worker = rig.worker()
+    assert worker.step() == [JOURNALED]
+    entry = only(rig.journal())
+    assert (entry.outcome, entry.order_id) == ("filled", placed.id)
+    assert Ledger(rig.r, rig.keys).get(coid).settled  # settled at the fill, not released as a skip
+
+
+def test_gate_skip_on_a_first_delivery_costs_no_broker_request(rig: Rig):
+    rig.r.set(rig.keys.halt, "closed for the night")
+    worker = rig.worker()
+    rig.signal("buy")
+    before = rig.client.request_count
+    assert worker.step() == [JOURNALED]
+    assert only(rig.journal()).outcome == "skipped"
+    assert rig.client.request_count == before  # no lookup: halted/closed skips may come by the thousand
+
+
+def test_a_worker_that_lost_its_entry_while_stalled_sends_no_order(rig: Rig, monkeypatch):
+    worker = rig.worker(strategy="fixed", fixed_qty=Decimal(1))
+    entry_id = rig.signal("buy")
+    plan = worker._plan
+
+    def plan_then_stall(job: Any) -> OrderRequest:
+        request = plan(job)
+        # the worker stalls past claim-idle here; another worker reclaims the entry
+        rig.r.xclaim(rig.keys.signals, rig.keys.workers_group, "rescuer", 0, [entry_id])
+        return request
+
+    monkeypatch.setattr(worker, "_plan", plan_then_stall)
+    assert worker.step() == [LOST]
+    assert rig.orders() == 0 and rig.journal() == [] and rig.pending() == 1
+    assert Ledger(rig.r, rig.keys).get(rig.coid(entry_id)) is not None  # the rescuer reuses it
+
+
+# ---------------------------------------------------------------------- sent on time
+
+
+def test_checks_run_again_right_before_the_submit(rig: Rig, monkeypatch):
+    worker = rig.worker(strategy="fixed", fixed_qty=Decimal(1))
+    entry_id = rig.signal("buy")
+    plan = worker._plan
+
+    def plan_then_wait(job: Any) -> OrderRequest:
+        request = plan(job)
+        # time passes before the submit (a rate-limit wait, say): the price is no longer fresh
+        rig.r.hset(rig.keys.prices(SYMBOL), "polled_at", repr(time.time() - 30))
+        return request
+
+    monkeypatch.setattr(worker, "_plan", plan_then_wait)
+    assert worker.step() == [JOURNALED]
+    entry = only(rig.journal())
+    assert entry.outcome == "skipped" and "price of NVDA is 30" in entry.reason and entry.submitted_at is None
+    assert rig.orders() == 0 and Ledger(rig.r, rig.keys).get(rig.coid(entry_id)) is None
+
+
+class _ThrottlingBroker:
+    """httpx.MockTransport handler: the first POST is refused with 429 (the operator halts the bot
+    during that wait when ``halt_on_429``), later ones are accepted and filled at once."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, halt_on_429: bool) -> None:
+        self.r, self.keys, self.halt_on_429 = r, keys, halt_on_429
+        self.posts = 0
+        self.orders: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, request: Any) -> Any:
+        import httpx
+
+        path = request.url.path
+        if request.method == "POST":
+            self.posts += 1
+            if self.posts == 1:
+                if self.halt_on_429:
+                    self.r.set(self.keys.halt, "operator")
+                return httpx.Response(429, json={"message": "rate limit exceeded"}, headers={"Retry-After": "0"})
+            body = json.loads(request.content)
+            order = dict(id=f"order-{self.posts}", client_order_id=body["client_order_id"], symbol=body["symbol"],
+                         side=body["side"], type=body["type"], time_in_force=body["time_in_force"], qty=body["qty"],
+                         status="filled", filled_qty=body["qty"], filled_avg_price="100.01",
+                         created_at=datetime.now(timezone.utc).isoformat())
+            self.orders[order["client_order_id"]] = order
+            return httpx.Response(200, json=order)
+        if path == "/v2/orders:by_client_order_id":
+            found = self.orders.get(request.url.params["client_order_id"])
+            return httpx.Response(200, json=found) if found else httpx.Response(404, json={"message": "not found"})
+        return httpx.Response(404, json={"message": f"no {path} here"})
+
+
+@pytest.mark.parametrize("halt_on_429, outcome, posts", [(False, "filled", 2), (True, "skipped", 1)],
+                         ids=["re-sent-after-fresh-checks", "halted-during-the-wait"])
+def test_a_submit_refused_with_429_is_re_planned_with_fresh_checks(rig: Rig, halt_on_429: bool, outcome: str,
+                                                                   posts: int):
+    import httpx
+
+    broker = _ThrottlingBroker(rig.r, rig.keys, halt_on_429)
+    client = make_client(httpx.MockTransport(broker), **CLIENT_KNOBS)  # the worker's knobs: one POST per submit
+    worker = rig.worker(client=client, strategy="fixed", fixed_qty=Decimal(2))
+    rig.signal("buy")
+    assert worker.step() == [JOURNALED]
+    entry = only(rig.journal())
+    assert entry.outcome == outcome and broker.posts == posts, entry.reason
+    if halt_on_429:
+        assert entry.reason == "kill switch on: operator" and Ledger(rig.r, rig.keys).reservations() == []
+    client.close()
+
+
+def test_the_worker_builds_a_client_that_cannot_wait_long(rig: Rig):
+    worker = Worker(rig.settings, WorkerConfig(consumer="knobs"), r=rig.r, rb=rig.rb)
+    try:
+        client = worker.client
+        assert client.max_retries <= 2 and client.max_wait <= 2.0
+        assert client._http.timeout.read is not None and client._http.timeout.read <= 5
+        assert isinstance(worker.limiter, BoundedLimiter)
+    finally:
+        worker.close()
+
+
+def test_bounded_limiter_gives_up_instead_of_waiting(rig: Rig):
+    limiter = RateLimiter(rig.r, rig.keys, {"trading": 1}, burst={"trading": 1})
+    stop_left: list[float | None] = [None]
+    bounded = BoundedLimiter(limiter, wait=5.0, stop_left=lambda: stop_left[0])
+    bounded.acquire("trading")  # the one token of the minute
+    with pytest.raises(RateLimitTimeout):
+        bounded.acquire("trading")  # the next comes in ~60 s: no waiting for it
+    stop_left[0] = -1.0  # past the stop grace: not even a short wait
+    with pytest.raises(RateLimitTimeout, match="within 0.00s"):
+        bounded.acquire("trading")
+    stop_left[0] = None
+    with pytest.raises(RateLimitTimeout, match="within 0.50s"):
+        bounded.acquire("trading", timeout=0.5)  # the caller's own bound (the client's submit deadline)
+
+
+# ---------------------------------------------------------------------- stopping
+
+
+def test_no_order_is_sent_once_a_stop_is_requested(rig: Rig, monkeypatch):
+    worker = rig.worker(strategy="fixed", fixed_qty=Decimal(1))
+    entry_id = rig.signal("buy")
+    stop = threading.Event()
+    plan = worker._plan
+
+    def plan_then_stop(job: Any) -> OrderRequest:
+        request = plan(job)
+        stop.set()  # SIGTERM arrives between the checks and the submit
+        return request
+
+    monkeypatch.setattr(worker, "_plan", plan_then_stop)
+    assert worker.step(stop) == [PENDING]
+    assert rig.orders() == 0 and rig.journal() == [] and rig.pending() == 1
+    assert Ledger(rig.r, rig.keys).get(rig.coid(entry_id)) is not None  # kept for the replay
+
+
+def test_a_stop_cancels_the_open_order_within_the_stop_grace(rig: Rig):
+    rig.exchange.fill_delay = 60.0  # the order sits `new`; its own timeout is far away
+    worker = rig.worker(order_timeout=60, cancel_timeout=1.0, stop_grace=1.5, strategy="fixed",
+                        fixed_qty=Decimal(1))
+    thread, stop = _run_in_thread(worker)
+    try:
+        rig.signal("buy")
+        _wait(lambda: rig.orders() == 1, 10, "the order at the broker")
+        stop.set()
+        thread.join(timeout=10)  # without the grace it would follow the order for 60 s
+    finally:
+        stop.set()
+        thread.join(timeout=70)
+    assert not thread.is_alive()
+    entry = only(rig.journal())
+    assert (entry.outcome, entry.status) == ("canceled", "canceled")
+    assert entry.reason == "canceled unfilled: the worker was stopping"
 
 
 # ---------------------------------------------------------------------- following, timeouts, unknowns

@@ -142,6 +142,20 @@ def test_sigterm_finishes_the_order_in_hand_then_leaves_the_group(fleet: Fleet):
     assert "SIGTERM received" in fleet.log_of("graceful")
 
 
+@pytest.mark.slow
+def test_sigterm_with_an_order_that_will_not_fill_ends_inside_stopwaitsecs(fleet: Fleet):
+    fleet.broker.exchange.fill_delay = 120.0  # the order sits open; its own --order-timeout is 60 s
+    worker = fleet.spawn("stuck", "--claim-idle", "30", "--order-timeout", "60")
+    fleet.signal("buy")
+    wait_for(lambda: fleet.broker_orders() == 1, 20, "the worker's order at the broker")
+    worker.send_signal(signal.SIGTERM)
+    # supervisord's stopwaitsecs=30 is the hard bound; the stop grace cancels the order at ~10 s
+    assert worker.wait(timeout=28) == 0, fleet.log_of("stuck")
+    [entry] = read_journal(fleet.r, KEYS)
+    assert (entry.outcome, entry.reason) == ("canceled", "canceled unfilled: the worker was stopping")
+    assert fleet.pending() == 0 and fleet.broker.exchange.order_counts() == {"canceled": 1}
+
+
 def test_bad_flags_stop_the_worker_with_a_clear_message(redis_url: str):
     result = subprocess.run([sys.executable, "-m", "bot.cli", "worker", "--redis-url", redis_url, "--strategy",
                              "fixed", "--fixed-qty", "lots"], cwd=REPO, capture_output=True, text=True, timeout=30)

@@ -2,8 +2,10 @@
 
 Retry policy, in one place:
 - Reads (GET, and DELETE of an order) are retried on 429, 5xx and transport errors with
-  exponential backoff plus jitter; a server hint (Retry-After, else X-RateLimit-Reset) replaces the
-  backoff, capped at ``max_wait``. A read makes at most ``1 + max_retries`` requests.
+  exponential backoff plus jitter. A server hint replaces the backoff, capped at ``max_wait``:
+  Retry-After on a 429 or 5xx; X-RateLimit-Reset only on a 429 or when X-RateLimit-Remaining is 0
+  (a 5xx with budget left is a broker fault, not a rate window: it gets the backoff). A read makes
+  at most ``1 + max_retries`` requests.
 - An order submit (POST /v2/orders) is never re-sent blindly. When its outcome is unknown (timeout
   or transport error after the request may have left, 5xx, unreadable 2xx body) the order is looked
   up by client_order_id: found -> returned; 404 -> it did not land and may be sent again; lookup
@@ -11,6 +13,19 @@ Retry policy, in one place:
   is repeated after the wait. A duplicate client_order_id returns the existing order. At most
   ``max(1, max_retries)`` POSTs are sent per submit; if the last one's lookup says "not found" the
   submit ends with BrokerUnavailable (no order was placed as far as the broker can tell).
+- A submit is bounded in time: no POST leaves later than ``submit_deadline`` seconds (or the call's
+  ``deadline``) after submit_order was called. The rate-limit token is awaited at most until then
+  and no wait is begun that would end past it; instead RateLimited / BrokerUnavailable is raised,
+  and nothing was placed. (A lookup that settles an unknown outcome still runs to its end: it
+  places nothing, and the caller needs its answer.)
+- Once a POST of one submit had an unknown outcome, a later POST refused with 403 (insufficient
+  funds) or a non-duplicate 422 is not believed at once: the first POST may have landed and used
+  the buying power, so the order is looked up again and returned when found.
+
+Limiter: ``limiter.acquire(bucket)`` before every request (``acquire(bucket, timeout=...)`` for a
+submit when the limiter takes a timeout, as bot.ratelimit.RateLimiter does). A limiter that gives up
+(bot.ratelimit.RateLimitTimeout, also raised when its stop event is set) surfaces as RateLimited;
+the request was not sent.
 
 Rate-limit headers: X-RateLimit-Remaining/Reset of every response are kept in
 ``rate_limit_remaining``/``rate_limit_reset`` (and per bucket in ``rate_limits``) and passed to
@@ -23,6 +38,7 @@ text scrubbed, so their requests and headers are not chained either).
 from __future__ import annotations
 
 import email.utils
+import inspect
 import logging
 import random
 import threading
@@ -46,6 +62,7 @@ from bot.alpaca.errors import (
     Unauthorized,
 )
 from bot.alpaca.models import Account, Asset, Clock, Order, OrderRequest, Position, Snapshot
+from bot.ratelimit import DATA, TRADING, RateLimitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +75,9 @@ SNAPSHOT_SYMBOLS_PER_REQUEST = 100
 # Alpaca refuses list limits above 500.
 MAX_LIST_LIMIT = 500
 USER_AGENT = "tradebot/0.1 (+httpx)"
-
-TRADING = "trading"
-DATA = "data"
+# No POST of one submit_order call leaves later than this many seconds after the call: an order
+# must reach the broker close to the risk checks that sized it.
+DEFAULT_SUBMIT_DEADLINE = 5.0
 
 # Alpaca's error codes (alpaca-api.md, section 4).
 CODE_UNAUTHORIZED = 40110000
@@ -133,6 +150,8 @@ class AlpacaClient:
         jitter: Callable[[float], float] = random_jitter,
         clock: Callable[[], float] = time.time,
         snapshot_batch: int = SNAPSHOT_SYMBOLS_PER_REQUEST,
+        submit_deadline: float | None = DEFAULT_SUBMIT_DEADLINE,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         _check_header_value("api_key", api_key)
         _check_header_value("secret_key", secret_key)
@@ -140,6 +159,8 @@ class AlpacaClient:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if snapshot_batch < 1:
             raise ValueError(f"snapshot_batch must be >= 1, got {snapshot_batch}")
+        if submit_deadline is not None and not submit_deadline > 0:
+            raise ValueError(f"submit_deadline must be > 0 seconds or None, got {submit_deadline}")
         self._secrets = tuple(s for s in (api_key, secret_key) if s)
         self.trading = _Api(TRADING, base_url.rstrip("/"))
         self.data = _Api(DATA, data_url.rstrip("/"))
@@ -149,7 +170,10 @@ class AlpacaClient:
         self.backoff_max = backoff_max
         self.max_wait = max_wait
         self.snapshot_batch = snapshot_batch
+        self.submit_deadline = submit_deadline
         self._limiter = limiter
+        self._limiter_takes_timeout = _takes_timeout(limiter)
+        self._monotonic = monotonic
         self._sleep = sleep
         self._jitter = jitter
         self._clock = clock
@@ -216,30 +240,49 @@ class AlpacaClient:
 
     # ------------------------------------------------------------------ orders
 
-    def submit_order(self, request: OrderRequest) -> Order:
-        """Place an order exactly once; see the module docstring for how unknown outcomes are settled."""
+    def submit_order(self, request: OrderRequest, *, deadline: float | None = None) -> Order:
+        """Place an order exactly once; see the module docstring for how unknown outcomes are settled.
+
+        ``deadline``: seconds from now after which no POST may leave (default ``submit_deadline``).
+        """
         if not request.client_order_id:
             raise ValueError("submit_order needs a client_order_id: without one a lost response cannot be resolved")
         body = request.to_json()
         coid = request.client_order_id
+        budget = self.submit_deadline if deadline is None else deadline
+        not_after = None if budget is None else self._monotonic() + budget
         max_posts = max(1, self.max_retries)
+        maybe_landed = False  # an earlier POST of this call had an unknown outcome
+        reason = ""
+        refusal: AlpacaError | None = None  # what to raise when a 'not processed' POST cannot be re-sent
         for post in range(1, max_posts + 1):
+            if post > 1 and self._past(not_after):
+                raise BrokerUnavailable(f"order {coid} was not placed: {reason}; the submit deadline "
+                                        f"({budget:.1f}s) passed before it could be sent again")
             try:
-                return self._post_order(body)
+                return self._post_order(body, not_after)
             except _OutcomeUnknown as unknown:
+                maybe_landed = True
                 landed = self._settle_unknown_submit(coid, unknown)
                 if landed is not None:
                     return landed
                 reason = f"{unknown.reason}; lookup by client_order_id {coid}: not found"
                 delay = self._backoff(post)
+                refusal = None
             except _NotProcessed as refused:
                 reason = refused.reason
                 delay = refused.server_delay if refused.server_delay is not None else self._backoff(post)
+                refusal = refused.error
                 if post == max_posts:
                     raise refused.error from None
             except DuplicateClientOrderId as duplicate:
                 return self._existing_order(request, duplicate)
+            except (InsufficientFunds, InvalidOrder) as refused_order:
+                if maybe_landed:
+                    return self._landed_despite_refusal(coid, refused_order)
+                raise
             if post < max_posts:
+                self._wait_to_resend(coid, reason, delay, not_after, refusal)
                 self._log_retry("POST", "/v2/orders", reason, delay, post + 1, max_posts)
                 self._sleep(delay)
         raise BrokerUnavailable(f"order {coid} was not placed after {max_posts} attempts: {reason}")
@@ -305,11 +348,12 @@ class AlpacaClient:
 
     # ------------------------------------------------------------------ submit internals
 
-    def _post_order(self, body: Mapping[str, Any]) -> Order:
-        """One POST. Raises _OutcomeUnknown, _NotProcessed or the typed refusal."""
+    def _post_order(self, body: Mapping[str, Any], not_after: float | None = None) -> Order:
+        """One POST (not sent after ``not_after``, monotonic). Raises _OutcomeUnknown, _NotProcessed,
+        RateLimited (no token in time: not sent) or the typed refusal."""
         path = "/v2/orders"
         try:
-            response = self._send(self.trading, "POST", path, json=body)
+            response = self._send(self.trading, "POST", path, json=body, not_after=not_after)
         except _NOT_SENT as exc:
             raise _NotProcessed(self._describe(exc), None, self._transport_error("POST", path, exc)) from None
         except httpx.RequestError as exc:
@@ -338,6 +382,34 @@ class AlpacaClient:
             raise OrderOutcomeUnknown(
                 f"order {coid}: POST /v2/orders ended with {unknown.reason} and the lookup failed: {exc}",
                 client_order_id=coid, status=unknown.status) from None
+
+    def _wait_to_resend(self, coid: str, reason: str, delay: float, not_after: float | None,
+                        refusal: AlpacaError | None) -> None:
+        """Raise (nothing was placed) when waiting ``delay`` before the next POST would pass ``not_after``."""
+        if not_after is None or self._monotonic() + delay < not_after:
+            return
+        log.warning("order %s: not sent again after %s: waiting %.2fs would pass the submit deadline",
+                    coid, reason, delay)
+        if refusal is not None:
+            raise refusal from None
+        raise BrokerUnavailable(f"order {coid} was not placed: {reason}; waiting {delay:.2f}s to send it "
+                                "again would pass the submit deadline")
+
+    def _landed_despite_refusal(self, coid: str, refusal: AlpacaError) -> Order:
+        """A re-sent POST was refused (403/422) after an earlier POST's outcome was unknown: the
+        earlier one may have landed late (and used the buying power). The order if found, else the refusal."""
+        log.warning("order %s: POST /v2/orders refused (%s) after an earlier POST's outcome was unknown; "
+                    "looking it up again", coid, refusal)
+        try:
+            existing = self.get_order_by_client_id(coid)
+        except AlpacaError as exc:
+            raise OrderOutcomeUnknown(
+                f"order {coid}: a POST with an unknown outcome was followed by the refusal {refusal} and the "
+                f"lookup failed: {exc}", client_order_id=coid, status=refusal.status) from None
+        if existing is None:
+            raise refusal
+        log.info("order %s: the earlier POST landed (id %s, %s): returning it", coid, existing.id, existing.status)
+        return existing
 
     def _existing_order(self, request: OrderRequest, duplicate: DuplicateClientOrderId) -> Order:
         """A duplicate client_order_id means an earlier submit landed: return that order."""
@@ -395,15 +467,30 @@ class AlpacaClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(self, api: _Api, method: str, path: str, *, params: Mapping[str, Any] | None = None,
-              json: Any = None) -> httpx.Response:
-        """Exactly one HTTP request (after the limiter allows it)."""
-        if self._limiter is not None:
-            self._limiter.acquire(api.bucket)
+              json: Any = None, not_after: float | None = None) -> httpx.Response:
+        """Exactly one HTTP request, after the limiter allows it; never sent after ``not_after`` (monotonic)."""
+        self._acquire(api.bucket, not_after)
         with self._lock:
             self.request_count += 1
         response = self._http.request(method, api.base_url + path, params=params, json=json)
         self._observe_rate_headers(api.bucket, response)
         return response
+
+    def _acquire(self, bucket: str, not_after: float | None) -> None:
+        """A request token from the limiter; RateLimited (nothing sent) when none comes by ``not_after``."""
+        if self._limiter is not None:
+            try:
+                if not_after is not None and self._limiter_takes_timeout:
+                    self._limiter.acquire(bucket, timeout=max(0.0, not_after - self._monotonic()))
+                else:
+                    self._limiter.acquire(bucket)
+            except RateLimitTimeout as exc:
+                raise RateLimited(f"request not sent: {exc}", retry_after=exc.wait) from None
+        if self._past(not_after):
+            raise RateLimited(f"request not sent: no {bucket!r} request token before the submit deadline")
+
+    def _past(self, not_after: float | None) -> bool:
+        return not_after is not None and self._monotonic() >= not_after
 
     def _observe_rate_headers(self, bucket: str, response: httpx.Response) -> None:
         remaining = _header_number(response, "X-RateLimit-Remaining")
@@ -426,9 +513,11 @@ class AlpacaClient:
         return nominal / 2 + self._jitter(nominal / 2)
 
     def _server_delay(self, response: httpx.Response) -> float | None:
-        """The wait the server asks for (Retry-After, else X-RateLimit-Reset), plus jitter, capped."""
+        """The wait the server asks for, plus jitter, capped at max_wait: Retry-After; else the rate
+        window's X-RateLimit-Reset, but only when the window is the problem (a 429, or 0 remaining)."""
         wait = _retry_after(response, self._clock)
-        if wait is None:
+        remaining = _header_number(response, "X-RateLimit-Remaining")
+        if wait is None and (response.status_code == 429 or (remaining is not None and remaining <= 0)):
             reset = _header_number(response, "X-RateLimit-Reset")
             if reset is not None:
                 # Alpaca sends epoch seconds; a small number can only be "seconds from now"
@@ -498,6 +587,18 @@ def _check_header_value(name: str, value: str) -> None:
     # checked here so that httpx/h11 never echo the offending (secret) value in an error message
     if not isinstance(value, str) or any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in value):
         raise ValueError(f"{name} must be printable ASCII without spaces (value not shown)")
+
+
+def _takes_timeout(limiter: Any) -> bool:
+    """Does ``limiter.acquire`` accept ``timeout=`` (bot.ratelimit.RateLimiter does; simple test doubles don't)?"""
+    acquire = getattr(limiter, "acquire", None)
+    if acquire is None:
+        return False
+    try:
+        parameters = inspect.signature(acquire).parameters
+    except (TypeError, ValueError):
+        return False
+    return "timeout" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _seg(value: str) -> str:

@@ -1,8 +1,10 @@
 """HTTP layer of the paper broker: Alpaca's paths, auth, error bodies and rate headers, plus
 latency/fault injection and the loopback-only admin endpoints under /_paper/.
 
-Every Alpaca route goes through `_serve`: count -> auth -> rate window -> fault draw ->
-latency/hang -> handler -> (maybe a 500 after the fact) -> X-RateLimit-* headers.
+Every Alpaca route goes through `_serve`: count -> auth -> read the body -> rate window -> fault
+draw -> latency -> handler -> (a hang: the answer waits; or a 500 after the fact) -> X-RateLimit-*
+headers. A hung request takes effect first and answers late, like a backend whose reply is slow:
+its client may give up (time out, disconnect) and the order still exists.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -90,12 +92,23 @@ def _authorized(request: Request, config: PaperConfig) -> bool:
         and hmac.compare_digest(secret.encode(), config.secret_key.encode())
 
 
+# Status recorded for a request whose client went away before it was answered (nginx's convention).
+CLIENT_CLOSED = 499
+
+
 async def _serve(request: Request, state: BrokerState, group: str, handler: Handler) -> Response:
     bucket = "data" if group == "data" else "trading"
     if not _authorized(request, state.config):
         response: Response = error_response(BrokerError(401, "request is not authorized", CODE_UNAUTHORIZED), "")
         response.headers.update(state.rates.peek(bucket).headers())
         return response
+    try:
+        # read (and cache) the whole request now: a client that gives up during an injected delay
+        # must not keep a request that reached the broker from taking effect
+        await request.body()
+    except ClientDisconnect:
+        log.info("%s %s: the client went away before its request body arrived", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
     rate = state.rates.consume(bucket)
     if not rate.allowed:
         return _too_many(rate.reset - time.time(), rate.headers(), group)
@@ -103,9 +116,6 @@ async def _serve(request: Request, state: BrokerState, group: str, handler: Hand
     delay = state.faults.latency(group)
     if delay > 0:
         await asyncio.sleep(delay)
-    if fault is not None and fault.kind == "hang":
-        # a slow backend: the answer comes late but the request still takes effect
-        await asyncio.sleep(state.faults.settings.hang_seconds)
     if fault is not None and fault.kind == "429":
         retry_after = state.faults.settings.retry_after
         headers = {**rate.headers(), "X-RateLimit-Remaining": "0",
@@ -120,6 +130,9 @@ async def _serve(request: Request, state: BrokerState, group: str, handler: Hand
     if fault is not None and fault.kind == "500" and fault.after:
         log.info("injected 500 after %s %s took effect", request.method, request.url.path)
         return _server_error(rate.headers(), group)
+    if fault is not None and fault.kind == "hang":
+        # a slow backend: the request took effect above, its answer comes late (maybe to nobody)
+        await asyncio.sleep(state.faults.settings.hang_seconds)
     response.headers.update(rate.headers())
     return response
 

@@ -297,6 +297,7 @@ class PaperOrder:
         return max(Decimal(0), self.sell_hold_qty - self.filled_qty)
 
     def touch(self, now: datetime, status: str | None = None) -> None:
+        # the exchange calls _Book.touch, which also keeps the book's open_orders in step
         if status is not None:
             self.status = status
         self.updated_at = now
@@ -380,6 +381,22 @@ class _Book:
     holdings: dict[str, Holding] = field(default_factory=dict)
     orders: dict[str, PaperOrder] = field(default_factory=dict)
     by_client_id: dict[str, str] = field(default_factory=dict)  # burnt forever, even after cancel
+    # The non-terminal orders, oldest first (insertion order = seq order). Every request ticks the
+    # book and counts holds; walking only these keeps a request's cost independent of how many
+    # orders the book has ever seen (closed orders neither execute nor hold anything).
+    open_orders: dict[str, PaperOrder] = field(default_factory=dict)
+
+    def add(self, order: PaperOrder) -> None:
+        self.orders[order.id] = order
+        self.by_client_id[order.client_order_id] = order.id
+        if order.is_open:
+            self.open_orders[order.id] = order
+
+    def touch(self, order: PaperOrder, now: datetime, status: str | None = None) -> None:
+        """The one way an order's status changes: a terminal status also leaves `open_orders`."""
+        order.touch(now, status)
+        if not order.is_open:
+            self.open_orders.pop(order.id, None)
 
 
 class Exchange:
@@ -533,8 +550,7 @@ class Exchange:
             quote = self.prices.quote(ticket.symbol, now)
             hold_price, sell_hold_qty = self._check_funds(ticket, quote)
             order = self._new_order(ticket, now, hold_price, sell_hold_qty)
-            book.orders[order.id] = order
-            book.by_client_id[order.client_order_id] = order.id
+            book.add(order)
             log.debug("order %s %s %s %s", order.id, order.side, order.symbol, order.client_order_id)
             self._work(order, now, self.clock.is_open(now))
             return order.to_json()
@@ -573,10 +589,9 @@ class Exchange:
         with self._lock:
             now = self._sync()
             results = []
-            for order in sorted(self._book.orders.values(), key=lambda o: o.seq):
-                if order.is_open:
-                    self._cancel(order, now)
-                    results.append({"id": order.id, "status": 200, "body": order.to_json()})
+            for order in list(self._book.open_orders.values()):  # oldest first, like by seq
+                self._cancel(order, now)
+                results.append({"id": order.id, "status": 200, "body": order.to_json()})
             return results
 
     # --- assets, clock, market data ------------------------------------------------------------
@@ -620,7 +635,7 @@ class Exchange:
 
     def _tick(self, now: datetime) -> None:
         open_now = self.clock.is_open(now)
-        for order in [o for o in self._book.orders.values() if o.is_open]:
+        for order in list(self._book.open_orders.values()):  # a copy: working an order may close it
             self._work(order, now, open_now)
 
     def _work(self, order: PaperOrder, now: datetime, open_now: bool) -> None:
@@ -628,12 +643,12 @@ class Exchange:
             return
         if order.expires_at is not None and now >= order.expires_at:
             order.expired_at = now
-            order.touch(now, "expired")
+            self._book.touch(order, now, "expired")
             return
         if not open_now:
             return
         if order.status == "accepted":
-            order.touch(now, "new")
+            self._book.touch(order, now, "new")
         if now >= order.live_at:
             self._execute(order, now)
 
@@ -689,18 +704,19 @@ class Exchange:
         order.filled_cost += cost
         order.filled_at = now
         done = order.notional is not None or order.filled_qty >= (order.qty or 0)
-        order.touch(now, "filled" if done else "partially_filled")
+        book.touch(order, now, "filled" if done else "partially_filled")
         log.debug("fill %s %s %s @ %s", order.id, order.side, qty, price)
 
     def _cancel(self, order: PaperOrder, now: datetime) -> None:
         order.canceled_at = now
-        order.touch(now, "canceled")
+        self._book.touch(order, now, "canceled")
 
+    # closed orders hold nothing (buy_hold/sell_hold are 0 for them): only open ones are summed
     def _buy_holds(self) -> Decimal:
-        return sum((o.buy_hold() for o in self._book.orders.values()), Decimal(0))
+        return sum((o.buy_hold() for o in self._book.open_orders.values()), Decimal(0))
 
     def _sell_holds(self, symbol: str) -> Decimal:
-        return sum((o.sell_hold() for o in self._book.orders.values() if o.symbol == symbol), Decimal(0))
+        return sum((o.sell_hold() for o in self._book.open_orders.values() if o.symbol == symbol), Decimal(0))
 
     def _check_funds(self, ticket: Ticket, quote: Quote) -> tuple[Decimal, Decimal]:
         """403s for buying power / shares; returns (hold price, sell hold qty)."""

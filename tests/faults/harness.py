@@ -11,7 +11,8 @@ scenario must leave behind:
     journaled with its order id;
 (c) per symbol, the broker's position equals the journaled fills (buys minus sells).
 
-Waits are condition polls with deadlines (``wait_for``); nothing sleeps to synchronise.
+Waits are condition polls with deadlines (``wait_for``). The few sleeps are schedules that ARE the
+scenario (kill every 2 s, Redis away for 2 s, a 3 s window of 429s), never a synchronisation.
 """
 from __future__ import annotations
 
@@ -369,10 +370,6 @@ class Fleet:
         wait_for(ready, timeout, "the poller to fill the market cache", diagnose=self.tails)
 
     # ---------------------------------------------------------------- diagnosis
-
-    def dead_processes(self) -> dict[str, int]:
-        """Processes that exited on their own (name -> exit code)."""
-        return {p.name: p.returncode for p in self.procs.values() if p.popen is not None and not p.alive}
 
     def tails(self, lines: int = LOG_TAIL_LINES) -> str:
         parts = []
@@ -792,8 +789,8 @@ def run_redis_restarts(root: Path, *, signals: int, rate: float, restarts: int =
 
 
 class PriceAgeSampler:
-    """Samples the age of the cached prices (now - polled_at) in a thread; ``max_age`` is the worst
-    seen. Use as a context manager: the thread stops on leaving it."""
+    """Samples, in a thread, the age of the cached prices (now - polled_at); ``max_price_age`` is the
+    worst seen. Use as a context manager: the thread stops on leaving it."""
 
     def __init__(self, fleet: Fleet, interval: float = 0.25) -> None:
         import threading
@@ -801,7 +798,7 @@ class PriceAgeSampler:
         self.client = fleet.client()
         self.keys = [fleet.keys.prices(s) for s in fleet.options.symbols]
         self.interval = interval
-        self.max_age = 0.0
+        self.max_price_age = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="price-age-sampler", daemon=True)
 
@@ -814,7 +811,7 @@ class PriceAgeSampler:
             now = time.time()
             for stamp in stamps:
                 if stamp:
-                    self.max_age = max(self.max_age, now - float(stamp))
+                    self.max_price_age = max(self.max_price_age, now - float(stamp))
 
     def __enter__(self) -> "PriceAgeSampler":
         self._thread.start()
@@ -831,12 +828,11 @@ def run_broker_faults(root: Path, *, signals: int, rate: float, fault_500: float
                       drain_timeout: float = 180.0) -> dict[str, Any]:
     """The broker answers fault_500 + fault_429 + fault_hang of all requests (trading, orders and
     market data alike) with a 500 (before or after the order took effect), a 429 (Retry-After 1)
-    or a hang past the workers' 15 s read timeout (the request still takes effect, after the hang).
+    or a hang past the workers' 15 s read timeout (the request takes effect; its answer comes late).
 
     Two windows mid-flow make the worst cases certain rather than likely:
-    - hung POSTs: every order request hangs until ``hung_posts`` of them did; the worker times out,
-      finds no order by its client_order_id (it lands only after the hang) and may send it again;
-      the hung one then lands as a duplicate client_order_id: still one order per signal;
+    - hung POSTs: every order request hangs until ``hung_posts`` of them did; the worker times out
+      with the order placed but unseen, and must settle it by its client_order_id, not send another;
     - a 429 storm: for ``storm_window`` seconds EVERY request is answered 429; the fleet must honour
       Retry-After / X-RateLimit-Reset (a fleet-wide pause), not hammer the broker.
     """
@@ -844,9 +840,11 @@ def run_broker_faults(root: Path, *, signals: int, rate: float, fault_500: float
              "--hang-seconds", str(hang_seconds), "--fault-500-when", "random", "--retry-after", "1")
     normal = {"fault_500": fault_500, "fault_429": fault_429, "fault_hang": fault_hang}
     with Fleet(root, FleetOptions(seed=seed)) as fleet:
-        # claim-idle above the longest order path (two hung requests); the keeper keeps entries fresh anyway
-        names = start_core(fleet, workers, broker_flags=flags, claim_idle=2 * hang_seconds + 5,
-                           order_timeout=5.0, max_deliveries=8)
+        # a short claim-idle: an entry left pending (the broker failed) is retried by the XAUTOCLAIM of
+        # its own worker or another after 5 s; entries in hand stay fresh (the keeper), however long
+        # a hung request takes, so a living worker's entry is never taken over
+        names = start_core(fleet, workers, broker_flags=flags, claim_idle=5.0, order_timeout=5.0,
+                           max_deliveries=8)
         generator = fleet.start_generator(signals, rate, seed=seed)
         with PriceAgeSampler(fleet) as sampler:
             if hung_posts:
@@ -862,12 +860,15 @@ def run_broker_faults(root: Path, *, signals: int, rate: float, fault_500: float
         buys = [e for e in outcome.journal if e.get("side") == "buy"]
         return {**outcome.figures(), **storm, "workers": workers, "requests": stats["requests"],
                 "responses_by_status": stats["by_status"], "faults_injected": stats["faults_injected"],
-                "dlq_reasons": dict(outcome.dlq_reasons), "max_price_age_s": round(sampler.max_age, 1),
+                "dlq_reasons": dict(outcome.dlq_reasons),
+                "max_price_age_s": round(sampler.max_price_age, 1),
                 "buy_signals": len(buys),
                 "buys_filled": sum(1 for e in buys if e.get("outcome") in ("filled", "partially_filled")),
-                # a hung POST that lands after its worker gave up on it meets the re-sent order's client_order_id
-                "late_landings_refused_as_duplicate": int(stats["by_status"].get("422", 0)),
-                "orders_found_by_lookup": count_in_logs(fleet, names, "already exists", "exists (")}
+                # a POST that timed out or got a 500: settled by a lookup by client_order_id, never re-sent blindly
+                "posts_with_unknown_outcome": count_in_logs(fleet, names, "outcome unknown after POST"),
+                "posts_resent_after_lookup_found_nothing": count_in_logs(fleet, names, ": not found in "),
+                "orders_found_by_lookup": count_in_logs(fleet, names, "already exists", "exists (",
+                                                        "the earlier POST landed")}
 
 
 def hang_some_posts(fleet: Fleet, count: int, normal: Mapping[str, float]) -> None:
@@ -876,7 +877,9 @@ def hang_some_posts(fleet: Fleet, count: int, normal: Mapping[str, float]) -> No
         return int(fleet.admin("GET", "/_paper/stats")["faults_injected"].get("hang", 0))
 
     target = hangs() + count
-    fleet.admin("POST", "/_paper/faults", {**normal, "fault_hang": {"orders": 1, "all": normal["fault_hang"]}})
+    # only the order group hangs meanwhile, so every hang counted is an order request (mostly POSTs: a
+    # market IOC order is final in its POST's answer, nothing else of that group is asked for)
+    fleet.admin("POST", "/_paper/faults", {**normal, "fault_hang": {"orders": 1, "all": 0}})
     try:
         wait_for(lambda: hangs() >= target, 30, f"{count} hung order requests", diagnose=fleet.tails)
     finally:
