@@ -43,7 +43,10 @@ def poller_client(settings: Settings, r: redis.Redis, stop: threading.Event, **k
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               metavar="SECONDS", help="One market-data request for all symbols this often.")
 @click.option("--account-interval", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
-              metavar="SECONDS", help="Refresh account and positions this often (and at once on request).")
+              metavar="SECONDS", help="Refresh account and positions this often (and when a worker asks).")
+@click.option("--refresh-min-interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              metavar="SECONDS", help="Serve workers' refresh asks (one per fill) at most this often; asks "
+                                      "arriving sooner merge into the next refresh (0: every ask at once).")
 @click.option("--clock-interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="Refresh the market clock this often.")
 @click.option("--max-backoff", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
@@ -55,8 +58,9 @@ def poller_client(settings: Settings, r: redis.Redis, stop: threading.Event, **k
 @click.option("--alpaca-data-url", envvar="ALPACA_DATA_URL",
               help="Market-data base URL (default: Alpaca's, or the base URL for a local paper broker).")
 def main(redis_url: str | None, symbols: str | None, prefix: str | None, interval: float,
-         account_interval: float, clock_interval: float, max_backoff: float, alpaca_api_key: str | None,
-         alpaca_secret_key: str | None, alpaca_base_url: str | None, alpaca_data_url: str | None) -> None:
+         account_interval: float, refresh_min_interval: float, clock_interval: float, max_backoff: float,
+         alpaca_api_key: str | None, alpaca_secret_key: str | None, alpaca_base_url: str | None,
+         alpaca_data_url: str | None) -> None:
     configure_logging(secrets=[s for s in (alpaca_api_key, alpaca_secret_key) if s])
     try:
         settings = Settings.from_env(
@@ -83,7 +87,7 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
             with poller_client(settings, r, stop) as client:
                 poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
                                 account_interval=account_interval, clock_interval=clock_interval,
-                                max_backoff=max_backoff)
+                                max_backoff=max_backoff, refresh_min_interval=refresh_min_interval)
                 poller.run(stop)
     finally:
         r.close()

@@ -170,10 +170,10 @@ def test_positions_vanish_when_closed_after_a_refresh_request(r, paper, clock):
     assert poller.refreshes == 2
 
 
-def test_refresh_request_is_served_at_once_between_ticks(r, paper):
+def test_refresh_requests_are_served_between_ticks(r, paper):
     client, _, _ = paper
-    # prices every 30 s, account every 60 s: only a refresh request can explain a second account poll
-    poller = Poller(client, r, KEYS, ["NVDA"], interval=30.0, account_interval=60.0)
+    # prices every 30 s, account every 60 s: only refresh requests can explain more account polls
+    poller = Poller(client, r, KEYS, ["NVDA"], interval=30.0, account_interval=60.0, refresh_min_interval=0.3)
     stop = threading.Event()
     thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
     thread.start()
@@ -181,16 +181,126 @@ def test_refresh_request_is_served_at_once_between_ticks(r, paper):
         cache = MarketCache(r, KEYS)
         cache.wait_ready(["NVDA"], timeout=5)
         first = cache.positions_polled_at()
-        client.submit_order(OrderRequest(symbol="NVDA", side="buy", qty=Decimal(1), client_order_id="t-now"))
-        wait_for(lambda: client.get_position("NVDA") is not None)
-        cache.request_refresh()
-        wait_for(lambda: cache.position("NVDA") is not None)
+        for n in (1, 2):  # the second ask comes right after a refresh: held until the interval allows
+            client.submit_order(OrderRequest(symbol="NVDA", side="buy", qty=Decimal(1), client_order_id=f"t-{n}"))
+            wait_for(lambda: client.get_position("NVDA").qty == n)
+            cache.request_refresh()
+            wait_for(lambda: cache.position("NVDA") is not None and cache.position("NVDA").qty == n)
         assert cache.positions_polled_at() > first
-        assert poller.refreshes == 1 and poller.ticks == 1
+        assert poller.refreshes == 2 and poller.ticks == 1
+        assert not r.exists(KEYS.refresh_request)
     finally:
         stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+class RecordingTransport(httpx.BaseTransport):
+    """Passes through, recording the path of every request."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return self.inner.handle_request(request)
+
+    def refresh_requests(self) -> list[str]:
+        return [path for path in self.paths if path in ("/v2/account", "/v2/positions")]
+
+
+def test_asks_within_the_min_interval_coalesce_into_one_more_refresh(r, paper, clock):
+    _, exchange, inner = paper
+    recording = RecordingTransport(inner)
+    client = make_client(recording)
+    try:
+        poller = make_poller(client, r, clock, account_interval=60.0, refresh_min_interval=1.0)
+        poller.tick()  # the first tick refreshes on its own (account due at once)
+        clock.advance(5.0)
+        cache = cache_at(r, clock)
+        recording.paths.clear()
+        served = []
+        for _ in range(5):  # a fill and its ask every 0.125 s: five asks within 0.5 s
+            exchange.submit({"symbol": "NVDA", "side": "buy", "type": "market", "time_in_force": "day", "qty": "1"})
+            cache.request_refresh()
+            served.append(poller.serve_refresh())
+            clock.advance(0.125)
+        assert served == [True, False, False, False, False]  # the first at once, the rest held
+        assert recording.refresh_requests() == ["/v2/account", "/v2/positions"]
+        assert cache.position("NVDA").qty == 1  # the held asks' fills are not reflected yet ...
+        assert poller.serve_refresh() is False  # 0.625 s after the refresh: still held
+        clock.advance(0.375)  # 1.0 s after it: the merged asks get one refresh
+        assert poller.serve_refresh() is True
+        assert cache.position("NVDA").qty == 5  # ... and now are, all of them
+        assert recording.refresh_requests() == ["/v2/account", "/v2/positions"] * 2  # 2 refreshes for 5 asks, not 5
+        assert poller.refreshes == 2 and not r.exists(KEYS.refresh_request)
+        clock.advance(5.0)
+        assert poller.serve_refresh() is False  # nothing pending: nothing sent
+        assert len(recording.refresh_requests()) == 4
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("min_interval, refreshes", [(0.0, 5), (1.0, 2)])
+def test_min_interval_zero_serves_every_ask_at_once(r, paper, clock, min_interval, refreshes):
+    _, _, inner = paper
+    recording = RecordingTransport(inner)
+    client = make_client(recording)
+    try:
+        poller = make_poller(client, r, clock, account_interval=60.0, refresh_min_interval=min_interval)
+        poller.tick()
+        clock.advance(5.0)
+        recording.paths.clear()
+        for _ in range(5):
+            cache_at(r, clock).request_refresh()
+            poller.serve_refresh()
+            clock.advance(0.1)
+        clock.advance(1.0)
+        poller.serve_refresh()  # the held ask, if any
+        assert poller.refreshes == refreshes and len(recording.refresh_requests()) == 2 * refreshes
+    finally:
+        client.close()
+
+
+def test_a_held_ask_is_served_by_the_tick_once_the_interval_allows(r, paper, clock):
+    client, _, _ = paper
+    poller = make_poller(client, r, clock, account_interval=60.0, refresh_min_interval=1.5)
+    poller.tick()  # refreshes account and positions at once (first tick)
+    cache_at(r, clock).request_refresh()
+    clock.advance(1.0)
+    poller.tick()
+    assert poller.last_tick_requests == 1 and poller.refreshes == 0  # prices only: the ask is held
+    assert not r.exists(KEYS.refresh_request)  # taken by the tick: pending in the poller, not lost
+    clock.advance(1.0)
+    poller.tick()
+    assert poller.last_tick_requests == 3 and poller.refreshes == 1  # prices + account + positions
+
+
+def test_a_failed_refresh_between_ticks_is_left_to_the_next_tick(r, paper, clock):
+    _, _, inner = paper
+    flaky = FlakyTransport(inner)
+    client = make_client(flaky)
+    try:
+        poller = make_poller(client, r, clock, account_interval=60.0, refresh_min_interval=1.0)
+        poller.tick()
+        clock.advance(5.0)
+        cache_at(r, clock).request_refresh()
+        flaky.failures = 1
+        assert poller.serve_refresh() is False and flaky.refused == 1 and poller.refreshes == 0
+        clock.advance(2.0)
+        sent = client.request_count
+        assert poller.serve_refresh() is False  # not retried between ticks: the tick's backoff decides
+        assert client.request_count == sent and flaky.refused == 1
+        assert poller.tick() is True and poller.refreshes == 1  # still pending: the tick serves it
+    finally:
+        client.close()
+
+
+def test_min_interval_must_not_be_negative(r, paper):
+    client, _, _ = paper
+    with pytest.raises(ValueError, match="refresh_min_interval"):
+        Poller(client, r, KEYS, ["NVDA"], refresh_min_interval=-1)
 
 
 def test_stale_and_absent_prices_are_detected(r, paper, clock):

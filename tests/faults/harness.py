@@ -427,6 +427,7 @@ class Outcome:
         return Counter(_reason_class(e.get("reason", "")) for e in self.dlq)
 
     def figures(self) -> dict[str, Any]:
+        """Only asked for after check_invariants passed: lost and duplicates are 0 by then."""
         return {"signals": len(self.sources), "journaled": len(self.journal), "dead_lettered": len(self.dlq),
                 "outcomes": dict(self.by_outcome), "not_filled_because": dict(self.journal_reasons),
                 "orders": len(self.orders),
