@@ -7,12 +7,14 @@ seconds; an ask that comes sooner waits, merged with any others, for the next re
 as soon as the interval allows (never dropped). Serving every ask at once cost GET /v2/account +
 GET /v2/positions per order on top of its POST (3 trading requests per order against the
 account's 200/min); nothing needs the refresh to be immediate, since the ledger counts settled
-reservations until a refresh reflects them. Ticks are scheduled on the monotonic clock at ``start + k * interval``; a tick
-that overruns its slot is logged and the missed slots are skipped, never stacked. Broker and
-Redis failures are logged and retried with capped exponential backoff; the cache keeps the last
-values meanwhile (their ``polled_at`` shows how old they are). A stop request is checked between
-the calls of a tick too (a tick makes up to four requests), so SIGTERM waits for one request at
-most, never a whole tick.
+reservations until a refresh reflects them.
+
+Ticks are scheduled on the monotonic clock at ``start + k * interval``; a tick that overruns its
+slot is logged and the missed slots are skipped, never stacked. Broker and Redis failures are
+logged and retried with capped exponential backoff; the cache keeps the last values meanwhile
+(their ``polled_at`` shows how old they are). A stop request is checked between the calls of a
+tick too (a tick makes up to four requests), so SIGTERM waits for one request at most, never a
+whole tick.
 """
 from __future__ import annotations
 

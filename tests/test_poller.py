@@ -243,7 +243,7 @@ def test_asks_within_the_min_interval_coalesce_into_one_more_refresh(r, paper, c
 
 
 @pytest.mark.parametrize("min_interval, refreshes", [(0.0, 5), (1.0, 2)])
-def test_min_interval_zero_serves_every_ask_at_once(r, paper, clock, min_interval, refreshes):
+def test_five_quick_asks_cost_five_refreshes_at_min_interval_0_and_two_at_1(r, paper, clock, min_interval, refreshes):
     _, _, inner = paper
     recording = RecordingTransport(inner)
     client = make_client(recording)
@@ -541,8 +541,10 @@ def test_poller_command_help():
     result = CliRunner().invoke(cli, ["poller", "--help"])
     assert result.exit_code == 0, result.output
     for flag in ("--redis-url", "--symbols", "--prefix", "--interval", "--account-interval", "--clock-interval",
-                 "--alpaca-base-url", "--alpaca-data-url"):
+                 "--refresh-min-interval", "--alpaca-base-url", "--alpaca-data-url"):
         assert flag in result.output
+    negative = CliRunner().invoke(cli, ["poller", "--refresh-min-interval", "-1"])
+    assert negative.exit_code == 2 and "--refresh-min-interval" in negative.output
 
 
 def test_poller_command_credentials():
@@ -596,7 +598,8 @@ def test_poller_process_fills_the_cache_and_stops_on_sigterm(r, redis_url):
                "ALPACA_BASE_URL": broker.base_url}
         for name in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "ALPACA_DATA_URL"):
             env.pop(name, None)  # no key pair: the demo pair of the local paper broker
-        process = subprocess.Popen([sys.executable, "-m", "bot.cli", "poller", "--interval", "0.2"], env=env,
+        process = subprocess.Popen([sys.executable, "-m", "bot.cli", "poller", "--interval", "0.2",
+                                    "--refresh-min-interval", "0.5"], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             assert MarketCache(r, KEYS).wait_ready(["NVDA", "AAPL"], timeout=10) is True

@@ -905,3 +905,82 @@ def test_cli_help_lists_the_worker_flags():
     for flag in ("--claim-idle", "--max-deliveries", "--order-timeout", "--strategy", "--consumer",
                  "--order-type", "--slippage-bps", "--max-signal-age", "--extended-hours", "--block-ms"):
         assert flag in result.output
+
+
+# ---------------------------------------------------------------------- Redis round trips per order
+
+
+class _RoundTrips:
+    """Counts Redis round trips: every packet a connection writes (one command, or one whole
+    pipeline) is one wait for the server. Names the commands of each packet for the failure message."""
+
+    def __init__(self) -> None:
+        self.packets: list[list[str]] = []
+        self.counting = False
+
+    def connection_class(self) -> type:
+        counter = self
+
+        class CountingConnection(redis.Connection):
+            def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                if counter.counting:
+                    counter.packets.append(_command_names(command))
+                super().send_packed_command(command, check_health)
+
+        return CountingConnection
+
+    def client(self, url: str, decode: bool) -> redis.Redis:
+        return redis.Redis.from_url(url, decode_responses=decode, connection_class=self.connection_class())
+
+    def measure(self, action: Callable[[], Any]) -> list[list[str]]:
+        self.packets, self.counting = [], True
+        try:
+            action()
+        finally:
+            self.counting = False
+        return self.packets
+
+
+def _command_names(command: Any) -> list[str]:
+    """The command names in one packed RESP packet (``*n``, then ``$len``/value pairs per command)."""
+    data = command.encode() if isinstance(command, str) else b"".join(bytes(part) for part in command)
+    names, pos = [], 0
+    while pos < len(data):
+        assert data[pos:pos + 1] == b"*", data[pos:pos + 20]
+        end = data.index(b"\r\n", pos)
+        count, pos = int(data[pos + 1:end]), end + 2
+        for n in range(count):
+            end = data.index(b"\r\n", pos)
+            size = int(data[pos + 1:end])
+            if n == 0:
+                names.append(data[end + 2:end + 2 + size].decode().upper())
+            pos = end + 2 + size + 2
+    return names
+
+
+def _counted_worker(rig: Rig, trips: _RoundTrips, **config: Any) -> Worker:
+    """A worker as `tradebot worker` builds it (its Redis clients carry the fleet-wide rate limiter
+    behind a BoundedLimiter), on counting clients; the keeper's own rounds are kept out of the count."""
+    r, rb = trips.client(rig.redis_url, True), trips.client(rig.redis_url, False)
+    limiter = BoundedLimiter(RateLimiter.from_settings(r, replace(rig.settings, rate_limit_per_minute=60000)))
+    client = make_client(rig.transport, limiter=limiter)
+    options: dict[str, Any] = dict(consumer="counted", block_ms=20, claim_idle=600.0, strategy="fixed",
+                                   fixed_qty=Decimal(1))
+    options.update(config)
+    worker = Worker(rig.settings, WorkerConfig(**options), r=r, rb=rb, client=client)
+    rig.workers.append(worker)
+    worker.setup()
+    return worker
+
+
+def test_round_trips_per_buy_are_pinned(rig: Rig):
+    trips = _RoundTrips()
+    worker = _counted_worker(rig, trips)
+    rig.signal("buy")
+    assert worker.step() == [JOURNALED]  # warm-up: connections made, scripts loaded, own PEL replayed
+    rig.refresh()
+    rig.signal("buy")
+    packets = trips.measure(lambda: worker.step())
+    assert [e.outcome for e in rig.journal()] == ["filled", "filled"]
+    print(len(packets), packets)
+    assert len(packets) <= 99, packets
