@@ -12,6 +12,11 @@ from bot.keys import DEFAULT_PREFIX, Keys
 ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
 ALPACA_DATA_URL = "https://data.alpaca.markets"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# A worker's limit on the age of the quote itself (its own time, not the poll's): during the session
+# IEX quotes of a traded symbol are seconds old; a quote a minute old is no price to trade on.
+DEFAULT_MAX_QUOTE_AGE = 60.0
+# Alpaca's market-data budget depends on the plan: 200 requests/min free, 10,000/min Algo Trader Plus.
+DEFAULT_DATA_RATE_LIMIT = 200
 # Fields that are bookkeeping, not settings: kept out of public_view().
 _INTERNAL_FIELDS = ("data_url_given",)
 
@@ -76,10 +81,12 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     weights_text: str = ""
     max_price_age: float = 5.0
+    max_quote_age: float = DEFAULT_MAX_QUOTE_AGE
     max_signal_age: float = 60.0
     max_order_notional: Decimal = Decimal("1000000")
     max_position_value: Decimal = Decimal("1000000")
-    rate_limit_per_minute: int = 200
+    rate_limit_per_minute: int = 200  # trading API requests per minute, fleet-wide
+    data_rate_limit_per_minute: int = DEFAULT_DATA_RATE_LIMIT  # market-data requests per minute, fleet-wide
     extended_hours: bool = False
     # ALPACA_DATA_URL was given (env or flag); otherwise alpaca_data_url follows the base URL
     data_url_given: bool = field(default=False, repr=False, compare=False)
@@ -148,10 +155,12 @@ class Settings:
             prefix=get("TRADEBOT_PREFIX", DEFAULT_PREFIX) or DEFAULT_PREFIX,
             weights_text=get("TRADEBOT_WEIGHTS", ""),
             max_price_age=_float(get, "TRADEBOT_MAX_PRICE_AGE", 5.0),
+            max_quote_age=_float(get, "TRADEBOT_MAX_QUOTE_AGE", DEFAULT_MAX_QUOTE_AGE),
             max_signal_age=_float(get, "TRADEBOT_MAX_SIGNAL_AGE", 60.0),
             max_order_notional=_decimal(get, "TRADEBOT_MAX_ORDER_NOTIONAL", "1000000"),
             max_position_value=_decimal(get, "TRADEBOT_MAX_POSITION_VALUE", "1000000"),
             rate_limit_per_minute=_int(get, "TRADEBOT_RATE_LIMIT", 200, minimum=1),
+            data_rate_limit_per_minute=_int(get, "TRADEBOT_DATA_RATE_LIMIT", DEFAULT_DATA_RATE_LIMIT, minimum=1),
             extended_hours=get("TRADEBOT_EXTENDED_HOURS", "").lower() in ("1", "true", "yes"),
         )
         settings = settings.with_overrides(**overrides)

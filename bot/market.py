@@ -1,7 +1,8 @@
 """The Redis market cache: prices, account, positions and market clock.
 
 The price poller is the ONE writer of these hashes (``write_*``); workers read them through
-``MarketCache``, which returns typed records with their age and raises typed errors.
+``MarketCache``, which returns typed records with their age and raises typed errors, one read at a
+time or, before an order, all at once in one round trip (``MarketCache.snapshot``).
 
 Hash layout (every key comes from ``bot.keys.Keys``):
 
@@ -38,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import redis
 
 from bot.alpaca.models import Account, Clock, Position, Snapshot
+from bot.config import DEFAULT_MAX_QUOTE_AGE  # noqa: F401 (re-exported: the worker's default)
 from bot.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,6 @@ POLLED_AT = "polled_at"
 # Bookkeeping fields of the positions hash: the leading underscore keeps them apart from tickers.
 POSITIONS_POLLED_AT = "_polled_at"
 POSITIONS_AS_OF = "_as_of"
-# A worker's default limit on the age of the quote itself (its own time, not the poll's): during the
-# session IEX quotes of a traded symbol are seconds old; a quote a minute old is no price to trade on.
-DEFAULT_MAX_QUOTE_AGE = 60.0
 # A cache entry stamped further in the future than this is a clock problem between hosts: not fresh.
 FUTURE_TOLERANCE = 5.0
 
@@ -357,10 +356,11 @@ class MarketCache:
         ago (or further in the future than the tolerance), StaleQuote when the quote's own time is
         older than max_quote_age (or unknown, or in the future) while that limit is set."""
         key = self.keys.prices(symbol)
-        data = self.r.hgetall(key)
+        return self._price_from(symbol, key, self.r.hgetall(key), self.now())
+
+    def _price_from(self, symbol: str, key: str, data: Mapping[str, str], now: float) -> Price:
         if not data or POLLED_AT not in data:
             raise NoPrice(symbol.upper(), key)
-        now = self.now()
         price = _parse_price(symbol.upper(), key, data, now)
         if price.age > self.max_price_age or -price.age > self.future_tolerance:
             raise StalePrice(price.symbol, price.age, self.max_price_age)
@@ -373,7 +373,9 @@ class MarketCache:
     # account
     def account(self) -> AccountState | None:
         """The cached account, or None when the poller has not written it yet."""
-        data = self.r.hgetall(self.keys.account)
+        return self._account_from(self.r.hgetall(self.keys.account), self.now())
+
+    def _account_from(self, data: Mapping[str, str], now: float) -> AccountState | None:
         if not data:
             return None
         key = self.keys.account
@@ -386,15 +388,22 @@ class MarketCache:
             trading_blocked=data.get("trading_blocked") == "1",
             account_blocked=data.get("account_blocked") == "1",
             polled_at=polled_at,
-            age=self.now() - polled_at,
+            age=now - polled_at,
         )
 
     # positions
     def position(self, symbol: str) -> PositionState | None:
         """The open position in ``symbol``; None = flat. NotPolled when positions were never written."""
+        pipe = self.r.pipeline(transaction=False)
+        self._queue_position(pipe, symbol)
+        raw, polled = pipe.execute()
+        return self._position_from(symbol, raw, polled)
+
+    def _queue_position(self, pipe: Any, symbol: str) -> None:
+        pipe.hget(self.keys.positions, symbol.upper()).hexists(self.keys.positions, POSITIONS_POLLED_AT)
+
+    def _position_from(self, symbol: str, raw: str | None, polled: bool) -> PositionState | None:
         key = self.keys.positions
-        raw, polled = self.r.pipeline(transaction=False).hget(key, symbol.upper()).hexists(
-            key, POSITIONS_POLLED_AT).execute()
         if not polled:
             raise NotPolled(f"positions were never polled: {key} is empty; is the price poller running?")
         return None if raw is None else _parse_position(key, symbol.upper(), raw)
@@ -414,14 +423,49 @@ class MarketCache:
 
     # clock
     def clock(self) -> ClockState | None:
-        data = self.r.hgetall(self.keys.clock)
+        return self._clock_from(self.r.hgetall(self.keys.clock), self.now())
+
+    def _clock_from(self, data: Mapping[str, str], now: float) -> ClockState | None:
         if not data:
             return None
         key = self.keys.clock
         polled_at = _float(key, data, POLLED_AT)
         return ClockState(is_open=data.get("is_open") == "1", next_open=_datetime(key, data, "next_open"),
                           next_close=_datetime(key, data, "next_close"), polled_at=polled_at,
-                          age=self.now() - polled_at)
+                          age=now - polled_at)
+
+    # everything an order needs, in one round trip
+    def snapshot(self, symbol: str, extra_keys: Sequence[str] = (), *,
+                 also: Callable[[Any], None] | None = None) -> "MarketSnapshot":
+        """Price of ``symbol``, account, its position, the clock and the string values of
+        ``extra_keys`` (e.g. the kill switch), read in ONE pipeline: one round trip instead of one
+        per read. ``also(pipe)`` may queue more commands after these; their replies (a Redis error
+        as an exception object) are the snapshot's ``more``.
+
+        Nothing is parsed or checked here: each accessor of the snapshot does that when called,
+        exactly like the read of the same name (ages counted from the snapshot's ``read_at``), so
+        the caller's checks keep their order and a bad entry it never looks at stops nothing.
+        A Redis error of one read (WRONGTYPE...) is raised by that read's accessor; a connection
+        error or timeout is raised here, as by any read.
+        """
+        symbol = symbol.upper()
+        extra_keys = tuple(extra_keys)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.prices(symbol))
+        pipe.hgetall(self.keys.account)
+        pipe.hgetall(self.keys.clock)
+        self._queue_position(pipe, symbol)
+        for key in extra_keys:
+            pipe.get(key)
+        if also is not None:
+            also(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        read_at = self.now()
+        price, account, clock, position, polled = replies[:5]
+        values = replies[5:5 + len(extra_keys)]
+        return MarketSnapshot(cache=self, symbol=symbol, read_at=read_at, price_data=price, account_data=account,
+                              clock_data=clock, position_data=position, positions_polled=polled,
+                              values=dict(zip(extra_keys, values)), more=tuple(replies[5 + len(extra_keys):]))
 
     # coordination with the poller
     def request_refresh(self) -> None:
@@ -471,6 +515,60 @@ class MarketCache:
             pause = poll if timeout is None else max(0.0, min(poll, timeout - waited))
             if stop_event.wait(pause):
                 return False
+
+
+@dataclass(frozen=True)
+class MarketSnapshot:
+    """What a worker reads before an order, from one round trip (``MarketCache.snapshot``).
+
+    The accessors have the names, results and errors of the MarketCache reads (``price``:
+    NoPrice, StalePrice, StaleQuote, CorruptEntry; ``position``: NotPolled, CorruptEntry; ...),
+    evaluated when called, with ages counted from ``read_at``. A Redis error of one read is
+    raised by its accessor, the way the separate read would have raised it.
+    """
+
+    cache: MarketCache
+    symbol: str  # upper case
+    read_at: float  # the cache's clock right after the replies came
+    price_data: Any  # raw replies (or the Redis error of that read)
+    account_data: Any
+    clock_data: Any
+    position_data: Any
+    positions_polled: Any
+    values: Mapping[str, Any]  # extra key -> its GET reply (or error)
+    more: tuple[Any, ...] = ()  # replies of the commands ``also`` queued, in order
+
+    def price(self) -> Price:
+        data = _reply(self.price_data)
+        return self.cache._price_from(self.symbol, self.cache.keys.prices(self.symbol), data, self.read_at)
+
+    def account(self) -> AccountState | None:
+        return self.cache._account_from(_reply(self.account_data), self.read_at)
+
+    def position(self) -> PositionState | None:
+        return self.cache._position_from(self.symbol, _reply(self.position_data), _reply(self.positions_polled))
+
+    def clock(self) -> ClockState | None:
+        return self.cache._clock_from(_reply(self.clock_data), self.read_at)
+
+    def value(self, key: str) -> str | None:
+        """The string value of an extra key (None when absent)."""
+        return _reply(self.values[key])
+
+    def exists(self, key: str) -> bool:
+        """Does the extra key exist (EXISTS semantics: a key holding another type than a string
+        exists too, though ``value`` raises WRONGTYPE for it)?"""
+        reply = self.values[key]
+        if isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE"):
+            return True
+        return _reply(reply) is not None
+
+
+def _reply(reply: Any) -> Any:
+    """A pipelined reply read with raise_on_error=False: the value, or its error raised now."""
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
 
 
 # ---------------------------------------------------------------------- parsing helpers

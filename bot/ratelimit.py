@@ -26,13 +26,14 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
+from bot.config import DEFAULT_DATA_RATE_LIMIT
 from bot.keys import Keys
 
 log = logging.getLogger(__name__)
 
 TRADING = "trading"
 DATA = "data"
-DEFAULT_DATA_PER_MINUTE = 200
+DEFAULT_DATA_PER_MINUTE = DEFAULT_DATA_RATE_LIMIT  # Settings.data_rate_limit_per_minute's default
 DEFAULT_BURST = 10
 # A reset header further away than this is not believed: a garbage header must not freeze the fleet.
 MAX_PAUSE = 120.0
@@ -172,9 +173,11 @@ class RateLimiter:
 
     @classmethod
     def from_settings(cls, r: Any, settings: Any, **kw: Any) -> "RateLimiter":
-        """Trading bucket at ``settings.rate_limit_per_minute``, data bucket at 200/min."""
-        data = getattr(settings, "data_rate_limit_per_minute", DEFAULT_DATA_PER_MINUTE)
-        return cls(r, settings.keys, {TRADING: settings.rate_limit_per_minute, DATA: data}, **kw)
+        """Trading bucket at ``settings.rate_limit_per_minute`` (TRADEBOT_RATE_LIMIT), data bucket at
+        ``settings.data_rate_limit_per_minute`` (TRADEBOT_DATA_RATE_LIMIT: 200/min on Alpaca's free
+        plan, 10,000/min on Algo Trader Plus)."""
+        return cls(r, settings.keys, {TRADING: settings.rate_limit_per_minute,
+                                      DATA: settings.data_rate_limit_per_minute}, **kw)
 
     # ------------------------------------------------------------------ taking tokens
 
@@ -231,6 +234,10 @@ class RateLimiter:
         token count lowers it, so budget spent by other programs on the account is respected.
         """
         if bucket not in self.per_minute or remaining is None:
+            return
+        if remaining > self.burst[bucket]:
+            # the bucket never holds more than its burst, so the script would change nothing (no
+            # pause, min(tokens, remaining) = tokens): spare the round trip on every response
             return
         is_epoch = reset is not None and reset > _EPOCH_THRESHOLD
         args = self._args(bucket) + [

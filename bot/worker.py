@@ -62,12 +62,20 @@ journaled as skipped; the order itself is at the broker and in its positions).
 Sent on time: the halt, the signal's age, the market clock and the price's freshness are checked
 again right before the submit (``_recheck``); the submit may wait at most ``SUBMIT_LIMITER_WAIT``
 for a rate-limit token, and the worker's AlpacaClient is built with tight knobs
-(``CLIENT_KNOBS``: short timeouts, one retry, short server-hinted waits), so an order is never sent
-long after its checks. A submit that ends without placing anything (RateLimited,
-BrokerUnavailable, no token in time) is tried again after a short pause with fresh checks, at most
-``SUBMIT_ATTEMPTS`` times, then left pending (reservation kept). Before each submit the worker
-also re-claims its entry (``EntryKeeper.still_holds``): a worker that stalled past claim-idle and
-lost its entry to another never sends the order; the new owner handles it.
+(``CLIENT_KNOBS``: short timeouts, one retry, short server-hinted waits, and ``SUBMIT_DEADLINE``:
+no POST leaves more than 2 s after the re-check), so an order is never sent long after its checks.
+A submit that ends without placing anything (RateLimited, BrokerUnavailable, no token in time) is
+tried again after a short pause with fresh checks, at most ``SUBMIT_ATTEMPTS`` times, then left
+pending (reservation kept). Before each submit the worker also re-claims its entry
+(``EntryKeeper.still_holds``, in the re-check's round trip): a worker that stalled past claim-idle
+and lost its entry to another never sends the order; the new owner handles it.
+
+Round trips: Redis waits, not Python, dominate an order's path, so the reads are batched. The
+done marker, kill switch, clock, price, account and position come in ONE pipeline
+(``MarketCache.snapshot``, carried on the job), whose accessors parse and raise lazily exactly like
+the single reads, so the checks keep their order and reasons; the re-check and the entry's
+re-claim before the submit are one pipeline too. A buy costs XREADGROUP, the snapshot, the ledger
+reservation, the re-check, the rate-limit token, then settle, journal and the refresh ask.
 
 Stopping (SIGTERM): no new order is sent once the stop is requested (the entry stays pending and
 is replayed); an order already at the broker is followed, canceled by ``stop_grace -
@@ -110,7 +118,7 @@ from bot.alpaca.models import Order, OrderRequest
 from bot.config import ConfigError, Settings
 from bot.journal import JournalEntry, record_outcome
 from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError, PositionLimit, Reservation
-from bot.market import DEFAULT_MAX_QUOTE_AGE, MarketCache, MarketDataError, Price
+from bot.market import MarketCache, MarketDataError, MarketSnapshot, Price
 from bot.ratelimit import RateLimiter, RateLimitTimeout
 from bot.redisconn import connect
 from bot.risk import (
@@ -146,11 +154,16 @@ JOURNALED, DEAD, DUPLICATE, PENDING, LOST = "journaled", "dead", "duplicate", "p
 # its risk checks or a stop past supervisord's stopwaitsecs. One call makes at most 2 requests of
 # at most ~4 s (connect 1 + read 3; a connect timeout means nothing was sent) with at most 1 s
 # (backoff, or a server's Retry-After) between.
+# No POST leaves later than SUBMIT_DEADLINE seconds after submit_order was called, i.e. after the
+# pre-submit re-check (``_recheck``): a token that comes later, or a wait that would end later, ends
+# the submit with nothing placed (RateLimited / BrokerUnavailable) and the worker re-plans.
+SUBMIT_DEADLINE = 2.0
 CLIENT_KNOBS: dict[str, Any] = dict(
     timeout=httpx.Timeout(connect=1.0, read=3.0, write=3.0, pool=1.0),
     max_retries=1,  # reads: 2 requests; a submit: 1 POST (the worker's own loop re-plans instead)
     max_wait=1.0,  # longest Retry-After / X-RateLimit-Reset wait honoured inside one call
     backoff_max=1.0,
+    submit_deadline=SUBMIT_DEADLINE,
 )
 # Longest wait for a rate-limit token: around a submit (the checks were just made), and otherwise.
 SUBMIT_LIMITER_WAIT = 1.0
@@ -212,7 +225,7 @@ class WorkerConfig:
     # seconds from a stop request (SIGTERM) to giving up the order in hand (left pending); it is
     # canceled by stop_grace - cancel_timeout at the latest. Keeps a stop inside stopwaitsecs=30.
     stop_grace: float = 15.0
-    max_quote_age: float = DEFAULT_MAX_QUOTE_AGE  # seconds since the quote's own time (TRADEBOT_MAX_QUOTE_AGE)
+    max_quote_age: float | None = None  # seconds since the quote's own time; None = settings.max_quote_age
 
     def __post_init__(self) -> None:
         if not self.consumer or any(ch.isspace() for ch in self.consumer):
@@ -233,9 +246,11 @@ class WorkerConfig:
         if self.max_deliveries < 1:
             raise ConfigError(f"max-deliveries must be >= 1, got {self.max_deliveries}")
         for name in ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max",
-                     "consumer_idle", "stop_grace", "max_quote_age"):
+                     "consumer_idle", "stop_grace"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.max_quote_age is not None and not self.max_quote_age > 0:
+            raise ConfigError(f"max-quote-age must be > 0, got {self.max_quote_age}")
         if self.block_ms < 1:
             raise ConfigError(f"block-ms must be >= 1, got {self.block_ms}")
 
@@ -285,6 +300,7 @@ class EntryKeeper:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._keep_script = r.register_script(_KEEP_FRESH)  # its sha, for queueing it on a pipeline
         # held entries another consumer took (this worker stalled past claim-idle): the worker
         # checks it before a submit (still_holds) and never sends an order for a lost entry
         self.lost: set[str] = set()
@@ -306,6 +322,26 @@ class EntryKeeper:
         if keep_fresh(self.r, self.stream, self.group, self.consumer, [entry_id]):
             return True
         with self._lock:
+            self.lost.add(entry_id)
+        return False
+
+    def queue_still_holds(self, pipe: Any, entry_id: str) -> None:
+        """Queue ``still_holds(entry_id)``'s re-claim on ``pipe`` (one round trip with other reads);
+        pass its reply to ``still_holds_after``. EVALSHA directly: a script registered on the
+        pipeline would cost a SCRIPT EXISTS round trip on every execute."""
+        pipe.evalsha(self._keep_script.sha, 1, self.stream, self.group, self.consumer, entry_id)
+
+    def still_holds_after(self, entry_id: str, reply: Any) -> bool:
+        """``still_holds`` from the reply of the command ``queue_still_holds`` queued."""
+        if isinstance(reply, redis.exceptions.NoScriptError):  # Redis lost its scripts: load and ask again
+            return self.still_holds(entry_id)
+        if isinstance(reply, Exception):
+            raise reply
+        with self._lock:
+            if entry_id in self.lost:
+                return False
+            if reply:
+                return True
             self.lost.add(entry_id)
         return False
 
@@ -395,6 +431,7 @@ class _Job:
     claimed_at: float
     submitted_at: float | None = None
     qty: Decimal | None = None
+    market: MarketSnapshot | None = None  # the cache as the checks see it: read in one round trip
 
 
 class _Skip(Exception):
@@ -454,8 +491,9 @@ class Worker:
         self.client = client
         self.clock = clock
         self.sleep = sleep
+        max_quote_age = self.config.max_quote_age
         self.market = MarketCache(self.r, self.keys, settings.max_price_age, now=clock,
-                                  max_quote_age=self.config.max_quote_age)
+                                  max_quote_age=max_quote_age if max_quote_age is not None else settings.max_quote_age)
         self.ledger = Ledger(self.r, self.keys)
         limits = RiskLimits.from_settings(settings)
         if self.config.max_signal_age is not None:
@@ -691,7 +729,10 @@ class Worker:
         except SignalError as exc:
             return self._dead_letter(entry_id, fields, deliveries, f"unusable signal: {exc.reason}")
         job = _Job(entry_id, signal, client_order_id(signal.source_stream, signal.source_id), deliveries, claimed_at)
-        if self.r.exists(self.keys.done(signal.source_stream, signal.source_id)):
+        done = self.keys.done(signal.source_stream, signal.source_id)
+        # done marker, kill switch, clock, price, account, position: one round trip
+        job.market = self.market.snapshot(signal.ticker, (done, self.keys.halt))
+        if job.market.exists(done):
             self.rb.xack(self.stream, self.group, entry_id)
             log.info("worker %s: %s %s already journaled; acked %s", self.consumer, signal.source_stream,
                      signal.source_id, entry_id)
@@ -703,6 +744,7 @@ class Worker:
             existing = self.client.get_order_by_client_id(job.coid)
             if existing is not None:
                 return self._follow_existing(job, existing)
+            job.market = self.market.snapshot(signal.ticker, (self.keys.halt,))  # the lookup took time
         try:
             request = self._plan(job)
             return self._submit(job, request)
@@ -747,7 +789,7 @@ class Worker:
         signal = job.signal
         session_open = self._check_gates(job)
         extended = not session_open  # only reached when extended hours are allowed
-        price = self._fresh_price(signal.ticker)
+        price = self._fresh_price(job)
         quote = price.for_side(signal.side)
         if quote is None:
             raise _Skip(f"no {'ask' if signal.side == 'buy' else 'bid'} and no last trade for {signal.ticker}")
@@ -766,9 +808,10 @@ class Worker:
                             limit_price=plan.limit_price, extended_hours=extended)
 
     def _check_gates(self, job: _Job) -> bool:
-        """Kill switch, signal age, market clock; True when the regular session is open. _Skip if not."""
-        signal = job.signal
-        reason = check_halt(self.r.get(self.keys.halt))
+        """Kill switch, signal age, market clock (as ``job.market`` read them); True when the
+        regular session is open. _Skip if not."""
+        signal, market = job.signal, self._market(job)
+        reason = check_halt(market.value(self.keys.halt))
         if reason:
             raise _Skip(reason, gate=True)
         now = self.clock()
@@ -776,7 +819,7 @@ class Worker:
         if reason:
             raise _Skip(reason)
         try:
-            clock = self.market.clock()
+            clock = market.clock()
         except MarketDataError as exc:  # a corrupt clock hash counts as no clock
             raise _Skip(f"market clock unknown: {exc}", gate=True) from None
         session_open = clock.open_at(now) if clock is not None else None
@@ -785,26 +828,35 @@ class Worker:
             raise _Skip(reason, gate=True)
         return bool(session_open)
 
-    def _fresh_price(self, symbol: str) -> Price:
+    def _market(self, job: _Job) -> MarketSnapshot:
+        if job.market is None:
+            job.market = self.market.snapshot(job.signal.ticker, (self.keys.halt,))
+        return job.market
+
+    def _fresh_price(self, job: _Job) -> Price:
         try:
-            return self.market.price(symbol)
+            return self._market(job).price()
         except MarketDataError as exc:  # StalePrice, StaleQuote, NoPrice, a corrupt hash
             raise _Skip(str(exc)) from None
 
-    def _recheck(self, job: _Job, request: OrderRequest) -> None:
+    def _recheck(self, job: _Job, request: OrderRequest) -> bool:
         """The cheap checks again, right before the submit: time may have passed since the plan
-        (a rate-limit wait, a broker retry, a pause between submit attempts)."""
+        (a rate-limit wait, a broker retry, a pause between submit attempts). The same round trip
+        re-claims the entry (``EntryKeeper.still_holds``): True when this worker still holds it."""
+        job.market = self.market.snapshot(
+            job.signal.ticker, (self.keys.halt,), also=lambda pipe: self.keeper.queue_still_holds(pipe, job.entry_id))
         session_open = self._check_gates(job)
         if not request.extended_hours and not session_open:
             raise _Skip("market closed while the order was being sent", gate=True)
-        self._fresh_price(job.signal.ticker)
+        self._fresh_price(job)
+        return self.keeper.still_holds_after(job.entry_id, job.market.more[0])
 
     def _size_buy(self, job: _Job, ask: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
         signal, config = job.signal, self.config
-        account = self.market.account()
+        account = self._market(job).account()
         if account is None:
             raise _Skip("account not in the market cache: is the price poller running?")
-        held = self._held_qty(signal.ticker)
+        held = self._held_qty(job)
         all_in = config.strategy == ALL_IN
         plan = plan_buy(config.strategy, weight=self.weights.get(signal.ticker, Decimal(0)), equity=account.equity,
                         ask=ask, signal_qty=signal.qty, fixed_qty=config.fixed_qty,
@@ -870,9 +922,9 @@ class Worker:
                      self.consumer, signal.ticker, reservation.qty, self.limits.max_order_notional)
         return plan, reservation
 
-    def _held_qty(self, symbol: str) -> Decimal:
+    def _held_qty(self, job: _Job) -> Decimal:
         try:
-            position = self.market.position(symbol)
+            position = self._market(job).position()
         except MarketDataError as exc:
             raise _Skip(str(exc)) from None
         return max(position.qty, Decimal(0)) if position is not None else Decimal(0)
@@ -892,8 +944,7 @@ class Worker:
             if self._stop_left() is not None:
                 # stopping: no new order (the reservation stays with the entry, which is replayed)
                 return self._leave_pending(job.entry_id, f"stopping before order {job.coid} was sent")
-            self._recheck(job, request)
-            if not self.keeper.still_holds(job.entry_id):
+            if not self._recheck(job, request):
                 return self._lost(job)
             job.submitted_at = self.clock()
             try:

@@ -43,10 +43,15 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Limit orders: basis points above the ask (buys) or below the bid (sells).")
 @click.option("--max-signal-age", type=_SECONDS, default=None, metavar="SECONDS",
               help="Skip signals older than this (default TRADEBOT_MAX_SIGNAL_AGE or 60).")
+@click.option("--max-quote-age", type=_SECONDS, default=None, metavar="SECONDS",
+              help="Skip when the cached quote's own time is older than this (default TRADEBOT_MAX_QUOTE_AGE or 60).")
 @click.option("--extended-hours/--no-extended-hours", default=None,
               help="Trade while the regular session is closed (limit day orders; default TRADEBOT_EXTENDED_HOURS).")
 @click.option("--block-ms", type=click.IntRange(min=1, max=10_000), default=1000, show_default=True,
               help="XREADGROUP BLOCK time; a stop request waits at most about this long.")
+@click.option("--stop-grace", type=_SECONDS, default=15.0, show_default=True, metavar="SECONDS",
+              help="After SIGTERM: the open order is canceled by this minus the 5 s cancel timeout and given up "
+                   "(left pending, replayed later) by this; keep well below supervisord's stopwaitsecs (30).")
 @click.option("--alpaca-api-key", envvar="ALPACA_API_KEY", help="Alpaca key id (prefer the environment variable).")
 @click.option("--alpaca-secret-key", envvar="ALPACA_SECRET_KEY",
               help="Alpaca secret key (prefer the environment variable).")
@@ -56,26 +61,29 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights: str | None,
          consumer: str | None, claim_idle: float, max_deliveries: int, order_timeout: float, strategy: str,
          fixed_qty: str | None, fixed_notional: str | None, order_type: str, slippage_bps: int,
-         max_signal_age: float | None, extended_hours: bool | None, block_ms: int, alpaca_api_key: str | None,
-         alpaca_secret_key: str | None, alpaca_base_url: str | None, alpaca_data_url: str | None) -> None:
+         max_signal_age: float | None, max_quote_age: float | None, extended_hours: bool | None, block_ms: int,
+         stop_grace: float, alpaca_api_key: str | None, alpaca_secret_key: str | None, alpaca_base_url: str | None,
+         alpaca_data_url: str | None) -> None:
     configure_logging(secrets=[s for s in (alpaca_api_key, alpaca_secret_key) if s])
     try:
-        config = WorkerConfig(
-            consumer=consumer or default_consumer_name(), claim_idle=claim_idle, max_deliveries=max_deliveries,
-            order_timeout=order_timeout, strategy=strategy, fixed_qty=_decimal("--fixed-qty", fixed_qty),
-            fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
-            slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
-            block_ms=block_ms)
         settings = Settings.from_env(
             redis_url=redis_url or None,
             prefix=prefix or None,
             symbols=parse_symbols(symbols) if symbols else None,
             weights_text=weights or None,
+            max_quote_age=max_quote_age,
             alpaca_api_key=alpaca_api_key or None,
             alpaca_secret_key=alpaca_secret_key or None,
             alpaca_base_url=alpaca_base_url or None,
             alpaca_data_url=alpaca_data_url or None,
-        ).with_demo_credentials("to trade on")
+        )
+        config = WorkerConfig(
+            consumer=consumer or default_consumer_name(), claim_idle=claim_idle, max_deliveries=max_deliveries,
+            order_timeout=order_timeout, strategy=strategy, fixed_qty=_decimal("--fixed-qty", fixed_qty),
+            fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
+            slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
+            block_ms=block_ms, stop_grace=stop_grace, max_quote_age=settings.max_quote_age)
+        settings = settings.with_demo_credentials("to trade on")  # after the flags: their errors come first
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 

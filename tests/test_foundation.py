@@ -48,6 +48,28 @@ def test_bad_weights_are_refused(text, needle):
         parse_weights(text, ("NVDA", "AAPL"))
 
 
+def test_quote_age_and_data_rate_limit_settings():
+    defaults = Settings.from_env({})
+    assert (defaults.max_quote_age, defaults.data_rate_limit_per_minute) == (60.0, 200)
+    given = Settings.from_env({"TRADEBOT_MAX_QUOTE_AGE": "2.5", "TRADEBOT_DATA_RATE_LIMIT": "10000"})
+    assert (given.max_quote_age, given.data_rate_limit_per_minute) == (2.5, 10000)
+    assert Settings.from_env({"TRADEBOT_MAX_QUOTE_AGE": "2.5"}, max_quote_age=9.0).max_quote_age == 9.0  # a flag wins
+    assert Settings.from_env({"TRADEBOT_MAX_QUOTE_AGE": "2.5"}, max_quote_age=None).max_quote_age == 2.5
+    view = given.public_view()
+    assert (view["max_quote_age"], view["data_rate_limit_per_minute"]) == (2.5, 10000)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"TRADEBOT_MAX_QUOTE_AGE": "old"}, "TRADEBOT_MAX_QUOTE_AGE='old' is not a number"),
+    ({"TRADEBOT_MAX_QUOTE_AGE": "0"}, "TRADEBOT_MAX_QUOTE_AGE=0 must be > 0"),
+    ({"TRADEBOT_DATA_RATE_LIMIT": "lots"}, "TRADEBOT_DATA_RATE_LIMIT='lots' is not an integer"),
+    ({"TRADEBOT_DATA_RATE_LIMIT": "0"}, "TRADEBOT_DATA_RATE_LIMIT=0 must be >= 1"),
+])
+def test_bad_quote_age_and_data_rate_limit_are_refused(env, needle):
+    with pytest.raises(ConfigError, match=needle):
+        Settings.from_env(env)
+
+
 def test_bad_worker_count_is_refused():
     with pytest.raises(ConfigError, match="TRADEBOT_WORKERS"):
         Settings.from_env({"TRADEBOT_WORKERS": "zero"})

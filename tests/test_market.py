@@ -267,3 +267,64 @@ def test_wait_ready_stops_on_stop_event(r):
     stop = threading.Event()
     stop.set()
     assert cache(r).wait_ready(["NVDA"], timeout=None, stop_event=stop) is False
+
+
+# ---------------------------------------------------------------------- one round trip: the snapshot
+
+
+def _fill_cache(r) -> None:
+    write_prices(r, KEYS, {"NVDA": snap()}, T0)
+    write_account(r, KEYS, account(), T0)
+    write_positions(r, KEYS, [position("NVDA", "2")], T0)
+    opens = datetime.fromisoformat("2026-06-24T09:30:00-04:00")
+    write_clock(r, KEYS, Clock(timestamp=opens, is_open=True, next_open=opens, next_close=opens), T0)
+
+
+def test_snapshot_reads_what_the_single_reads_read(r):
+    _fill_cache(r)
+    r.set(KEYS.halt, "maintenance")
+    c = MarketCache(r, KEYS, max_price_age=5.0, now=lambda: T0 + 1, max_quote_age=60.0)
+    snapshot = c.snapshot("nvda", [KEYS.halt, KEYS.done("nvda", "1-0")])
+    assert snapshot.symbol == "NVDA" and snapshot.read_at == T0 + 1
+    assert snapshot.price() == c.price("NVDA")
+    assert snapshot.account() == c.account()
+    assert snapshot.position() == c.position("NVDA")
+    assert snapshot.clock() == c.clock()
+    assert snapshot.value(KEYS.halt) == "maintenance" and snapshot.exists(KEYS.halt)
+    assert snapshot.value(KEYS.done("nvda", "1-0")) is None and not snapshot.exists(KEYS.done("nvda", "1-0"))
+
+
+def test_snapshot_raises_the_single_reads_errors_when_a_value_is_used(r):
+    c = MarketCache(r, KEYS, max_price_age=5.0, now=lambda: T0 + 1, max_quote_age=1.0)
+    empty = c.snapshot("NVDA")  # reading an empty cache raises nothing by itself
+    with pytest.raises(NoPrice):
+        empty.price()
+    with pytest.raises(NotPolled):
+        empty.position()
+    assert empty.account() is None and empty.clock() is None
+
+    _fill_cache(r)
+    r.hset(KEYS.account, "cash", "lots")
+    broken = c.snapshot("NVDA")
+    with pytest.raises(StaleQuote, match="quote of NVDA is 1.5s old"):  # quoted at T0 - 0.5
+        broken.price()
+    with pytest.raises(CorruptEntry, match="tb:account field cash"):
+        broken.account()
+    assert broken.position().qty == Decimal(2)  # one bad entry spoils no other read
+    later = MarketCache(r, KEYS, max_price_age=5.0, now=lambda: T0 + 6).snapshot("NVDA")
+    with pytest.raises(StalePrice, match="price of NVDA is 6.0s old"):
+        later.price()
+
+
+def test_snapshot_keeps_a_redis_error_for_its_own_read_and_runs_queued_commands(r):
+    import redis
+
+    _fill_cache(r)
+    r.rpush(KEYS.halt, "not a string")  # a key of the wrong type: an error of that read only
+    snapshot = MarketCache(r, KEYS, now=lambda: T0 + 1).snapshot(
+        "NVDA", [KEYS.halt], also=lambda pipe: pipe.incr("tb:counter").incr("tb:counter"))
+    assert snapshot.exists(KEYS.halt)  # it exists, like EXISTS says
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        snapshot.value(KEYS.halt)
+    assert snapshot.price().bid == Decimal("100.10")
+    assert snapshot.more == (1, 2) and r.get("tb:counter") == "2"

@@ -218,3 +218,19 @@ def test_from_settings_and_validation(r):
         RateLimiter(r, KEYS, {"trading": 10}, {"trading": 0})
     with pytest.raises(ValueError, match="without a rate"):
         RateLimiter(r, KEYS, {"trading": 10}, {"data": 5})
+
+
+def test_from_settings_takes_the_data_budget_of_the_plan(r):
+    # Alpaca's market-data budget depends on the plan: 200/min free, 10,000/min Algo Trader Plus
+    plus = RateLimiter.from_settings(r, Settings.from_env({"TRADEBOT_DATA_RATE_LIMIT": "10000"}))
+    assert plus.per_minute == {"trading": 200, "data": 10000}
+    assert RateLimiter.from_settings(r, Settings.from_env({})).per_minute["data"] == 200
+
+
+def test_observe_with_more_remaining_than_the_burst_costs_no_redis_write(r, clock):
+    lim = limiter(r, clock, per_minute=60, burst=5)
+    lim.observe("trading", remaining=150, reset=None)  # the usual answer: nothing to lower or pause
+    assert not r.exists(KEYS.ratelimit("trading"))
+    assert [lim.try_acquire("trading") for _ in range(2)] == [0.0, 0.0]  # 3 of the burst left
+    lim.observe("trading", remaining=1, reset=None)  # no more than the burst: still applied
+    assert lim.try_acquire("trading") == 0.0 and lim.try_acquire("trading") > 0

@@ -166,3 +166,33 @@ def _all_orders():
     from bot.paper.exchange import OrderQuery
 
     return OrderQuery(status="all", limit=500)
+
+
+@pytest.mark.parametrize("flags, quote_age, grace", [
+    ((), 7.0, 15.0),  # TRADEBOT_MAX_QUOTE_AGE from the environment; the default stop grace
+    (("--max-quote-age", "9", "--stop-grace", "3"), 9.0, 3.0),  # flags win
+])
+def test_worker_command_passes_quote_age_and_stop_grace_to_the_worker(redis_url: str, monkeypatch, flags, quote_age,
+                                                                        grace):
+    from click.testing import CliRunner
+
+    import processes.worker as command
+
+    built: list = []
+
+    class RecordingWorker:  # stands in for bot.worker.Worker: records what the command built, runs nothing
+        def __init__(self, settings, config) -> None:
+            built.append((settings, config))
+
+        def run(self, stop) -> None:
+            pass
+
+    monkeypatch.setattr(command, "Worker", RecordingWorker)
+    for name in ("ALPACA_API_KEY", "ALPACA_SECRET_KEY", "REDIS_URL", "TRADEBOT_MAX_QUOTE_AGE"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(command.main, ["--redis-url", redis_url, "--alpaca-base-url", "http://127.0.0.1:9",
+                                               "--consumer", "w-cli", *flags], env={"TRADEBOT_MAX_QUOTE_AGE": "7"})
+    assert result.exit_code == 0, result.output
+    [(settings, config)] = built
+    assert settings.max_quote_age == config.max_quote_age == quote_age
+    assert config.stop_grace == grace and config.consumer == "w-cli"
