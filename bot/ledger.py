@@ -41,6 +41,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any, Callable
 
 from bot.keys import Keys
+from bot.numbers import non_negative, positive
 
 log = logging.getLogger(__name__)
 
@@ -405,14 +406,14 @@ class Ledger:
         price_u = self._price_units(price)
         qty_text, cash_u = "", ""
         if qty is not None:
-            qty = _positive("qty", qty)
+            qty = positive("qty", qty)
             _units(qty, SHARE_SCALE, exact=True, what="qty")
             cash_u = str(_units(qty * _from_units(price_u, CASH_SCALE), CASH_SCALE, ROUND_CEILING, what="order cost"))
             qty_text = _text(qty)
-        max_cash_u = "" if max_cash is None else str(_units(_non_negative("max_cash", max_cash), CASH_SCALE,
+        max_cash_u = "" if max_cash is None else str(_units(non_negative("max_cash", max_cash), CASH_SCALE,
                                                             ROUND_FLOOR, what="max_cash"))
         max_position_u = "" if max_position_qty is None else str(
-            _units(_non_negative("max_position_qty", max_position_qty), SHARE_SCALE, ROUND_FLOOR,
+            _units(non_negative("max_position_qty", max_position_qty), SHARE_SCALE, ROUND_FLOOR,
                    what="max_position_qty"))
         now = self.now()
         result = self._run(self._reserve_buy, [client_order_id, symbol, str(price_u), qty_text, cash_u, max_cash_u,
@@ -446,9 +447,9 @@ class Ledger:
         _require_id(client_order_id)
         qty_u = max_qty_u = ""
         if qty is not None:
-            qty_u = str(_units(_positive("qty", qty), SHARE_SCALE, exact=True, what="qty"))
+            qty_u = str(_units(positive("qty", qty), SHARE_SCALE, exact=True, what="qty"))
         elif max_qty is not None:
-            max_qty_u = str(_units(_positive("max_qty", max_qty), SHARE_SCALE, ROUND_FLOOR, what="max_qty"))
+            max_qty_u = str(_units(positive("max_qty", max_qty), SHARE_SCALE, ROUND_FLOOR, what="max_qty"))
         now = self.now()
         result = self._run(self._reserve_sell, [client_order_id, symbol, qty_u, repr(now), repr(self.max_age),
                                                 repr(self.reflect_margin), max_qty_u])
@@ -481,7 +482,7 @@ class Ledger:
         Nothing filled = ``release``. ``filled_avg_price`` None: the reserved (buffered) price.
         Idempotent: settling again updates the amounts but keeps the first settle time.
         """
-        filled_qty = _non_negative("filled_qty", filled_qty)
+        filled_qty = non_negative("filled_qty", filled_qty)
         reservation = self.get(client_order_id)
         if reservation is None:
             log.warning("settle %s: no reservation in the ledger (released, expired or never made)", client_order_id)
@@ -493,7 +494,7 @@ class Ledger:
                 per_share = self.buffered_price(reservation.price)
                 price = reservation.price
             else:
-                per_share = price = _positive("filled_avg_price", filled_avg_price)
+                per_share = price = positive("filled_avg_price", filled_avg_price)
             cash_u = _units(filled_qty * per_share, CASH_SCALE, ROUND_CEILING, what="filled cost")
         outcome = self._settle(keys=[self.keys.ledger],
                                args=[client_order_id, _text(filled_qty), str(qty_u), str(cash_u), _text(price),
@@ -555,7 +556,7 @@ class Ledger:
         return result
 
     def _price_units(self, price: Decimal) -> int:
-        price = _positive("price", price)
+        price = positive("price", price)
         buffered = price * (10000 + self.cash_buffer_bps) / 10000
         return _units(buffered, CASH_SCALE, ROUND_CEILING, what="price")
 
@@ -610,28 +611,10 @@ def _from_units(n: int, scale: int) -> Decimal:
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
-def _decimal(what: str, value: Any) -> Decimal:
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-    if not number.is_finite():
-        raise ValueError(f"{what} must be finite, got {value!r}")
-    return number
 
 
-def _positive(what: str, value: Any) -> Decimal:
-    number = _decimal(what, value)
-    if number <= 0:
-        raise ValueError(f"{what} must be > 0, got {value}")
-    return number
 
 
-def _non_negative(what: str, value: Any) -> Decimal:
-    number = _decimal(what, value)
-    if number < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
-    return number
 
 
 def _symbol(symbol: str) -> str:

@@ -39,7 +39,6 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import redis
 
 from bot.alpaca.models import Account, Clock, Position, Snapshot
-from bot.config import DEFAULT_MAX_QUOTE_AGE  # noqa: F401 (re-exported: the worker's default)
 from bot.keys import Keys
 
 log = logging.getLogger(__name__)

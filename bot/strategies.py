@@ -13,7 +13,7 @@ Pure functions: no I/O, Decimal in and out; bad input raises ValueError with a c
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 ALL_IN = "all-in"
@@ -24,6 +24,7 @@ ORDER_TYPES = ("market", "limit")
 PENNY = Decimal("0.01")
 SUB_PENNY = Decimal("0.0001")
 ONE_DOLLAR = Decimal(1)
+from bot.numbers import number, positive
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,20 @@ def plan_buy(strategy: str, *, weight: Decimal, equity: Decimal, ask: Decimal, s
     _check_strategy(strategy)
     _check_order_type(order_type)
     bps = _bps(slippage_bps)
-    ask = _positive("ask", ask)
+    ask = positive("ask", ask)
     limit_price = None
     if order_type == "limit":
         limit_price = round_to_tick(ask * (1 + Decimal(bps) / 10000), up=True)
     if strategy == ALL_IN:
-        weight = _number("weight", weight)
+        weight = number("weight", weight)
         if not 0 <= weight <= 1:
             raise ValueError(f"weight must be between 0 and 1, got {weight}")
         if weight == 0:
             raise ValueError("weight of this symbol is 0: the all-in strategy gives it no cash")
-        equity = _positive("equity", equity)
+        equity = positive("equity", equity)
         budget = weight * equity
         if position_value is not None:
-            held = _number("position_value", position_value)
+            held = number("position_value", position_value)
             budget -= max(held, Decimal(0))
             if budget <= 0:
                 raise ValueError(f"position already worth {held:.2f}, at or above its target "
@@ -86,7 +87,7 @@ def plan_buy(strategy: str, *, weight: Decimal, equity: Decimal, ask: Decimal, s
         if fixed_notional is None:
             raise ValueError("the fixed strategy needs a qty: none in the signal, and neither a fixed qty "
                              "nor a fixed notional is configured")
-        notional = _positive("fixed_notional", fixed_notional)
+        notional = positive("fixed_notional", fixed_notional)
         qty = (notional / ask).to_integral_value(rounding=ROUND_FLOOR)
         if qty < 1:
             raise ValueError(f"fixed notional {notional} buys no whole share at ask {ask}")
@@ -105,7 +106,7 @@ def plan_sell(strategy: str, *, bid: Decimal | None, signal_qty: Decimal | None,
     bps = _bps(slippage_bps)
     limit_price = None
     if order_type == "limit":
-        bid = _positive("bid", bid)
+        bid = positive("bid", bid)
         limit_price = round_to_tick(bid * (1 - Decimal(bps) / 10000), up=False)
         if limit_price <= 0:
             raise ValueError(f"limit price of bid {bid} less {bps} bps rounds to {limit_price}: lower the slippage")
@@ -119,7 +120,7 @@ def plan_sell(strategy: str, *, bid: Decimal | None, signal_qty: Decimal | None,
 
 def round_to_tick(price: Decimal, *, up: bool) -> Decimal:
     """A valid limit price: 2 decimals at or above $1, 4 below; ``up`` for buys, down for sells."""
-    price = _number("price", price)
+    price = number("price", price)
     tick = PENNY if price >= ONE_DOLLAR else SUB_PENNY
     rounded = price.quantize(tick, rounding=ROUND_CEILING if up else ROUND_FLOOR)
     if rounded >= ONE_DOLLAR and tick == SUB_PENNY:
@@ -146,23 +147,8 @@ def _bps(slippage_bps: int) -> int:
     return slippage_bps
 
 
-def _number(what: str, value: Any) -> Decimal:
-    if value is None:
-        raise ValueError(f"{what} is missing")
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise ValueError(f"{what} must be a number, got {value!r}") from None
-    if not number.is_finite():
-        raise ValueError(f"{what} must be finite, got {value!r}")
-    return number
 
 
-def _positive(what: str, value: Any) -> Decimal:
-    number = _number(what, value)
-    if number <= 0:
-        raise ValueError(f"{what} must be > 0, got {number}")
-    return number
 
 
 def _fixed_qty(signal_qty: Decimal | None, fixed_qty: Decimal | None) -> Decimal | None:
@@ -174,7 +160,7 @@ def _fixed_qty(signal_qty: Decimal | None, fixed_qty: Decimal | None) -> Decimal
 
 
 def _qty(what: str, value: Any) -> Decimal:
-    qty = _positive(what, value)
+    qty = positive(what, value)
     exponent = qty.normalize().as_tuple().exponent
     if isinstance(exponent, int) and exponent < -9:
         raise ValueError(f"{what} {qty} has more than 9 decimal places (Alpaca's limit)")
