@@ -410,11 +410,9 @@ class Ledger:
             _units(qty, SHARE_SCALE, exact=True, what="qty")
             cash_u = str(_units(qty * _from_units(price_u, CASH_SCALE), CASH_SCALE, ROUND_CEILING, what="order cost"))
             qty_text = _text(qty)
-        max_cash_u = "" if max_cash is None else str(_units(non_negative("max_cash", max_cash), CASH_SCALE,
-                                                            ROUND_FLOOR, what="max_cash"))
+        max_cash_u = "" if max_cash is None else str(_limit_units(non_negative("max_cash", max_cash), CASH_SCALE))
         max_position_u = "" if max_position_qty is None else str(
-            _units(non_negative("max_position_qty", max_position_qty), SHARE_SCALE, ROUND_FLOOR,
-                   what="max_position_qty"))
+            _limit_units(non_negative("max_position_qty", max_position_qty), SHARE_SCALE))
         now = self.now()
         result = self._run(self._reserve_buy, [client_order_id, symbol, str(price_u), qty_text, cash_u, max_cash_u,
                                                repr(now), repr(self.max_age), repr(self.reflect_margin), _text(price),
@@ -592,6 +590,12 @@ class Ledger:
 
 
 # --------------------------------------------------------------------------- conversions
+
+
+def _limit_units(limit: Decimal, scale: int) -> int:
+    """An upper bound in units, rounded down; a bound past what the ledger can hold is no bound at all
+    (no amount it holds can exceed MAX_UNITS), so it is clamped there instead of refused."""
+    return min(int(limit.scaleb(scale).to_integral_value(rounding=ROUND_FLOOR)), MAX_UNITS)
 
 
 def _units(value: Decimal, scale: int, rounding: str = ROUND_CEILING, *, exact: bool = False, what: str) -> int:

@@ -180,6 +180,15 @@ def test_position_limit_counts_the_buys_in_flight(r, ledger):
     assert ledger.reserve_buy("b5", "NVDA", D(100), qty=D(1)).qty == 1  # no limit given: none applied
 
 
+def test_limits_past_what_the_ledger_can_hold_mean_no_limit(r, ledger):
+    # a huge TRADEBOT_MAX_POSITION_VALUE (e.g. 1e12 at $40) must not turn every buy into a skip
+    put_account(r, "100000")
+    put_positions(r, {})
+    huge = D("25753283543.65")  # shares: above the ledger's 2^53 nano-shares
+    assert ledger.reserve_buy("b1", "NVDA", D(100), qty=D(3), max_position_qty=huge).qty == 3
+    assert ledger.reserve_buy("b2", "NVDA", D(100), max_cash=D("1e13"), max_position_qty=huge).qty > 0
+
+
 def test_a_settled_buy_counts_against_the_position_until_the_positions_show_it(r, ledger, clock):
     put_account(r, "100000", as_of=T0 - 1)
     put_positions(r, {}, as_of=T0 - 1)

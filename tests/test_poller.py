@@ -29,6 +29,7 @@ from bot.market import MarketCache, NoPrice, StalePrice, write_prices
 from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
 from bot.paper.testing import PaperBrokerServer, paper_transport
 from bot.poller import Poller, TickSchedule
+from waiting import wait_for
 
 KEYS = Keys("tb")
 T0 = 1_800_000_000.0
@@ -84,15 +85,6 @@ def make_poller(client: AlpacaClient, r: redis.Redis, clock: FakeTime, symbols=(
 def cache_at(r: redis.Redis, clock: FakeTime) -> MarketCache:
     return MarketCache(r, KEYS, max_price_age=5.0, now=clock.now)
 
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 # ---------------------------------------------------------------------- against the paper broker

@@ -21,19 +21,12 @@ from bot.embedded_redis import EmbeddedRedis
 from bot.router import DEAD, DUPLICATE, RETRY, ROUTED, Router, TrimPolicy
 from bot.signals import Signal
 from bot.streams import original_fields
+from waiting import wait_for
 
 PREFIX = "tb"
 SETTINGS = Settings(symbols=("NVDA", "AAPL"), source_streams=("nvda", "aapl"), prefix=PREFIX)
 KEYS = SETTINGS.keys
 
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_router(rb, **kw) -> Router:

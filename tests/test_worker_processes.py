@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 import redis
@@ -27,18 +27,13 @@ from bot.poller import Poller
 from bot.signals import Signal
 from bot.streams import consumers
 from bot.worker import client_order_id
+from waiting import wait_for
 
 SYMBOL = "NVDA"
 PREFIX = "tbp"
 KEYS = Keys(PREFIX)
 REPO = Path(__file__).resolve().parent.parent
 
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass
