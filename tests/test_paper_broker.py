@@ -319,6 +319,10 @@ def test_clock_endpoint_and_always_open(make_broker: Callable[..., Broker]) -> N
     assert clock["is_open"] is False and clock["timestamp"].endswith("-04:00")
     assert b.admin.set_clock(always_open=True)["always_open"] is True
     assert b.client.get("/v2/clock").json()["is_open"] is True
+    # just before midnight the close must still be ahead, so a poller's cached clock stays open
+    late = datetime(2026, 7, 12, 3, 59, 50, tzinfo=timezone.utc)  # 23:59:50 in New York
+    state = MarketClock("open", lambda: late).state()
+    assert state.is_open and state.next_close - late > timedelta(hours=23)
     assert MarketClock("open", saturday).is_open() and not MarketClock("closed", lambda: T0).is_open()
 
 

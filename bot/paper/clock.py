@@ -73,9 +73,10 @@ def regular_hours_state(at: datetime) -> ClockState:
 
 
 def always_open_state(at: datetime) -> ClockState:
-    # No session boundaries: report the next New York midnight as both close and re-open.
+    # No session boundaries. next_close is a day past the next New York midnight, so a clock cached
+    # by the poller (up to its clock interval) never shows a close that has already passed.
     midnight = datetime.combine(at.astimezone(NEW_YORK).date() + timedelta(days=1), time(0), tzinfo=NEW_YORK)
-    return ClockState(at, True, midnight, midnight)
+    return ClockState(at, True, midnight, midnight + timedelta(days=1))
 
 
 def always_closed_state(at: datetime) -> ClockState:
