@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 # and a short read timeout keeps a hung request from holding the cache hostage for long (or a
 # stop request waiting: the poller checks its stop event between the calls of a tick).
 POLLER_MAX_RETRIES = 1
-POLLER_HTTP_TIMEOUT = 5.0
+POLLER_HTTP_TIMEOUT = 2.0  # well under TRADEBOT_MAX_PRICE_AGE (5 s): one hung request must not stale every price
 # Longest server-hinted wait (Retry-After, a spent rate window) inside one call.
 POLLER_MAX_WAIT = 2.0
 
