@@ -297,22 +297,21 @@ class LedgerError(Exception):
     """Base of the ledger's errors."""
 
 
-class InsufficientCash(LedgerError):
+class Shortfall(LedgerError):
+    """What is available does not cover what the order needs."""
+
+    def __init__(self, message: str, available: Decimal, needed: Decimal | None = None) -> None:
+        super().__init__(message)
+        self.available = available
+        self.needed = needed
+
+
+class InsufficientCash(Shortfall):
     """The cash not committed to other orders does not cover this buy."""
 
-    def __init__(self, message: str, available: Decimal, needed: Decimal | None = None) -> None:
-        super().__init__(message)
-        self.available = available
-        self.needed = needed
 
-
-class InsufficientShares(LedgerError):
+class InsufficientShares(Shortfall):
     """The shares held and not reserved by other sells do not cover this sell."""
-
-    def __init__(self, message: str, available: Decimal, needed: Decimal | None = None) -> None:
-        super().__init__(message)
-        self.available = available
-        self.needed = needed
 
 
 class PositionLimit(LedgerError):
