@@ -193,7 +193,7 @@ def status_command(as_json: bool, redis_url: str | None, var_dir: str | None) ->
 @cli.command("signal")
 @click.argument("ticker")
 @click.argument("direction", metavar="b|s")
-@click.option("--qty", default=None, help="Quantity (shares); default: the strategy sizes the order.")
+@click.option("--qty", default=None, help="Quantity (shares); used by workers running --strategy fixed (all-in sizes every order itself).")
 @click.option("--stream", default=None, help="Source stream [default: first of TRADEBOT_SOURCE_STREAMS].")
 @redis_url_option
 @var_dir_option

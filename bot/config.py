@@ -164,6 +164,7 @@ class Settings:
             extended_hours=get("TRADEBOT_EXTENDED_HOURS", "").lower() in ("1", "true", "yes"),
         )
         settings = settings.with_overrides(**overrides)
+        _check_redis_url(settings.redis_url)
         settings.weights  # validate early: a bad TRADEBOT_WEIGHTS fails at start, not at the first signal
         return settings
 
@@ -176,6 +177,18 @@ class Settings:
         view["redis_url"] = redact_url(self.redis_url)
         view["alpaca_credentials"] = "set" if self.has_alpaca_credentials else "none"
         return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in view.items()}
+
+
+def _check_redis_url(url: str) -> None:
+    """A malformed REDIS_URL is a clear one-line error, never a traceback that quotes the password."""
+    from redis.connection import parse_url
+
+    from bot.logs import redact_url
+
+    try:
+        parse_url(url)
+    except (ValueError, TypeError):
+        raise ConfigError(f"REDIS_URL {redact_url(url)!r} is not a valid redis:// or rediss:// URL") from None
 
 
 def _default_data_url(base_url: str) -> str:

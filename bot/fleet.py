@@ -282,7 +282,8 @@ def plan_fleet(
     if demo:
         flags["paper-broker"] = ["--always-open", *flags["paper-broker"]]
         flags["generator"] = ["--always-open", *flags["generator"]]
-        if probability is None and "--probability" not in flags["generator"]:
+        if probability is None and not any(f == "--probability" or f.startswith("--probability=")
+                                            for f in flags["generator"]):
             probability = DEMO_PROBABILITY
     if probability is not None:
         flags["generator"] += ["--probability", repr(probability)]
@@ -348,9 +349,26 @@ def supervisord_command(plan: FleetPlan, *, detach: bool) -> list[str]:
     return command if detach else command + ["-n"]
 
 
+_SECRET_FLAGS = ("--alpaca-api-key", "--alpaca-secret-key")
+
+
+def _redact_flags(text: str) -> str:
+    """Extra flags fit to print: URL passwords and the values of key flags masked."""
+    words, hide_next = [], False
+    for word in shlex.split(text) if text else []:
+        name, eq, _value = word.partition("=")
+        if hide_next:
+            word, hide_next = "***", False
+        elif name in _SECRET_FLAGS:
+            word, hide_next = (f"{name}=***", False) if eq else (word, True)
+        words.append(redact_url(word))
+    return shlex.join(words)
+
+
 def public_env(plan: FleetPlan) -> dict[str, str]:
     """The variables `tradebot up` sets for supervisord, fit to print (no keys, no passwords)."""
-    shown = {k: v for k, v in plan.env.items() if k.startswith("TRADEBOT_") or k in ("PYTHONUNBUFFERED",)}
+    shown = {k: _redact_flags(v) if k.endswith("_FLAGS") else v
+             for k, v in plan.env.items() if k.startswith("TRADEBOT_") or k in ("PYTHONUNBUFFERED",)}
     shown["REDIS_URL"] = redact_url(plan.env.get("REDIS_URL", ""))
     for name in ("ALPACA_BASE_URL", "ALPACA_DATA_URL"):
         if plan.env.get(name):
@@ -558,13 +576,14 @@ def _up_detached(plan: FleetPlan, command: list[str], echo: Callable[[str], None
 
 def _up_foreground(plan: FleetPlan, command: list[str], echo: Callable[[str], None]) -> int:
     paths = plan.paths
-    process = subprocess.Popen(command, env=plan.env, stdin=subprocess.DEVNULL)
+    # supervisord gets its own session: only what this process forwards reaches it, so a closed
+    # terminal (SIGHUP to the whole group) stops the fleet instead of making supervisord reload it.
+    process = subprocess.Popen(command, env=plan.env, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
-        # Ctrl-C reaches supervisord too (same process group); forwarding covers a signal sent to
-        # this process alone. A repeated signal is harmless: supervisord is already shutting down.
+        # A repeated signal is harmless: supervisord is already shutting down.
         if process.poll() is None:
-            process.send_signal(signum)
+            process.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:

@@ -9,7 +9,8 @@ from typing import Iterable
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
-_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)([^@\s]+)(@)")
+# the password runs to the LAST "@" before the host: redis-py reads "redis://:p@ss@host" that way
+_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)(\S+)(@)")
 # redis-py also takes the password as a query parameter: redis://host:6379/0?password=...
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#\s]+)", re.IGNORECASE)
 

@@ -358,11 +358,27 @@ def group_lag(r: redis.Redis, stream: str, info: Mapping[str, Any], stream_info:
     return len(entries), "exact-xrange"
 
 
+def _stream_info_raw(r: redis.Redis, name: str) -> dict[str, Any]:
+    """XINFO STREAM read as bytes: the fields status needs, without decoding the entries' payloads."""
+    kwargs = {**r.connection_pool.connection_kwargs, "decode_responses": False}
+    raw = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class,
+                                                           **kwargs))
+    try:
+        info = raw.xinfo_stream(name)
+    finally:
+        raw.close()
+    first = info.get("first-entry")
+    return {"length": info.get("length", 0), "last-generated-id": _s(info.get("last-generated-id") or b"0-0"),
+            "first-entry": (_s(first[0]), {}) if first else None}
+
+
 def stream_status(r: redis.Redis, name: str, role: str) -> StreamStatus:
     try:
         info = r.xinfo_stream(name)
     except redis.ResponseError:  # no such stream (yet)
         return StreamStatus(name=name, role=role, length=0)
+    except UnicodeDecodeError:  # XINFO carries the first/last entry, which may be junk bytes
+        info = _stream_info_raw(r, name)
     status = StreamStatus(name=name, role=role, length=int(info.get("length", 0)))
     try:
         groups = r.xinfo_groups(name)
@@ -548,7 +564,7 @@ def render_orders(entries: Iterable[Mapping[str, str]]) -> str:
 def render_dlq(entries: Iterable[DlqEntry]) -> str:
     rows = []
     for entry in entries:
-        original = " ".join(f"{k}={v!r}" for k, v in entry.original.items())
+        original = " ".join(f"{k}='{v}'" for k, v in entry.original.items())
         rows.append(f"{entry.id:<16} {entry.source_stream}/{entry.source_id}  deliveries {entry.deliveries}  "
                     f"reason: {entry.reason}\n{'':<17}fields: {original or '(none)'}")
     return "\n".join(rows) if rows else "DLQ is empty"

@@ -396,3 +396,22 @@ def test_the_redis_password_never_reaches_the_output(env: Path, password_redis: 
         assert result.exit_code == 1
         assert "refused the credentials" in result.output or "UNREACHABLE" in result.output
         assert "wrong-guess-pw" not in result.output and password not in result.output
+
+
+def test_status_survives_a_junk_bytes_entry_on_a_source_stream(env: Path, rb: redis.Redis) -> None:
+    ensure_group(rb, "nvda", KEYS.router_group, "0")
+    rb.xadd("nvda", {b"ticker": b"\xff", b"direction": b"b"})  # XINFO STREAM would return it undecodable
+    result = run("status", "--json")
+    assert result.exit_code == 0
+    streams = {s["name"]: s for s in json.loads(result.output)["streams"]}
+    assert streams["nvda"]["length"] == 1
+    assert streams["nvda"]["groups"][0]["lag"] == 1
+
+
+@pytest.mark.parametrize("url", ["redis://:S3cret/PW@host:6379/0", "redis://:pw9xq@host:notaport/0"])
+def test_a_malformed_redis_url_is_one_line_without_the_password(env: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    result = run("status")
+    assert result.exit_code != 0 and "not a valid" in result.output
+    assert "S3cret" not in result.output and "pw9xq" not in result.output

@@ -368,3 +368,18 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(redis_url: str, r: redi
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def test_dry_run_view_masks_secrets_given_in_extra_flags(tmp_path: Path) -> None:
+    env = base_env(TRADEBOT_WORKER_FLAGS="--alpaca-secret-key flagsecret1 --redis-url redis://:flagpw99@h:1/0",
+                   TRADEBOT_POLLER_FLAGS="--alpaca-api-key=flagkey777")
+    shown = json.dumps(fleet.public_env(fleet.plan_fleet(var_dir=tmp_path, env=env)))
+    for secret in ("flagsecret1", "flagpw99", "flagkey777"):
+        assert secret not in shown
+    assert "--alpaca-secret-key '***'" in shown or "--alpaca-secret-key ***" in shown
+
+
+def test_demo_keeps_a_probability_given_with_an_equals_sign(tmp_path: Path) -> None:
+    env = base_env(TRADEBOT_GENERATOR_FLAGS="--probability=0.2")
+    plan = fleet.plan_fleet(var_dir=tmp_path, demo=True, env=env)
+    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == "--always-open --probability=0.2"

@@ -349,3 +349,8 @@ def test_processes_exit_at_start_when_redis_refuses_the_credentials(tmp_path):
                     proc.wait()
     finally:
         server.stop()
+
+
+def test_redact_url_hides_a_password_that_contains_an_at_sign():
+    # redis-py reads the password up to the last "@": all of it must be hidden
+    assert redact_url("redis://:S3cr@tPW@host:6379/0") == "redis://:***@host:6379/0"
