@@ -343,14 +343,15 @@ def dlq_purge_command(yes: bool, redis_url: str | None, var_dir: str | None) -> 
     settings = ops.operator_settings(redis_url, var_dir)
     rb = ops.open_redis(settings, decode=False)
     try:
-        newest = rb.xrevrange(settings.keys.dlq, count=1)
-        if not newest:
+        # the newest id is taken before asking: entries dead-lettered while the prompt is open are kept
+        newest = ops.dlq_newest_id(rb, settings.keys)
+        if newest is None:
             click.echo("DLQ is empty")
             return
         count = rb.xlen(settings.keys.dlq)
         if not yes and not click.confirm(f"Delete {count} DLQ entries for good?", default=False):
             raise click.ClickException("nothing deleted")
-        deleted = ops.dlq_purge(rb, settings.keys, newest[0][0].decode())
+        deleted = ops.dlq_purge(rb, settings.keys, newest)
     finally:
         rb.close()
     click.echo(f"deleted {deleted} DLQ entries")

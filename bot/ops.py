@@ -20,13 +20,13 @@ from bot.config import ConfigError, Settings
 from bot.fleet import FleetPaths, process_infos, read_fleet_file, read_pid
 from bot.keys import Keys
 from bot.logs import redact_url
+from bot.market import POLLED_AT, POSITIONS_POLLED_AT
 from bot.redisconn import RedisUnavailable, check, connect
 from bot.signals import SignalError, parse_raw
-from bot.streams import format_id, next_id, original_fields, parse_id
+from bot.streams import format_id, is_stream_id, next_id, original_fields, parse_id
 
 LAG_SCAN_LIMIT = 1000  # entries counted at most per group when Redis has no XINFO lag (< 7.0)
 LAST_ORDERS = 5
-_STREAM_ID_CHARS = set("0123456789-")
 
 
 class OpsError(RuntimeError):
@@ -85,8 +85,8 @@ def _text_fields(fields: Mapping[Any, Any]) -> dict[str, str]:
 
 
 def check_entry_id(entry_id: str) -> str:
-    parts = entry_id.split("-")
-    if not entry_id or not set(entry_id) <= _STREAM_ID_CHARS or len(parts) != 2 or not all(parts):
+    # isascii: is_stream_id's \d also matches non-ASCII digits, which Redis rejects
+    if not (entry_id.isascii() and is_stream_id(entry_id)):
         raise OpsInputError(f"{entry_id!r} is not a stream entry id (like 1732540000000-0)")
     return entry_id
 
@@ -219,14 +219,19 @@ def dlq_replay(rb: redis.Redis, keys: Keys, entry_id: str, settings: Settings,
     return result["stream"], _s(new_id)
 
 
+def dlq_newest_id(rb: redis.Redis, keys: Keys) -> str | None:
+    """The id of the newest DLQ entry, None when the DLQ is empty."""
+    newest = rb.xrevrange(keys.dlq, count=1)
+    return _s(newest[0][0]) if newest else None
+
+
 def dlq_purge(rb: redis.Redis, keys: Keys, up_to_id: str | None = None) -> int:
     """Delete DLQ entries up to and including ``up_to_id`` (default: the newest now); the number
     deleted. Entries dead-lettered after the operator looked are kept."""
     if up_to_id is None:
-        newest = rb.xrevrange(keys.dlq, count=1)
-        if not newest:
+        up_to_id = dlq_newest_id(rb, keys)
+        if up_to_id is None:
             return 0
-        up_to_id = _s(newest[0][0])
     return int(rb.xtrim(keys.dlq, minid=format_id(next_id(parse_id(up_to_id))), approximate=False))
 
 
@@ -314,7 +319,7 @@ def _float(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _age(fields: Mapping[str, str], now: float, name: str = "polled_at") -> float | None:
+def _age(fields: Mapping[str, str], now: float, name: str = POLLED_AT) -> float | None:
     stamp = _float(fields.get(name))
     return None if stamp is None else round(now - stamp, 3)
 
@@ -442,9 +447,10 @@ def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, n
     account = _hash(r, keys.account)
     report.account = {**account, "age_s": _age(account, now)} if account else None
     positions = _hash(r, keys.positions)
-    # bookkeeping fields start with "_" (they cannot be tickers): _polled_at, _as_of
+    # raw values, not MarketCache.positions(): status shows what the poller wrote, even a corrupt
+    # entry; bookkeeping fields (POSITIONS_POLLED_AT, POSITIONS_AS_OF) start with "_", as in bot.market
     report.positions = {symbol: _decode_value(value) for symbol, value in positions.items() if not symbol.startswith("_")}
-    report.positions_age_s = _age(positions, now, "_polled_at")
+    report.positions_age_s = _age(positions, now, POSITIONS_POLLED_AT)
     clock = _hash(r, keys.clock)
     report.clock = {**clock, "age_s": _age(clock, now)} if clock else None
     report.orders = last_orders(r, keys, LAST_ORDERS)
