@@ -6,7 +6,9 @@ group ``keys.workers_group``. It handles ONE entry at a time:
 1. read: first its own pending entries (a restart replays what it held when it died), then new
    ones with a short BLOCK so a stop request is seen within a second or two; every
    ``claim_idle / 2`` seconds it XAUTOCLAIMs entries idle longer than ``claim_idle`` (dead
-   workers' entries) and handles them the same way;
+   workers' entries) and handles them the same way; an entry it left pending itself (broker
+   error, unknown order outcome, no rate-limit token) is replayed by this worker after a capped
+   backoff (``OWN_REPLAY_FIRST`` doubling to ``OWN_REPLAY_MAX``), long before ``claim_idle``;
 2. guard: an entry delivered more than ``max_deliveries`` times goes to the DLQ (after checking
    that no order exists for it); an unparseable one goes to the DLQ at once; a signal whose
    journal entry already exists (done marker) is just acked;
@@ -121,6 +123,7 @@ from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError
 from bot.market import MarketCache, MarketDataError, MarketSnapshot, Price
 from bot.ratelimit import RateLimiter, RateLimitTimeout
 from bot.redisconn import connect
+from bot.runtime import capped_backoff
 from bot.risk import (
     RiskLimits,
     buy_cash_cap,
@@ -174,6 +177,14 @@ LIMITER_WAIT = 5.0
 SUBMIT_ATTEMPTS = 3
 SUBMIT_RETRY_PAUSE = 0.25
 SUBMIT_RETRY_MAX_PAUSE = 2.0
+
+# An entry this worker left pending is replayed by it (XCLAIM of its own PEL entry, which counts a
+# delivery) after OWN_REPLAY_FIRST seconds, doubling to OWN_REPLAY_MAX while it keeps failing: a
+# signal gets several tries within its max age instead of one XAUTOCLAIM per claim_idle, and the
+# delivery count (hence max_deliveries and the DLQ) grows no faster than this backoff.
+OWN_REPLAY_FIRST = 1.0
+OWN_REPLAY_MAX = 8.0
+OWN_REPLAY_TRACKED = 1000  # schedules kept at most; beyond, the oldest are left to XAUTOCLAIM
 
 # client_order_id: Alpaca allows 128 characters today, its older docs said 48: stay within 48.
 COID_PREFIX = "tb-"
@@ -380,6 +391,32 @@ class EntryKeeper:
                 log.warning("worker %s: could not keep in-hand entries fresh: %s", self.consumer, exc)
 
 
+# ---------------------------------------------------------------------- replay of own pending entries
+
+# KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] id. Delivers ``id`` again to the consumer
+# only while it is pending FOR THIS CONSUMER (an entry another worker reclaimed, or that was acked,
+# is left alone): XCLAIM without JUSTID, so the delivery count goes up as with any redelivery.
+# Returns nil when not ours, {deliveries, {}} when its data was deleted (then acked), else
+# {deliveries, {field, value, ...}}.
+_REPLAY_OWN = """
+local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #mine == 0 then return false end
+local deliveries = mine[1][4] + 1
+local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3])
+if got[1] then return {deliveries, got[1][2]} end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return {deliveries, {}}
+"""
+
+
+@dataclass
+class _Replay:
+    """When this worker replays an entry it left pending."""
+
+    failures: int  # times in a row this worker left it pending
+    due: float  # time.monotonic() of the replay
+
+
 # ---------------------------------------------------------------------- bounded rate-limit waits
 
 
@@ -511,6 +548,7 @@ class Worker:
         self._group_ready = False
         self._next_claim = 0.0  # monotonic; 0 = due now
         self._last_error: dict[str, str] = {}  # entry id -> why it was left pending (for the DLQ reason)
+        self._replays: dict[str, _Replay] = {}  # entry id -> its replay by this worker (own PEL)
 
     def _own(self, resource: Any) -> Any:
         self._owned.append(resource)
@@ -644,6 +682,10 @@ class Worker:
             results += self.reclaim(stop)
         if stop.is_set():
             return results
+        results += self.replay_own(stop)  # at most one per round: new entries are read every round
+        if stop.is_set():
+            return results
+        self.reader.block_ms = self._block_ms()
         entries = self.reader.read(self.rb)
         if stop.is_set():  # stopped during the BLOCK: what was read stays pending and is replayed
             return results
@@ -670,6 +712,55 @@ class Worker:
             results.append(self.handle(entry_id, fields, max(deliveries, 1)))
         self.reap_consumers()
         return results
+
+    def replay_own(self, stop: threading.Event | None = None) -> list[str]:
+        """Handle the own pending entry whose replay is due first (at most one); [] when none is due.
+
+        The entry is delivered again only while it is still this consumer's (``_REPLAY_OWN``); one
+        acked or reclaimed by another worker meanwhile is forgotten here.
+        """
+        if not self._replays or (stop is not None and stop.is_set()):
+            return []
+        now = time.monotonic()
+        due = [(replay.due, entry_id) for entry_id, replay in self._replays.items() if replay.due <= now]
+        if not due:
+            return []
+        entry_id = min(due)[1]
+        claimed = run_script(self.rb, _REPLAY_OWN, [self.stream], [self.group, self.consumer, entry_id])
+        if claimed is None:
+            self._forget(entry_id)
+            log.info("worker %s: %s is no longer pending here (done or reclaimed); not replaying it",
+                     self.consumer, entry_id)
+            return []
+        deliveries, flat = int(claimed[0]), claimed[1]
+        if not flat:
+            self._forget(entry_id)
+            log.warning("worker %s: acked own pending entry %s: its data was deleted", self.consumer, entry_id)
+            return []
+        fields = dict(zip(flat[::2], flat[1::2]))
+        log.info("worker %s: replaying own pending %s (delivery %d)", self.consumer, entry_id, deliveries)
+        return [self.handle(entry_id, fields, max(deliveries, 1))]
+
+    def _block_ms(self) -> int:
+        """The BLOCK of the next read of new entries: never past the next own replay."""
+        if not self._replays:
+            return self.config.block_ms
+        wait = min(replay.due for replay in self._replays.values()) - time.monotonic()
+        return max(1, min(self.config.block_ms, int(wait * 1000)))
+
+    def _schedule_replay(self, entry_id: str) -> None:
+        """``entry_id`` was left pending here: replay it after the capped backoff of its failures."""
+        previous = self._replays.pop(entry_id, None)
+        failures = previous.failures + 1 if previous is not None else 1
+        delay = capped_backoff(failures, base=OWN_REPLAY_FIRST, cap=OWN_REPLAY_MAX)
+        self._replays[entry_id] = _Replay(failures, time.monotonic() + delay)
+        while len(self._replays) > OWN_REPLAY_TRACKED:  # XAUTOCLAIM still retries those dropped
+            del self._replays[next(iter(self._replays))]
+        log.info("worker %s: replaying %s in %.1fs", self.consumer, entry_id, delay)
+
+    def _forget(self, entry_id: str) -> None:
+        self._replays.pop(entry_id, None)
+        self._last_error.pop(entry_id, None)
 
     def reap_consumers(self) -> int:
         """Remove other consumers idle longer than consumer_idle with nothing pending (dead workers)."""
@@ -709,8 +800,10 @@ class Worker:
         finally:
             self.keeper.release(entry_id)
         self.counts[result] = self.counts.get(result, 0) + 1
-        if result != PENDING:
-            self._last_error.pop(entry_id, None)
+        if result == PENDING:
+            self._schedule_replay(entry_id)  # still in the own PEL: retried well before claim_idle
+        else:
+            self._forget(entry_id)
         return result
 
     def _leave_pending(self, entry_id: str, why: str) -> str:

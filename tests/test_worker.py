@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Callable, Iterator
 
+import httpx
 import pytest
 import redis
 from click.testing import CliRunner
@@ -26,7 +27,7 @@ from bot.paper.testing import PaperBrokerServer, paper_transport
 from bot.poller import Poller
 from bot.ratelimit import RateLimiter, RateLimitTimeout
 from bot.signals import Signal
-from bot.streams import consumers, ensure_group
+from bot.streams import consumers, delivery_count, ensure_group
 from bot.worker import (
     CLIENT_KNOBS,
     SUBMIT_DEADLINE,
@@ -892,6 +893,85 @@ def test_broker_outage_leaves_the_entry_pending_and_the_loop_running(rig: Rig):
     assert not thread.is_alive()
     entry = only(rig.journal())
     assert entry.outcome == "filled" and entry.deliveries >= 3 and rig.orders() == 1 and rig.pending() == 0
+
+
+def _deliveries(rig: Rig, entry_id: str) -> int:
+    return delivery_count(rig.rb, rig.keys.signals, rig.keys.workers_group, entry_id)
+
+
+def test_an_entry_left_pending_is_replayed_by_its_worker_long_before_claim_idle(rig: Rig):
+    # claim_idle 300 s: no XAUTOCLAIM can deliver the entry again in this test, only the own replay
+    worker = rig.worker(claim_idle=300.0, strategy="fixed", fixed_qty=Decimal(1))
+    rig.broker_state.faults.update({"fault_500": {"orders": 1.0}, "fault_500_when": "before"})
+    failed = rig.signal("buy")
+    assert worker.step() == [PENDING]
+    assert rig.journal() == [] and rig.orders() == 0 and rig.pending() == 1
+    assert worker.step() == [] and _deliveries(rig, failed) == 1  # the backoff first: no instant replay
+    rig.broker_state.faults.update({"fault_500": 0})
+    # healthy flow meanwhile: a new signal is handled at once, not held up behind the pending one
+    fresh = rig.signal("buy")
+    assert worker.step() == [JOURNALED]
+    assert [(e.source_id, e.deliveries) for e in rig.journal()] == [
+        (rig.r.xrange(rig.keys.signals, fresh, fresh)[0][1]["source_id"], 1)]
+    assert _deliveries(rig, failed) == 1
+    rig.run_until(worker, lambda: len(rig.journal()) == 2)
+    replayed = rig.journal()[1]
+    assert (replayed.outcome, replayed.deliveries, replayed.consumer) == ("filled", 2, "w1")
+    assert replayed.client_order_id == rig.coid(failed)
+    assert rig.orders() == 2 and rig.pending() == 0
+    assert worker.counts[PENDING] == 1 and worker.counts[JOURNALED] == 2 and worker._replays == {}
+
+
+class _RefusedPosts(httpx.BaseTransport):
+    """The paper broker, except that every order POST is answered 503 (nothing placed)."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.posts = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/v2/orders":
+            self.posts += 1
+            return httpx.Response(503, json={"code": 50300000, "message": "service unavailable"})
+        return self.inner.handle_request(request)
+
+
+def test_own_replays_reach_max_deliveries_only_at_the_backoff_pace_then_look_up_before_the_dlq(
+        rig: Rig, monkeypatch):
+    import bot.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "OWN_REPLAY_FIRST", 0.05)  # the test's backoff: 0.05, 0.1 s
+    monkeypatch.setattr(worker_module, "SUBMIT_ATTEMPTS", 1)  # one POST per delivery, no re-plan pauses
+    refusing = _RefusedPosts(rig.transport)
+    worker = rig.worker(client=make_client(refusing, max_retries=0), claim_idle=300.0, max_deliveries=2,
+                        strategy="fixed", fixed_qty=Decimal(1))
+    entry_id = rig.signal("buy")
+    for delivery in (1, 2):
+        rig.run_until(worker, lambda: worker.counts[PENDING] == delivery)
+        assert _deliveries(rig, entry_id) == delivery
+        assert worker.step() == [] and _deliveries(rig, entry_id) == delivery  # nothing before the backoff
+    rig.run_until(worker, lambda: len(rig.dlq()) == 1)
+    (dead,) = rig.dlq()
+    assert dead["deliveries"] == "3" and "delivered 3 times (max 2)" in dead["reason"]
+    assert "last error: broker: order" in dead["reason"] and "HTTP 503" in dead["reason"]
+    assert refusing.posts == 2  # one POST per delivery; the third delivery only looked the order up
+    assert rig.orders() == 0 and rig.pending() == 0 and rig.journal() == [] and worker._replays == {}
+
+
+def test_own_replay_leaves_an_entry_another_worker_took_alone(rig: Rig, monkeypatch):
+    import bot.worker as worker_module
+
+    monkeypatch.setattr(worker_module, "OWN_REPLAY_FIRST", 0.05)
+    worker = rig.worker(claim_idle=300.0, strategy="fixed", fixed_qty=Decimal(1))
+    rig.broker_state.faults.update({"fault_500": {"orders": 1.0}, "fault_500_when": "before"})
+    entry_id = rig.signal("buy")
+    assert worker.step() == [PENDING]
+    # another worker reclaims it (as after claim-idle): it is that worker's now
+    rig.r.xclaim(rig.keys.signals, rig.keys.workers_group, "other", 0, [entry_id])
+    _wait(lambda: worker.step() == [] and worker._replays == {}, 5, "the replay to be dropped")
+    rows = rig.r.xpending_range(rig.keys.signals, rig.keys.workers_group, "-", "+", 10)
+    assert [(row["consumer"], row["times_delivered"]) for row in rows] == [("other", 2)]
+    assert rig.orders() == 0 and rig.journal() == []
 
 
 def test_redis_restart_never_kills_the_loop(rig: Rig, tmp_path):
