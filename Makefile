@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench clean
+.PHONY: run test check soak bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,13 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/tradebot up --demo
 
-test: $(STAMP)
+test: check
 	$(BIN)/pytest -m "not soak"
+
+# lint and type checks over the code that runs (bot/, processes/); make test runs them first
+check: $(STAMP)
+	$(BIN)/ruff check bot processes
+	$(BIN)/mypy
 
 soak: $(STAMP)
 	$(BIN)/pytest -m soak

@@ -1,0 +1,34 @@
+"""The project's Lua scripts: one ``<name>.lua`` file beside this module each, loaded by name.
+
+A line ``--!include <other>`` in a script is replaced by the text of ``<other>.lua`` (shared
+helpers such as the ledger's), so every script Redis runs is one self-contained source.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+from typing import Any, Sequence
+
+import redis
+from redis.commands.core import Script
+
+_INCLUDE = re.compile(r"^--!include (\S+)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def source(name: str) -> str:
+    """The full text of the script ``name`` (includes expanded); FileNotFoundError for an unknown name."""
+    raw = resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return _INCLUDE.sub(lambda match: source(match.group(1)), raw)
+
+
+def script(client: Any, name: str) -> Script:
+    """``name`` registered on ``client`` (a Redis client or a pipeline): call it with keys and args.
+    It runs by EVALSHA and loads itself on NOSCRIPT (a Redis restarted without its scripts)."""
+    return client.register_script(source(name))
+
+
+def run(client: redis.Redis, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """Run the script ``name`` once with ``keys`` and ``args``."""
+    return script(client, name)(keys=list(keys), args=list(args))
