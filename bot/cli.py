@@ -2,27 +2,21 @@
 from __future__ import annotations
 
 import functools
-import importlib
-import sys
-from typing import Any, Callable, TypeVar, cast
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 import click
 
-from bot import __version__
+from bot import __version__, fleet
+from bot.errors import InputError, TradebotError
 
-# command name -> "module:attribute" of a click command; imported lazily so that
-# `tradebot worker` does not pay for importing the paper broker's web stack.
-COMMANDS: dict[str, str] = {
-    "paper-broker": "processes.paper_broker:main",
-    "poller": "processes.price_poller:main",
-    "router": "processes.signal_router:main",
-    "worker": "processes.worker:main",
-    "generate": "processes.signal_generator:main",
-}
+# fleet.COMMANDS: command name -> "module:attribute" of a click command in processes/, imported
+# lazily so that `tradebot worker` does not pay for importing the paper broker's web stack.
+COMMANDS = fleet.COMMANDS
 
 
 class LazyGroup(click.Group):
-    def __init__(self, *args, lazy: dict[str, str], **kwargs) -> None:
+    def __init__(self, *args: Any, lazy: Mapping[str, str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = lazy
 
@@ -31,14 +25,7 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
-            module_name, attr = self.lazy[name].split(":")
-            try:
-                module = importlib.import_module(module_name)
-            except ModuleNotFoundError as exc:
-                if exc.name and exc.name.startswith(module_name.split(".")[0]):
-                    return None  # not built yet
-                raise
-            return getattr(module, attr)
+            return fleet.load_command(self.lazy[name])
         return super().get_command(ctx, name)
 
 
@@ -53,10 +40,17 @@ def cli() -> None:
 # other processes start without them.
 
 
-class InputError(click.ClickException):
-    """Bad operator input: a clear message and exit code 2, no usage dump, no traceback."""
+@functools.cache
+def command_error(exit_code: int) -> type[click.ClickException]:
+    """The click exception for a project error: click shows "Error: <message>" and exits with
+    ``exit_code`` (2 for bad input, 1 otherwise), no usage dump, no traceback. A class per code:
+    click reads exit_code as a class attribute."""
 
-    exit_code = 2
+    class CommandError(click.ClickException):
+        pass
+
+    CommandError.exit_code = exit_code
+    return CommandError
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,23 +58,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def expected_errors(func: F) -> F:
     """Turn the errors an operator can cause or meet (bad input, Redis away, no fleet) into
-    messages and exit codes instead of tracebacks."""
+    messages and exit codes instead of tracebacks: every ``bot.errors.TradebotError`` carries both."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         import redis
 
-        from bot.config import ConfigError
-        from bot.fleet import FleetError
         from bot.logs import redact_url
-        from bot.ops import OpsError, OpsInputError
 
         try:
             return func(*args, **kwargs)
-        except (OpsInputError, ConfigError) as exc:
-            raise InputError(str(exc)) from None
-        except (OpsError, FleetError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except TradebotError as exc:
+            raise command_error(exc.exit_code)(str(exc)) from None
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis error: {redact_url(str(exc))}") from None
 
@@ -101,7 +90,7 @@ var_dir_option = click.option("--var-dir", envvar="TRADEBOT_VAR", default=None, 
 @var_dir_option
 @click.option("--redis-url", default=None, help="Use this Redis instead of the embedded one [env REDIS_URL].")
 @click.option("--detach", is_flag=True, help="Run in the background (stop with `tradebot down`).")
-@click.option("--only", "only", multiple=True, type=click.Choice(["worker", "router", "poller", "generator"]),
+@click.option("--only", "only", multiple=True, type=click.Choice(fleet.ONLY_CHOICES),
               help="Start only these programs against a shared REDIS_URL (e.g. more workers on another host).")
 @click.option("--redis-port", type=click.IntRange(1, 65535), envvar="TRADEBOT_REDIS_PORT", default=None,
               help="Port of the embedded Redis [default: first free of 6390-6399].")
@@ -126,7 +115,6 @@ def up_command(workers: int | None, demo: bool, symbols: str | None, var_dir: st
                dry_run: bool) -> None:
     """Start the fleet under supervisord: Redis (embedded unless REDIS_URL), the paper broker
     (unless Alpaca credentials are set), poller, router, workers (and the generator with --demo)."""
-    from bot import fleet
     from bot.logs import configure_logging
 
     configure_logging()
@@ -151,8 +139,6 @@ def up_command(workers: int | None, demo: bool, symbols: str | None, var_dir: st
 @expected_errors
 def down_command(var_dir: str | None, timeout: float) -> None:
     """Stop a fleet started with `tradebot up --detach` (gracefully) and wait for it to exit."""
-    from bot import fleet
-
     fleet.down(fleet.FleetPaths.of(var_dir), timeout=timeout, echo=click.echo)
 
 
@@ -163,8 +149,6 @@ def down_command(var_dir: str | None, timeout: float) -> None:
 def embedded_redis_command(port: int, data_dir: str) -> None:
     """(used by supervisord) exec the pip-shipped redis-server: loopback, AOF, data in --dir."""
     from pathlib import Path
-
-    from bot import fleet
 
     fleet.exec_embedded_redis(port, Path(data_dir))
 
@@ -193,7 +177,8 @@ def status_command(as_json: bool, redis_url: str | None, var_dir: str | None) ->
 @cli.command("signal")
 @click.argument("ticker")
 @click.argument("direction", metavar="b|s")
-@click.option("--qty", default=None, help="Quantity (shares); used by workers running --strategy fixed (all-in sizes every order itself).")
+@click.option("--qty", default=None,
+              help="Quantity (shares); used by workers running --strategy fixed (all-in sizes every order itself).")
 @click.option("--stream", default=None, help="Source stream [default: first of TRADEBOT_SOURCE_STREAMS].")
 @redis_url_option
 @var_dir_option
@@ -362,4 +347,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

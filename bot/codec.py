@@ -7,8 +7,9 @@ people: status, the DLQ listing).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any
 
 
 def text(value: Any) -> str:

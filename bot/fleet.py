@@ -8,6 +8,8 @@ XML-RPC interface on the unix socket in the var folder (no TCP listener).
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import logging
 import os
@@ -18,15 +20,30 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
+
+import click
 
 from bot.config import ALPACA_PAPER_URL, ConfigError, Settings
 from bot.embedded_redis import RedisServerNotFound, find_redis_server, free_port, server_args
+from bot.errors import TradebotError
 from bot.logs import redact_url
 
 log = logging.getLogger(__name__)
+
+# `tradebot` command name -> "module:attribute" of its click command: the programs supervisord runs.
+# The cli lists them as lazy subcommands (so `tradebot worker` does not pay for importing the paper
+# broker's web stack) and `plan_fleet` parses each program's extra flags with its own command.
+COMMANDS: dict[str, str] = {
+    "paper-broker": "processes.paper_broker:main",
+    "poller": "processes.price_poller:main",
+    "router": "processes.signal_router:main",
+    "worker": "processes.worker:main",
+    "generate": "processes.signal_generator:main",
+}
 
 GROUP = "tradebot"  # the bot's processes; redis and paper-broker are groups of their own (see supervisord.conf)
 # program name -> the env flag that switches its autostart on
@@ -57,7 +74,7 @@ MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to ~108 bytes
 PENDING_STATES = frozenset({"STARTING", "BACKOFF"})
 
 
-class FleetError(RuntimeError):
+class FleetError(TradebotError):
     """The fleet cannot be started/stopped/queried; the message says why and what to do."""
 
 
@@ -68,7 +85,7 @@ class FleetPaths:
     var_dir: Path
 
     @classmethod
-    def of(cls, var_dir: str | os.PathLike[str] | None = None) -> "FleetPaths":
+    def of(cls, var_dir: str | os.PathLike[str] | None = None) -> FleetPaths:
         chosen = var_dir or os.environ.get("TRADEBOT_VAR") or "var"
         return cls(Path(chosen).expanduser().resolve())
 
@@ -208,11 +225,11 @@ def plan_fleet(
     ``extra_flags``: program name -> extra command-line flags (else TRADEBOT_<X>_FLAGS from env).
     """
     child_env = dict(os.environ if env is None else env)
-    for program, flags in (extra_flags or {}).items():
+    for program, extra in (extra_flags or {}).items():
         if program not in PROGRAM_EXTRA_FLAGS:
             raise FleetError(f"no program {program!r} takes extra flags")
-        if flags is not None:
-            child_env[PROGRAM_EXTRA_FLAGS[program][0]] = flags
+        if extra is not None:
+            child_env[PROGRAM_EXTRA_FLAGS[program][0]] = extra
     only = tuple(dict.fromkeys(only))
     unknown = [name for name in only if name not in ONLY_CHOICES]
     if unknown:
@@ -312,19 +329,28 @@ def _split_flags(text: str, variable: str) -> list[str]:
         raise FleetError(f"{variable}={text!r}: {exc}") from None
 
 
+def load_command(spec: str) -> click.Command | None:
+    """The click command named by ``spec`` ("module:attribute", a value of COMMANDS), imported now;
+    None when its module is not part of this installation (not built yet)."""
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(module_name.split(".")[0]):
+            return None  # not built yet
+        raise
+    command: click.Command = getattr(module, attr)
+    return command
+
+
 def _check_flags(flags: Mapping[str, list[str]], programs: Iterable[str]) -> None:
     """Parse each started program's extra flags with its own click command now, so a typo is a
     clear error here rather than a program that supervisord restarts until it is FATAL."""
-    import click
-
-    from bot.cli import cli
-
     for program in programs:
         if program not in PROGRAM_EXTRA_FLAGS or not flags.get(program):
             continue
         variable, command_name = PROGRAM_EXTRA_FLAGS[program]
-        with click.Context(cli) as ctx:
-            command = cli.get_command(ctx, command_name)
+        command = load_command(COMMANDS[command_name])
         if command is None:
             raise FleetError(f"`tradebot {command_name}` is not available in this installation")
         try:
@@ -346,7 +372,7 @@ def _use_demo_keys(env: dict[str, str]) -> None:
 def supervisord_command(plan: FleetPlan, *, detach: bool) -> list[str]:
     """supervisord of the same venv; -n keeps it in the foreground (Ctrl-C stops the fleet)."""
     command = [sys.executable, "-m", "supervisor.supervisord", "-c", str(plan.config_file)]
-    return command if detach else command + ["-n"]
+    return command if detach else [*command, "-n"]
 
 
 _SECRET_FLAGS = ("--alpaca-api-key", "--alpaca-secret-key")
@@ -386,7 +412,7 @@ def rpc(paths: FleetPaths, timeout: float = 5.0) -> xmlrpc.client.ServerProxy:
     from supervisor.xmlrpc import SupervisorTransport
 
     transport = SupervisorTransport(None, None, serverurl=paths.serverurl)
-    transport.timeout = timeout  # type: ignore[attr-defined]
+    transport.timeout = timeout
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 
@@ -395,9 +421,10 @@ def supervisord_state(paths: FleetPaths) -> str | None:
     if not paths.socket.exists():
         return None
     try:
-        return str(rpc(paths).supervisor.getState()["statename"])
+        state = rpc(paths).supervisor.getState()
     except (OSError, xmlrpc.client.Error):
         return None
+    return str(state["statename"]) if isinstance(state, dict) else None
 
 
 def start_order(name: str) -> tuple[int, str]:
@@ -413,8 +440,10 @@ def process_infos(paths: FleetPaths) -> list[dict[str, Any]] | None:
     if not paths.socket.exists():
         return None
     try:
-        infos = list(rpc(paths).supervisor.getAllProcessInfo())
+        infos = rpc(paths).supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error):
+        return None
+    if not isinstance(infos, list):
         return None
     return sorted(infos, key=lambda info: start_order(str(info.get("name", ""))))
 
@@ -457,10 +486,8 @@ def _write_fleet_file(plan: FleetPlan, pid: int | None) -> None:
 
 
 def _remove_fleet_file(paths: FleetPaths) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         paths.fleet_file.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def _prepare_dirs(paths: FleetPaths) -> None:
@@ -655,7 +682,7 @@ def exec_embedded_redis(port: int, data_dir: Path) -> None:
 
 
 __all__ = [
-    "ConfigError", "FleetError", "FleetPaths", "FleetPlan", "plan_fleet", "up", "down", "rpc", "process_infos",
-    "supervisord_state", "read_pid", "read_fleet_file", "wait_started", "summary_lines", "public_env",
-    "exec_embedded_redis", "choose_redis_port", "supervisord_command", "default_config_file",
+    "COMMANDS", "ConfigError", "FleetError", "FleetPaths", "FleetPlan", "choose_redis_port", "default_config_file",
+    "down", "exec_embedded_redis", "load_command", "plan_fleet", "process_infos", "public_env", "read_fleet_file",
+    "read_pid", "rpc", "summary_lines", "supervisord_command", "supervisord_state", "up", "wait_started",
 ]

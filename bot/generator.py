@@ -16,12 +16,16 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, time as dtime, timezone
-from typing import Callable
+from datetime import datetime, timezone
+from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
 import redis
+from redis.typing import EncodableT, FieldT
+
+from bot.codec import text
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +134,11 @@ class SignalGenerator:
             return []
         pipe = self.r.pipeline(transaction=False)
         for fields in signals:
-            pipe.xadd(self.config.stream, fields)
-        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in pipe.execute()]
+            payload: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+            pipe.xadd(self.config.stream, payload)
+        ids = [text(i) for i in pipe.execute()]
         self.sent += len(ids)
-        for fields, entry_id in zip(signals, ids):
+        for fields, entry_id in zip(signals, ids, strict=True):
             log.debug("signal %s %s -> %s %s", fields["ticker"], fields["direction"], self.config.stream, entry_id)
         return ids
 
@@ -183,12 +188,10 @@ class SignalGenerator:
             if self.remaining() == 0:
                 break
             now = self.monotonic()
-            if self.config.rate is None:
-                # probability ticks keep a fixed cadence on the monotonic clock (sending time does not
-                # make them drift); ticks missed during a stall are skipped, not caught up
-                next_step = max(next_step + pause, now)
-            else:
-                next_step = now + pause  # the rate schedule already accounts for its own timing
+            # probability ticks keep a fixed cadence on the monotonic clock (sending time does not
+            # make them drift; ticks missed during a stall are skipped, not caught up); the rate
+            # schedule already accounts for its own timing
+            next_step = max(next_step + pause, now) if self.config.rate is None else now + pause
             if self.wait(next_step - now):
                 break
         log.info("generator stopped after %d signals", self.sent)

@@ -6,12 +6,14 @@ one Lua script, so a signal redelivered to a second worker (XAUTOCLAIM) can neve
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from decimal import Decimal
+from typing import Any
 
 import redis
 
+from bot import codec
 from bot.keys import Keys
 from bot.streams import DONE_TTL_SECONDS, record_once
 
@@ -21,6 +23,8 @@ OUTCOMES = ("filled", "partially_filled", "canceled", "expired", "rejected", "sk
 _DECIMALS = ("qty", "filled_qty", "filled_avg_price")
 _TIMES = ("source_at", "routed_at", "claimed_at", "submitted_at", "final_at")
 _TEXTS = ("reason", "client_order_id", "order_id", "status", "consumer")
+# A stream entry's fields as a decoded client (str), a bytes client, or redis-py's typing gives them.
+RawFields = Mapping[str, str] | Mapping[bytes, bytes] | Mapping[bytes | str, bytes | str]
 
 
 @dataclass
@@ -70,18 +74,18 @@ class JournalEntry:
         return out
 
     @classmethod
-    def from_fields(cls, raw: Mapping[str, str] | Mapping[bytes, bytes], journal_id: str | None = None) -> "JournalEntry":
+    def from_fields(cls, raw: RawFields, journal_id: str | None = None) -> JournalEntry:
         """Parse a journal entry (str or bytes fields); unknown fields are ignored, absent ones empty."""
-        text = {_s(k): _s(v) for k, v in raw.items()}
+        text = {codec.text(k): codec.text(v) for k, v in raw.items()}
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             value = text.get(f.name, "")
             if f.name == "journal_id":
                 continue
             if f.name in _DECIMALS:
-                kwargs[f.name] = _decimal(f.name, value)
+                kwargs[f.name] = codec.optional_decimal(f"journal field {f.name}", value)
             elif f.name in _TIMES:
-                kwargs[f.name] = _float(f.name, value)
+                kwargs[f.name] = codec.optional_float(f"journal field {f.name}", value)
             elif f.name == "deliveries":
                 kwargs[f.name] = int(value) if value else None
             else:
@@ -112,31 +116,10 @@ def record_outcome(r: redis.Redis, keys: Keys, entry: JournalEntry, *, ack_strea
 
 def read_journal(r: redis.Redis, keys: Keys, last: int = 100) -> list[JournalEntry]:
     """The newest ``last`` journal entries, oldest first."""
-    rows = r.xrevrange(keys.orders, count=last)
-    return [JournalEntry.from_fields(fields, journal_id=_s(entry_id)) for entry_id, fields in reversed(rows)]
+    rows = r.xrevrange(keys.orders, count=last) or []
+    return [JournalEntry.from_fields(fields or {}, journal_id=codec.text(entry_id))
+            for entry_id, fields in reversed(rows)]
 
 
 def count(r: redis.Redis, keys: Keys) -> int:
     return int(r.xlen(keys.orders))
-
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
-
-
-def _decimal(name: str, value: str) -> Decimal | None:
-    if not value:
-        return None
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        raise ValueError(f"journal field {name}={value!r} is not a number") from None
-
-
-def _float(name: str, value: str) -> float | None:
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"journal field {name}={value!r} is not a number") from None

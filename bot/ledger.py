@@ -36,10 +36,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, InvalidOperation
-from typing import Any, Callable
+from typing import Any
 
+from bot import codec, lua
+from bot.codec import decimal_text
+from bot.errors import TradebotError
 from bot.keys import Keys
 from bot.numbers import non_negative, positive
 
@@ -50,250 +54,14 @@ SHARE_SCALE = 9  # nano-shares: Alpaca accepts qty with up to 9 decimals
 MAX_UNITS = 2**53 - 1  # the largest integer a Lua number (a double) holds exactly
 DEFAULT_MAX_AGE = 3600.0
 
-# --------------------------------------------------------------------------- Lua
-
-# Helpers shared by every script. KEYS[1] ledger, KEYS[2] account, KEYS[3] positions.
-_LUA_COMMON = r"""
-local CAP = 9000000000000000  -- < 2^53: bigger cache values are clamped DOWN (the safe side)
-
-local function fmt(n) return string.format('%.0f', n) end
-
--- floor(decimal string * 10^scale) as an exact integer, or nil when not a plain decimal
-local function units(s, scale)
-  if type(s) ~= 'string' then return nil end
-  local sign, ip, fp = string.match(s, '^%s*([%-+]?)(%d*)%.?(%d*)%s*$')
-  if sign == nil or (ip == '' and fp == '') then return nil end
-  ip = string.gsub(ip, '^0+', '')
-  if #ip + scale > 15 then
-    if sign == '-' then return -CAP end
-    return CAP
-  end
-  local kept = string.sub(fp, 1, scale)
-  local dropped = string.sub(fp, scale + 1)
-  kept = kept .. string.rep('0', scale - #kept)
-  local n = (tonumber(ip) or 0) * (10 ^ scale) + (tonumber(kept) or 0)
-  if sign == '-' then
-    n = -n
-    if string.find(dropped, '[1-9]') then n = n - 1 end
-  end
-  return n
-end
-
--- The reservations that still count: sums them, drops reflected and expired ones.
--- A settled buy counts its cash until the account shows it and its shares until the positions do
--- (the two hashes are polled by separate requests); it is dropped once both show it (or the
--- account does and positions were never polled).
--- Returns committed cash (micro-$), {symbol -> nano-shares of sells}, {symbol -> nano-shares of
--- buys}, list of expired ids, list of corrupt ids.
-local function scan(acct_as_of, pos_as_of, now, max_age, margin)
-  local all = redis.call('HGETALL', KEYS[1])
-  local cash, shares, bought, expired, corrupt, drop = 0, {}, {}, {}, {}, {}
-  for i = 1, #all, 2 do
-    local id = all[i]
-    local ok, rec = pcall(cjson.decode, all[i + 1])
-    if not ok or type(rec) ~= 'table' or tonumber(rec.created_at) == nil then
-      table.insert(corrupt, id)
-      table.insert(drop, id)
-    else
-      local settled_at = tonumber(rec.settled_at)
-      -- in_cash: counts against the account's cash; in_pos: counts against the positions
-      local in_cash, in_pos = true, true
-      if settled_at ~= nil then
-        -- the cache now shows this order's effect once polled by a request sent after the settle
-        in_cash = not (acct_as_of ~= nil and acct_as_of > settled_at + margin)
-        in_pos = not (pos_as_of ~= nil and pos_as_of > settled_at + margin)
-        if now - settled_at > max_age then
-          in_cash, in_pos = false, false
-          table.insert(expired, id)
-        end
-      elseif now - tonumber(rec.created_at) > max_age then
-        in_cash, in_pos = false, false
-        table.insert(expired, id)
-      end
-      local counts
-      if rec.side == 'buy' then
-        if in_cash then cash = cash + (tonumber(rec.cash_u) or 0) end
-        if in_pos then bought[rec.symbol] = (bought[rec.symbol] or 0) + (units(rec.qty, 9) or 0) end
-        counts = in_cash or (in_pos and pos_as_of ~= nil)
-      else
-        if in_pos then shares[rec.symbol] = (shares[rec.symbol] or 0) + (tonumber(rec.qty_u) or 0) end
-        counts = in_pos
-      end
-      if not counts then table.insert(drop, id) end
-    end
-  end
-  for i = 1, #drop, 200 do
-    redis.call('HDEL', KEYS[1], unpack(drop, i, math.min(i + 199, #drop)))
-  end
-  return cash, shares, bought, expired, corrupt
-end
-
--- The cached position of a symbol in nano-shares: (units, nil), (nil, raw) when unreadable.
--- field_name: 'qty_available' (what a sell may take; falls back to qty) or 'qty' (what is held).
-local function held_units(symbol, field_name)
-  local raw = redis.call('HGET', KEYS[3], symbol)
-  if not raw then return 0, nil end
-  local ok, pos = pcall(cjson.decode, raw)
-  if not ok or type(pos) ~= 'table' then return nil, raw end
-  local text = pos[field_name]
-  if type(text) ~= 'string' then text = pos.qty end
-  local n = units(text, 9)
-  if n == nil then return nil, raw end
-  return n, nil
-end
-
-local function positions_polled()
-  return redis.call('HEXISTS', KEYS[3], '_polled_at') == 1 or redis.call('HEXISTS', KEYS[3], '_as_of') == 1
-end
-
-local function as_of_of(key, as_of_field, polled_field)
-  local v = redis.call('HMGET', key, as_of_field, polled_field)
-  return tonumber(v[1]) or tonumber(v[2])
-end
-
-local function reply(t, expired, corrupt)
-  t.expired = expired
-  t.corrupt = corrupt
-  return cjson.encode(t)
-end
-"""
-
-# ARGV: 1 id, 2 symbol, 3 price_used_u, 4 qty ("" = as many whole shares as the cash allows),
-# 5 cash_u of that qty, 6 max_cash_u ("" = no cap), 7 now, 8 max_age, 9 margin, 10 price (text),
-# 11 max_position_u: most nano-shares the symbol's position may reach, counting the cached position
-# and every buy reservation of the symbol the positions do not show yet ("" = no cap)
-_RESERVE_BUY = _LUA_COMMON + r"""
-local existing = redis.call('HGET', KEYS[1], ARGV[1])
-if existing then return cjson.encode({status = 'exists', record = existing}) end
-local acct = redis.call('HMGET', KEYS[2], 'cash', 'buying_power')
-if not acct[1] or not acct[2] then return cjson.encode({status = 'noaccount'}) end
-local cash_u = units(acct[1], 6)
-local bp_u = units(acct[2], 6)
-if cash_u == nil then return cjson.encode({status = 'corrupt_cache', field = 'cash', value = acct[1]}) end
-if bp_u == nil then return cjson.encode({status = 'corrupt_cache', field = 'buying_power', value = acct[2]}) end
-local held_u = 0
-if ARGV[11] ~= '' then
-  if not positions_polled() then return cjson.encode({status = 'nopositions'}) end
-  local n, bad = held_units(ARGV[2], 'qty')
-  if n == nil then return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = bad}) end
-  held_u = math.max(0, n)  -- a short position is no long exposure
-end
-local now, max_age, margin = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local committed, _, bought, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
-                                                   as_of_of(KEYS[3], '_as_of', '_polled_at'), now, max_age, margin)
-local available = math.max(0, math.min(cash_u, bp_u) - committed)
-local cap = available
-if ARGV[6] ~= '' then cap = math.min(cap, tonumber(ARGV[6])) end
-local in_flight = bought[ARGV[2]] or 0
-local room = nil  -- nano-shares the position may still grow by
-if ARGV[11] ~= '' then room = math.max(0, tonumber(ARGV[11]) - held_u - in_flight) end
-local price_u = tonumber(ARGV[3])
-local qty, need
-local limited_by_room = false
-if ARGV[4] == '' then
-  local n = math.floor(cap / price_u)
-  while n > 0 and n * price_u > cap do n = n - 1 end
-  if room ~= nil and n * 1000000000 > room then
-    n = math.floor(room / 1000000000)
-    limited_by_room = true
-  end
-  qty, need = fmt(n), n * price_u
-  if n < 1 then need = price_u end
-else
-  qty, need = ARGV[4], tonumber(ARGV[5])
-  limited_by_room = room ~= nil and units(ARGV[4], 9) > room
-end
-local info = {available = fmt(available), cap = fmt(cap), need = fmt(need), cash = fmt(cash_u),
-              buying_power = fmt(bp_u), committed = fmt(committed), held = fmt(held_u),
-              in_flight = fmt(in_flight), max_position = ARGV[11]}
-if limited_by_room and (ARGV[4] ~= '' or qty == '0') then
-  info.status = 'noroom'
-  return reply(info, expired, corrupt)
-end
-if need > cap or (ARGV[4] == '' and qty == '0') then
-  info.status = 'nocash'
-  return reply(info, expired, corrupt)
-end
-local record = cjson.encode({symbol = ARGV[2], side = 'buy', qty = qty, qty_u = '0', cash_u = fmt(need),
-                             price = ARGV[10], created_at = ARGV[7]})
-redis.call('HSET', KEYS[1], ARGV[1], record)
-info.status = 'ok'
-info.record = record
-return reply(info, expired, corrupt)
-"""
-
-# ARGV: 1 id, 2 symbol, 3 qty_u ("" = all available), 4 now, 5 max_age, 6 margin,
-# 7 max_qty_u (with "" in 3: take at most this many; "" = no cap)
-_RESERVE_SELL = _LUA_COMMON + r"""
-local existing = redis.call('HGET', KEYS[1], ARGV[1])
-if existing then return cjson.encode({status = 'exists', record = existing}) end
-local pos_as_of = as_of_of(KEYS[3], '_as_of', '_polled_at')
-if not positions_polled() then
-  return cjson.encode({status = 'noaccount'})
-end
-local held_u, bad = held_units(ARGV[2], 'qty_available')
-if held_u == nil then return cjson.encode({status = 'corrupt_cache', field = ARGV[2], value = bad}) end
-local now, max_age, margin = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local _, shares, _, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'), pos_as_of, now, max_age, margin)
-local reserved = shares[ARGV[2]] or 0
-local available = math.max(0, held_u - reserved)
-local need = available
-if ARGV[3] ~= '' then
-  need = tonumber(ARGV[3])
-elseif ARGV[7] ~= '' then
-  need = math.min(available, tonumber(ARGV[7]))
-end
-local info = {available = fmt(available), need = fmt(need), held = fmt(held_u), reserved = fmt(reserved)}
-if need <= 0 or need > available then
-  info.status = 'noshares'
-  return reply(info, expired, corrupt)
-end
-local record = cjson.encode({symbol = ARGV[2], side = 'sell', qty_u = fmt(need), cash_u = '0',
-                             price = '0', created_at = ARGV[4]})
-redis.call('HSET', KEYS[1], ARGV[1], record)
-info.status = 'ok'
-info.record = record
-return reply(info, expired, corrupt)
-"""
-
-# ARGV: 1 id, 2 filled qty (text), 3 filled qty_u, 4 filled cash_u, 5 price (text), 6 settled_at
-_SETTLE = r"""
-local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw then return 'missing' end
-if tonumber(ARGV[3]) <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 'released'
-end
-local rec = cjson.decode(raw)
-if rec.side == 'buy' then
-  rec.qty = ARGV[2]
-  rec.cash_u = ARGV[4]
-  rec.price = ARGV[5]
-else
-  rec.qty_u = ARGV[3]
-end
--- settling again (a replayed signal) keeps the first time: the fill was already known then
-if rec.settled_at == nil then rec.settled_at = ARGV[6] end
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(rec))
-return 'settled'
-"""
-
-# ARGV: 1 now, 2 max_age, 3 margin. Returns the totals that still count (and prunes the rest).
-_TOTALS = _LUA_COMMON + r"""
-local cash, shares, bought, expired, corrupt = scan(as_of_of(KEYS[2], 'as_of', 'polled_at'),
-                                                    as_of_of(KEYS[3], '_as_of', '_polled_at'),
-                                                    tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
-local out, buys = {}, {}
-for symbol, n in pairs(shares) do out[symbol] = fmt(n) end
-for symbol, n in pairs(bought) do buys[symbol] = fmt(n) end
-return reply({status = 'ok', cash = fmt(cash), shares = out, buys = buys}, expired, corrupt)
-"""
+# The scripts are bot/lua/ledger_*.lua (the shared helpers: ledger_common.lua); each reads and
+# writes the ledger, account and positions hashes (KEYS 1-3) in one atomic step.
 
 
 # --------------------------------------------------------------------------- errors and records
 
 
-class LedgerError(Exception):
+class LedgerError(TradebotError):
     """Base of the ledger's errors."""
 
 
@@ -373,10 +141,10 @@ class Ledger:
         self.now = now
         self.max_age = float(max_age)
         self.reflect_margin = float(reflect_margin)
-        self._reserve_buy = r.register_script(_RESERVE_BUY)
-        self._reserve_sell = r.register_script(_RESERVE_SELL)
-        self._settle = r.register_script(_SETTLE)
-        self._totals = r.register_script(_TOTALS)
+        self._reserve_buy = lua.script(r, "ledger_reserve_buy")
+        self._reserve_sell = lua.script(r, "ledger_reserve_sell")
+        self._settle = lua.script(r, "ledger_settle")
+        self._totals = lua.script(r, "ledger_totals")
 
     @property
     def _keys(self) -> list[str]:
@@ -408,14 +176,14 @@ class Ledger:
             qty = positive("qty", qty)
             _units(qty, SHARE_SCALE, exact=True, what="qty")
             cash_u = str(_units(qty * _from_units(price_u, CASH_SCALE), CASH_SCALE, ROUND_CEILING, what="order cost"))
-            qty_text = _text(qty)
+            qty_text = decimal_text(qty)
         max_cash_u = "" if max_cash is None else str(_limit_units(non_negative("max_cash", max_cash), CASH_SCALE))
         max_position_u = "" if max_position_qty is None else str(
             _limit_units(non_negative("max_position_qty", max_position_qty), SHARE_SCALE))
         now = self.now()
         result = self._run(self._reserve_buy, [client_order_id, symbol, str(price_u), qty_text, cash_u, max_cash_u,
-                                               repr(now), repr(self.max_age), repr(self.reflect_margin), _text(price),
-                                               max_position_u])
+                                               repr(now), repr(self.max_age), repr(self.reflect_margin),
+                                               decimal_text(price), max_position_u])
         status = result["status"]
         if status == "exists":
             return self._existing(client_order_id, result["record"], symbol, "buy")
@@ -463,10 +231,10 @@ class Ledger:
             available = _from_units(int(result["available"]), SHARE_SCALE)
             held = _from_units(int(result["held"]), SHARE_SCALE)
             reserved = _from_units(int(result["reserved"]), SHARE_SCALE)
-            wanted = "any" if qty is None else _text(qty)
+            wanted = "any" if qty is None else decimal_text(qty)
             raise InsufficientShares(
-                f"insufficient shares of {symbol}: want {wanted}, available {_text(available)} "
-                f"({_text(held)} held - {_text(reserved)} reserved by other sells)", available, qty)
+                f"insufficient shares of {symbol}: want {wanted}, available {decimal_text(available)} "
+                f"({decimal_text(held)} held - {decimal_text(reserved)} reserved by other sells)", available, qty)
         reservation = _reservation(client_order_id, result["record"])
         log.debug("reserved %s %s for sell (%s)", reservation.qty, symbol, client_order_id)
         return reservation
@@ -494,8 +262,8 @@ class Ledger:
                 per_share = price = positive("filled_avg_price", filled_avg_price)
             cash_u = _units(filled_qty * per_share, CASH_SCALE, ROUND_CEILING, what="filled cost")
         outcome = self._settle(keys=[self.keys.ledger],
-                               args=[client_order_id, _text(filled_qty), str(qty_u), str(cash_u), _text(price),
-                                     repr(self.now())])
+                               args=[client_order_id, decimal_text(filled_qty), str(qty_u), str(cash_u),
+                                     decimal_text(price), repr(self.now())])
         log.debug("settle %s: %s (filled %s)", client_order_id, outcome, filled_qty)
 
     def release(self, client_order_id: str) -> None:
@@ -517,7 +285,7 @@ class Ledger:
         items = []
         for cid, raw in self.r.hgetall(self.keys.ledger).items():
             try:
-                items.append(_reservation(_str(cid), raw))
+                items.append(_reservation(codec.text(cid), raw))
             except LedgerError:
                 log.warning("ledger field %s is corrupt; the next reservation drops it", cid)
         return sorted(items, key=lambda res: res.created_at)
@@ -565,25 +333,26 @@ class Ledger:
         log.info("reservation %s exists (redelivered signal): reusing it", client_order_id)
         return reservation
 
-    def _position_limit(self, symbol: str, qty: Decimal | None, result: dict[str, Any]) -> "PositionLimit":
+    def _position_limit(self, symbol: str, qty: Decimal | None, result: dict[str, Any]) -> PositionLimit:
         shares = lambda name: _from_units(int(result[name]), SHARE_SCALE)  # noqa: E731
         held, in_flight, limit = shares("held"), shares("in_flight"), shares("max_position")
         room = max(Decimal(0), limit - held - in_flight)
-        wanted = _text(qty) if qty is not None else "1 more share"
-        message = (f"position limit of {symbol}: {_text(held)} held + {_text(in_flight)} in buys not yet in the "
-                   f"positions leave room for {_text(room)} of at most {_text(limit)} shares; wanted {wanted}")
+        wanted = decimal_text(qty) if qty is not None else "1 more share"
+        message = (f"position limit of {symbol}: {decimal_text(held)} held + {decimal_text(in_flight)} in buys not "
+                   f"yet in the positions leave room for {decimal_text(room)} of at most {decimal_text(limit)} "
+                   f"shares; wanted {wanted}")
         return PositionLimit(message, room, qty)
 
     def _insufficient_cash(self, symbol: str, price: Decimal, qty: Decimal | None, max_cash: Decimal | None,
                            result: dict[str, Any]) -> InsufficientCash:
         cash = lambda name: _from_units(int(result[name]), CASH_SCALE)  # noqa: E731
         available, need = cash("available"), cash("need")
-        what = f"{_text(qty)} x" if qty is not None else "1 share at"
+        what = f"{decimal_text(qty)} x" if qty is not None else "1 share at"
         detail = (f"available {_money(available)} (min(cash {_money(cash('cash'))}, buying power "
                   f"{_money(cash('buying_power'))}) - {_money(cash('committed'))} committed to other orders)")
         if max_cash is not None and cash("cap") < available:
             detail += f", capped at {_money(cash('cap'))}"
-        message = (f"insufficient cash to buy {symbol}: need {_money(need)} ({what} {_text(price)} plus "
+        message = (f"insufficient cash to buy {symbol}: need {_money(need)} ({what} {decimal_text(price)} plus "
                    f"{self.cash_buffer_bps} bps buffer), {detail}")
         return InsufficientCash(message, available, need)
 
@@ -614,12 +383,6 @@ def _from_units(n: int, scale: int) -> Decimal:
     return value.quantize(Decimal(1)) if value == value.to_integral_value() else value.normalize()
 
 
-
-
-
-
-
-
 def _symbol(symbol: str) -> str:
     cleaned = (symbol or "").strip().upper()
     if not cleaned or cleaned.startswith("_"):
@@ -632,29 +395,15 @@ def _require_id(client_order_id: str) -> None:
         raise ValueError("client_order_id is empty")
 
 
-def _text(value: Decimal | None) -> str:
-    if value is None:
-        return ""
-    text = format(value, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
 def _money(value: Decimal) -> str:
     return format(value.quantize(Decimal("0.01"), rounding=ROUND_FLOOR), "f")
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _reservation(client_order_id: str, raw: Any) -> Reservation:
     try:
         data = json.loads(raw)
         side = data["side"]
-        if side == "buy":
-            qty = Decimal(data["qty"])
-        else:
-            qty = _from_units(int(data["qty_u"]), SHARE_SCALE)
+        qty = Decimal(data["qty"]) if side == "buy" else _from_units(int(data["qty_u"]), SHARE_SCALE)
         settled_at = data.get("settled_at")
         return Reservation(
             client_order_id=client_order_id,

@@ -5,7 +5,7 @@ import logging
 import os
 import re
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 

@@ -31,14 +31,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import redis
+from redis.commands.core import Script
 
+from bot import codec, lua
 from bot.alpaca.models import Account, Clock, Position, Snapshot
+from bot.errors import TradebotError
 from bot.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -51,26 +55,14 @@ POSITIONS_AS_OF = "_as_of"
 # A cache entry stamped further in the future than this is a clock problem between hosts: not fresh.
 FUTURE_TOLERANCE = 5.0
 
-# KEYS[1] hash; ARGV[1] name of its as_of field; ARGV[2] this write's as_of; ARGV[3..] field, value...
-# Returns 1 when written, 0 when the hash already holds newer data.
-_REPLACE_IF_NEWER = """
-local stored = redis.call('HGET', KEYS[1], ARGV[1])
-if stored and tonumber(stored) and tonumber(stored) > tonumber(ARGV[2]) then
-  return 0
-end
-redis.call('DEL', KEYS[1])
-local chunk = 200  -- stay far below Lua's unpack limit on big position lists
-for i = 3, #ARGV, chunk do
-  redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + chunk - 1, #ARGV)))
-end
-return 1
-"""
+# The replace-if-newer write is bot/lua/market_replace_if_newer.lua.
+_REPLACE_SCRIPT = "market_replace_if_newer"
 
 
 # ---------------------------------------------------------------------- errors
 
 
-class MarketDataError(Exception):
+class MarketDataError(TradebotError):
     """Base of every error the market cache raises."""
 
 
@@ -95,7 +87,7 @@ class StalePrice(MarketDataError):
                     f"the price poller is behind or down")
         super().__init__(text)
         self.symbol = symbol
-        self.age = age
+        self.age: float | None = age  # None only for a StaleQuote without quote time
         self.limit = limit
 
 
@@ -136,9 +128,9 @@ class NotReady(MarketDataError):
 # ---------------------------------------------------------------------- write side (the poller)
 
 
-def _script(client: Any) -> Any:
+def _script(client: Any) -> Script:
     # register_script works on a client and on a pipeline (which loads it before EXEC)
-    return client.register_script(_REPLACE_IF_NEWER)
+    return lua.script(client, _REPLACE_SCRIPT)
 
 
 def _num(value: float) -> str:
@@ -355,7 +347,7 @@ class MarketCache:
         ago (or further in the future than the tolerance), StaleQuote when the quote's own time is
         older than max_quote_age (or unknown, or in the future) while that limit is set."""
         key = self.keys.prices(symbol)
-        return self._price_from(symbol, key, self.r.hgetall(key), self.now())
+        return self._price_from(symbol, key, _text_hash(self.r.hgetall(key)), self.now())
 
     def _price_from(self, symbol: str, key: str, data: Mapping[str, str], now: float) -> Price:
         if not data or POLLED_AT not in data:
@@ -372,7 +364,7 @@ class MarketCache:
     # account
     def account(self) -> AccountState | None:
         """The cached account, or None when the poller has not written it yet."""
-        return self._account_from(self.r.hgetall(self.keys.account), self.now())
+        return self._account_from(_text_hash(self.r.hgetall(self.keys.account)), self.now())
 
     def _account_from(self, data: Mapping[str, str], now: float) -> AccountState | None:
         if not data:
@@ -410,7 +402,7 @@ class MarketCache:
     def positions(self) -> dict[str, PositionState]:
         """Every open position by symbol ({} = flat everywhere). NotPolled when never written."""
         key = self.keys.positions
-        data = self.r.hgetall(key)
+        data = _text_hash(self.r.hgetall(key))
         if POSITIONS_POLLED_AT not in data:
             raise NotPolled(f"positions were never polled: {key} is empty; is the price poller running?")
         return {name: _parse_position(key, name, raw) for name, raw in data.items() if not name.startswith("_")}
@@ -418,11 +410,13 @@ class MarketCache:
     def positions_polled_at(self) -> float | None:
         """When the positions were last polled (Unix seconds), None when never (tests of the poller use it)."""
         raw = self.r.hget(self.keys.positions, POSITIONS_POLLED_AT)
-        return None if raw is None else _float(self.keys.positions, {POSITIONS_POLLED_AT: raw}, POSITIONS_POLLED_AT)
+        if raw is None:
+            return None
+        return _float(self.keys.positions, {POSITIONS_POLLED_AT: codec.text(raw)}, POSITIONS_POLLED_AT)
 
     # clock
     def clock(self) -> ClockState | None:
-        return self._clock_from(self.r.hgetall(self.keys.clock), self.now())
+        return self._clock_from(_text_hash(self.r.hgetall(self.keys.clock)), self.now())
 
     def _clock_from(self, data: Mapping[str, str], now: float) -> ClockState | None:
         if not data:
@@ -435,7 +429,7 @@ class MarketCache:
 
     # everything an order needs, in one round trip
     def snapshot(self, symbol: str, extra_keys: Sequence[str] = (), *,
-                 also: Callable[[Any], None] | None = None) -> "MarketSnapshot":
+                 also: Callable[[Any], None] | None = None) -> MarketSnapshot:
         """Price of ``symbol``, account, its position, the clock and the string values of
         ``extra_keys`` (e.g. the kill switch), read in ONE pipeline: one round trip instead of one
         per read. ``also(pipe)`` may queue more commands after these; their replies (a Redis error
@@ -464,7 +458,8 @@ class MarketCache:
         values = replies[5:5 + len(extra_keys)]
         return MarketSnapshot(cache=self, symbol=symbol, read_at=read_at, price_data=price, account_data=account,
                               clock_data=clock, position_data=position, positions_polled=polled,
-                              values=dict(zip(extra_keys, values)), more=tuple(replies[5 + len(extra_keys):]))
+                              values=dict(zip(extra_keys, values, strict=True)),
+                              more=tuple(replies[5 + len(extra_keys):]))
 
     # coordination with the poller
     def request_refresh(self) -> None:
@@ -487,7 +482,7 @@ class MarketCache:
         pipe.hexists(self.keys.account, POLLED_AT)
         pipe.hexists(self.keys.positions, POSITIONS_POLLED_AT)
         names = [self.keys.prices(s) for s in symbols] + [self.keys.account, self.keys.positions]
-        return [name for name, present in zip(names, pipe.execute()) if not present]
+        return [name for name, present in zip(names, pipe.execute(), strict=True) if not present]
 
     def wait_ready(self, symbols: Iterable[str], timeout: float | None,
                    stop_event: threading.Event | None = None, *, poll: float = 0.1,
@@ -561,6 +556,12 @@ class MarketSnapshot:
         if isinstance(reply, redis.ResponseError) and str(reply).startswith("WRONGTYPE"):
             return True
         return _reply(reply) is not None
+
+
+def _text_hash(reply: Mapping[Any, Any]) -> dict[str, str]:
+    """An HGETALL reply with str names and values (the cache's client is a decoded one; bytes are
+    decoded as strict UTF-8, as that client would)."""
+    return {codec.text(name): codec.text(value) for name, value in reply.items()}
 
 
 def _reply(reply: Any) -> Any:

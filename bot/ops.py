@@ -2,7 +2,8 @@
 
 Everything here reads or writes Redis through ``Keys`` and never shows a secret: settings go
 through ``Settings.public_view()``, URLs through ``redact_url``.  Expected failures raise
-``OpsError`` (exit code 1) or ``OpsInputError`` (bad input, exit code 2) with a clear message.
+``OpsError`` (exit code 1) or ``OpsInputError`` (bad input, exit code 2) with a clear message; both
+are ``bot.errors.TradebotError``s, so the command line maps them with every other error of the project.
 """
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
+from bot.codec import display, display_fields
 from bot.config import ConfigError, Settings
+from bot.errors import InputError, TradebotError
 from bot.fleet import FleetPaths, process_infos, read_fleet_file, read_pid
 from bot.keys import Keys
 from bot.logs import redact_url
@@ -29,12 +34,12 @@ LAG_SCAN_LIMIT = 1000  # entries counted at most per group when Redis has no XIN
 LAST_ORDERS = 5
 
 
-class OpsError(RuntimeError):
+class OpsError(TradebotError):
     """An operator command cannot do its job (exit code 1)."""
 
 
-class OpsInputError(OpsError):
-    """The operator's input is wrong (exit code 2)."""
+class OpsInputError(OpsError, InputError):
+    """The operator's input is wrong (exit code 2, from InputError)."""
 
 
 # --------------------------------------------------------------------------- settings and connection
@@ -74,16 +79,6 @@ def open_redis(settings: Settings, *, decode: bool = True) -> redis.Redis:
     return client
 
 
-def _s(value: Any) -> str:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    return str(value)
-
-
-def _text_fields(fields: Mapping[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in fields.items()}
-
-
 def check_entry_id(entry_id: str) -> str:
     # isascii: is_stream_id's \d also matches non-ASCII digits, which Redis rejects
     if not (entry_id.isascii() and is_stream_id(entry_id)):
@@ -113,7 +108,8 @@ def build_signal(settings: Settings, ticker: str, direction: str, qty: str | Non
 
 
 def add_signal(r: redis.Redis, stream: str, fields: Mapping[str, str]) -> str:
-    return _s(r.xadd(stream, dict(fields)))
+    payload: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+    return display(r.xadd(stream, payload))
 
 
 def halt(r: redis.Redis, keys: Keys, reason: str) -> None:
@@ -128,19 +124,20 @@ def resume(r: redis.Redis, keys: Keys) -> str | None:
     pipe.get(keys.halt)
     pipe.delete(keys.halt)
     reason, _ = pipe.execute()
-    return None if reason is None else _s(reason)
+    return None if reason is None else display(reason)
 
 
 def halt_reason(r: redis.Redis, keys: Keys) -> str | None:
     value = r.get(keys.halt)
-    return None if value is None else _s(value)
+    return None if value is None else display(value)
 
 
 # --------------------------------------------------------------------------- journal
 
 def last_orders(r: redis.Redis, keys: Keys, n: int = LAST_ORDERS) -> list[dict[str, str]]:
     """The newest ``n`` journal entries, newest first, each with its stream ``id``."""
-    return [{"id": _s(entry_id), **_text_fields(fields)} for entry_id, fields in r.xrevrange(keys.orders, count=n)]
+    return [{"id": display(entry_id), **display_fields(fields or {})}
+            for entry_id, fields in r.xrevrange(keys.orders, count=n) or []]
 
 
 # --------------------------------------------------------------------------- DLQ
@@ -159,33 +156,34 @@ class DlqEntry:
 
 def dlq_entries(rb: redis.Redis, keys: Keys, limit: int | None = None) -> list[DlqEntry]:
     """DLQ entries, oldest first (``rb`` may be a bytes client: payloads can be any bytes)."""
-    return [_dlq_entry(entry_id, fields) for entry_id, fields in rb.xrange(keys.dlq, count=limit)]
+    return [_dlq_entry(entry_id, fields or {}) for entry_id, fields in rb.xrange(keys.dlq, count=limit) or []]
 
 
 def _dlq_entry(entry_id: Any, fields: Mapping[Any, Any]) -> DlqEntry:
-    text = _text_fields(fields)
+    text = display_fields(fields)
     try:
-        original = {_s(k): _s(v) for k, v in original_fields(fields).items()}
+        original = display_fields(original_fields(fields))
     except (ValueError, KeyError, TypeError):
         original = {"raw": text.get("raw", "")}  # unreadable raw JSON: show it as it is
-    return DlqEntry(id=_s(entry_id), source_stream=text.get("source_stream", ""),
+    return DlqEntry(id=display(entry_id), source_stream=text.get("source_stream", ""),
                     source_id=text.get("source_id", ""), reason=text.get("reason", ""),
                     deliveries=text.get("deliveries", ""), entry_stream=text.get("entry_stream", ""),
                     dead_at=_float(text.get("dead_at")), original=original)
 
 
-def _replay_fields(fields: Mapping[Any, Any], keys: Keys) -> dict[bytes, bytes]:
+def _replay_fields(fields: Mapping[Any, Any], keys: Keys) -> dict[FieldT, EncodableT]:
     """The fields to put back on the source stream: the original ones; a DLQ entry made by a
     worker holds a routed signal (ticker/side/qty), turned back into the source format."""
     original = original_fields(fields)
-    entry_stream = _s(fields.get(b"entry_stream", fields.get("entry_stream", b"")))
+    entry_stream = display(fields.get(b"entry_stream", fields.get("entry_stream", b"")))
     if entry_stream == keys.signals and b"side" in original and b"direction" not in original:
-        side = original[b"side"].decode("utf-8", "replace").lower()
-        source = {b"ticker": original.get(b"ticker", b""), b"direction": b"b" if side == "buy" else b"s"}
+        side = display(original[b"side"]).lower()
+        source: dict[FieldT, EncodableT] = {b"ticker": original.get(b"ticker", b""),
+                                            b"direction": b"b" if side == "buy" else b"s"}
         if b"qty" in original:
             source[b"qty"] = original[b"qty"]
         return source
-    return original
+    return {name: value for name, value in original.items()}
 
 
 def dlq_replay(rb: redis.Redis, keys: Keys, entry_id: str, settings: Settings,
@@ -199,8 +197,8 @@ def dlq_replay(rb: redis.Redis, keys: Keys, entry_id: str, settings: Settings,
         found = pipe.xrange(keys.dlq, min=entry_id, max=entry_id)
         if not found:
             raise OpsError(f"no DLQ entry {entry_id} (see `tradebot dlq list`)")
-        fields = found[0][1]
-        target = stream or _s(fields.get(b"source_stream", fields.get("source_stream", b"")))
+        fields = found[0][1] or {}
+        target = stream or display(fields.get(b"source_stream", fields.get("source_stream", b"")))
         if not target:
             raise OpsError(f"DLQ entry {entry_id} names no source stream; give --stream")
         if target not in settings.source_streams:
@@ -215,14 +213,16 @@ def dlq_replay(rb: redis.Redis, keys: Keys, entry_id: str, settings: Settings,
         pipe.xdel(keys.dlq, entry_id)
         result["stream"] = target
 
-    new_id, _deleted = rb.transaction(move, keys.dlq)
-    return result["stream"], _s(new_id)
+    replies = rb.transaction(move, keys.dlq)
+    assert isinstance(replies, list)  # a MULTI pipeline's execute(): one reply per command (XADD, XDEL)
+    new_id, _deleted = replies
+    return result["stream"], display(new_id)
 
 
 def dlq_newest_id(rb: redis.Redis, keys: Keys) -> str | None:
     """The id of the newest DLQ entry, None when the DLQ is empty."""
     newest = rb.xrevrange(keys.dlq, count=1)
-    return _s(newest[0][0]) if newest else None
+    return display(newest[0][0]) if newest else None
 
 
 def dlq_purge(rb: redis.Redis, keys: Keys, up_to_id: str | None = None) -> int:
@@ -345,7 +345,8 @@ def fleet_status(var_dir: str | None = None) -> dict[str, Any]:
     return fleet
 
 
-def group_lag(r: redis.Redis, stream: str, info: Mapping[str, Any], stream_info: Mapping[str, Any]) -> tuple[int | None, str]:
+def group_lag(r: redis.Redis, stream: str, info: Mapping[str, Any],
+              stream_info: Mapping[str, Any]) -> tuple[int | None, str]:
     """Entries not yet delivered to the group. Redis >= 7 reports it (XINFO GROUPS lag); on 6.2
     it is counted: entries after last-delivered-id with XRANGE, up to LAG_SCAN_LIMIT."""
     if info.get("lag") is not None:
@@ -357,7 +358,7 @@ def group_lag(r: redis.Redis, stream: str, info: Mapping[str, Any], stream_info:
     first = stream_info.get("first-entry")
     if first and last < parse_id(first[0]):
         return int(stream_info.get("length", 0)), "exact-xrange"  # nothing of the stream delivered yet
-    entries = r.xrange(stream, min=format_id(next_id(last)), max="+", count=LAG_SCAN_LIMIT + 1)
+    entries = r.xrange(stream, min=format_id(next_id(last)), max="+", count=LAG_SCAN_LIMIT + 1) or []
     if len(entries) > LAG_SCAN_LIMIT:
         return LAG_SCAN_LIMIT, "at-least-xrange"
     return len(entries), "exact-xrange"
@@ -373,8 +374,8 @@ def _stream_info_raw(r: redis.Redis, name: str) -> dict[str, Any]:
     finally:
         raw.close()
     first = info.get("first-entry")
-    return {"length": info.get("length", 0), "last-generated-id": _s(info.get("last-generated-id") or b"0-0"),
-            "first-entry": (_s(first[0]), {}) if first else None}
+    return {"length": info.get("length", 0), "last-generated-id": display(info.get("last-generated-id") or b"0-0"),
+            "first-entry": (display(first[0]), {}) if first else None}
 
 
 def stream_status(r: redis.Redis, name: str, role: str) -> StreamStatus:
@@ -390,17 +391,19 @@ def stream_status(r: redis.Redis, name: str, role: str) -> StreamStatus:
     except redis.ResponseError:
         groups = []
     for group in groups:
-        group_name = _s(group["name"])
+        group_name = display(group["name"])
         lag, method = group_lag(r, name, group, info)
-        consumers = [ConsumerStatus(name=_s(c["name"]), pending=int(c["pending"]), idle_s=round(int(c["idle"]) / 1000, 3))
+        consumers = [ConsumerStatus(name=display(c["name"]), pending=int(c["pending"]),
+                                    idle_s=round(int(c["idle"]) / 1000, 3))
                      for c in r.xinfo_consumers(name, group_name)]
         status.groups.append(GroupStatus(name=group_name, pending=int(group["pending"]), lag=lag, lag_method=method,
-                                         last_delivered_id=_s(group.get("last-delivered-id", "")), consumers=consumers))
+                                         last_delivered_id=display(group.get("last-delivered-id", "")),
+                                         consumers=consumers))
     return status
 
 
 def _hash(r: redis.Redis, key: str) -> dict[str, str]:
-    return _text_fields(r.hgetall(key))
+    return display_fields(r.hgetall(key))
 
 
 def _decode_value(text: str) -> Any:
@@ -449,7 +452,8 @@ def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, n
     positions = _hash(r, keys.positions)
     # raw values, not MarketCache.positions(): status shows what the poller wrote, even a corrupt
     # entry; bookkeeping fields (POSITIONS_POLLED_AT, POSITIONS_AS_OF) start with "_", as in bot.market
-    report.positions = {symbol: _decode_value(value) for symbol, value in positions.items() if not symbol.startswith("_")}
+    report.positions = {symbol: _decode_value(value) for symbol, value in positions.items()
+                        if not symbol.startswith("_")}
     report.positions_age_s = _age(positions, now, POSITIONS_POLLED_AT)
     clock = _hash(r, keys.clock)
     report.clock = {**clock, "age_s": _age(clock, now)} if clock else None
@@ -481,7 +485,8 @@ def render_status(report: StatusReport) -> str:
     when = datetime.fromtimestamp(report.generated_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     settings = report.settings
     lines.append(f"tradebot status  {when}")
-    lines.append(f"  redis   {report.redis['url']}" + ("" if report.redis["ok"] else f"  UNREACHABLE: {report.redis['error']}"))
+    lines.append(f"  redis   {report.redis['url']}"
+                 + ("" if report.redis["ok"] else f"  UNREACHABLE: {report.redis['error']}"))
     if report.fleet.get("paper_broker"):
         lines.append(f"  broker  {report.fleet.get('broker_url')}  (the fleet's paper broker, demo key pair)")
     else:
@@ -506,9 +511,13 @@ def render_status(report: StatusReport) -> str:
         if not stream.groups:
             lines.append(head)
         for i, group in enumerate(stream.groups):
-            lag = "?" if group.lag is None else (f">={group.lag}" if group.lag_method == "at-least-xrange" else str(group.lag))
+            if group.lag is None:
+                lag = "?"
+            else:
+                lag = f">={group.lag}" if group.lag_method == "at-least-xrange" else str(group.lag)
             consumers = ", ".join(f"{c.name} ({c.pending}, {c.idle_s:.1f}s)" for c in group.consumers) or "none"
-            lines.append(f"{head if i == 0 else ' ' * len(head)}  {group.name:<18}{group.pending:>8}{lag:>8}  {consumers}")
+            lines.append(f"{head if i == 0 else ' ' * len(head)}  {group.name:<18}{group.pending:>8}{lag:>8}"
+                         f"  {consumers}")
     methods = {g.lag_method for s in report.streams for g in s.groups}
     if methods - {"xinfo"}:
         lines.append("  (lag counted with XRANGE after each group's last-delivered-id: this Redis has no XINFO lag)")
@@ -523,12 +532,14 @@ def render_status(report: StatusReport) -> str:
     account = report.account
     if account:
         lines.append(f"account   cash {account.get('cash', '-')}  buying power {account.get('buying_power', '-')}  "
-                     f"equity {account.get('equity', '-')}  {account.get('status', '')}  {_fmt_age(account.get('age_s'))}")
+                     f"equity {account.get('equity', '-')}  {account.get('status', '')}"
+                     f"  {_fmt_age(account.get('age_s'))}")
     else:
         lines.append("account   not polled yet")
     if report.clock:
         lines.append(f"market    {'open' if str(report.clock.get('is_open')).lower() in ('1', 'true') else 'closed'}"
-                     f"  next open {report.clock.get('next_open', '?')}  next close {report.clock.get('next_close', '?')}")
+                     f"  next open {report.clock.get('next_open', '?')}"
+                     f"  next close {report.clock.get('next_close', '?')}")
     if report.positions:
         shown = []
         for symbol, value in sorted(report.positions.items()):

@@ -24,9 +24,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from bot import lua
 from bot.config import DEFAULT_DATA_RATE_LIMIT
+from bot.errors import TradebotError
 from bot.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -44,80 +47,11 @@ STOPPING_MAX_WAIT = 1.0
 # Alpaca sends X-RateLimit-Reset as epoch seconds; anything smaller is read as "seconds from now".
 _EPOCH_THRESHOLD = 1e9
 
-# Shared prelude: KEYS[1] bucket hash; ARGV[1] tokens per second; ARGV[2] burst; ARGV[3] now
-# (Unix seconds, or "" for the server's TIME). Leaves tokens refilled up to now in `tokens`.
-_PRELUDE = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local now
-if ARGV[3] ~= '' then
-  now = tonumber(ARGV[3])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'paused_until')
-local tokens = tonumber(state[1])
-local ts = tonumber(state[2])
-local paused_until = tonumber(state[3]) or 0
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
-end
-if now > ts then
-  -- a clock that steps back (injected in tests, or a server restart) refills nothing
-  tokens = math.min(burst, tokens + (now - ts) * rate)
-  ts = now
-end
-local function save()
-  redis.call('HSET', KEYS[1], 'tokens', string.format('%.9f', tokens), 'ts', string.format('%.6f', ts),
-             'paused_until', string.format('%.6f', paused_until))
-  -- a full, unpaused bucket equals no hash at all: let it go once that is true
-  local idle = (burst - tokens) / rate + math.max(0, paused_until - now)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(idle * 1000) + 1000)
-end
-"""
-
-# Take one token. Returns the wait in seconds as a string: "0" = granted.
-_TAKE = _PRELUDE + """
-local wait
-if paused_until > now then
-  wait = paused_until - now
-elseif tokens >= 1 then
-  tokens = tokens - 1
-  wait = 0
-else
-  wait = (1 - tokens) / rate
-end
-save()
-return string.format('%.6f', wait)
-"""
-
-# The broker's view: ARGV[4] remaining ("" = unknown), ARGV[5] reset ("" = unknown),
-# ARGV[6] "1" when reset is epoch seconds, "0" when seconds from now; ARGV[7] longest pause;
-# ARGV[8] pause when no reset is given. Returns the pause now in force, in seconds.
-_OBSERVE = _PRELUDE + """
-local remaining = tonumber(ARGV[4])
-local reset = tonumber(ARGV[5])
-if remaining ~= nil then
-  -- never believe we hold more tokens than the broker says are left
-  tokens = math.min(tokens, math.max(0, remaining))
-  if remaining <= 0 then
-    local pause = tonumber(ARGV[8])
-    if reset ~= nil then
-      if ARGV[6] == '1' then pause = reset - now else pause = reset end
-    end
-    pause = math.min(math.max(pause, 0), tonumber(ARGV[7]))
-    -- pauses only ever extend: an older, shorter answer must not cut a longer one short
-    paused_until = math.max(paused_until, now + pause)
-  end
-end
-save()
-return string.format('%.6f', math.max(0, paused_until - now))
-"""
+# The bucket scripts are bot/lua/ratelimit_take.lua and ratelimit_observe.lua (their shared
+# refill code: ratelimit_prelude.lua), run with KEYS[1] the bucket hash.
 
 
-class RateLimitTimeout(TimeoutError):
+class RateLimitTimeout(TradebotError, TimeoutError):
     """``acquire`` could not get a token within its timeout."""
 
     def __init__(self, bucket: str, timeout: float, wait: float) -> None:
@@ -168,11 +102,11 @@ class RateLimiter:
         unknown = set(burst) - set(per_minute)
         if unknown:
             raise ValueError(f"burst given for buckets without a rate: {', '.join(sorted(unknown))}")
-        self._take = r.register_script(_TAKE)
-        self._observe = r.register_script(_OBSERVE)
+        self._take = lua.script(r, "ratelimit_take")
+        self._observe = lua.script(r, "ratelimit_observe")
 
     @classmethod
-    def from_settings(cls, r: Any, settings: Any, **kw: Any) -> "RateLimiter":
+    def from_settings(cls, r: Any, settings: Any, **kw: Any) -> RateLimiter:
         """Trading bucket at ``settings.rate_limit_per_minute`` (TRADEBOT_RATE_LIMIT), data bucket at
         ``settings.data_rate_limit_per_minute`` (TRADEBOT_DATA_RATE_LIMIT: 200/min on Alpaca's free
         plan, 10,000/min on Algo Trader Plus)."""
@@ -240,7 +174,8 @@ class RateLimiter:
             # pause, min(tokens, remaining) = tokens): spare the round trip on every response
             return
         is_epoch = reset is not None and reset > _EPOCH_THRESHOLD
-        args = self._args(bucket) + [
+        args = [
+            *self._args(bucket),
             str(int(remaining)),
             "" if reset is None else repr(float(reset)),
             "1" if is_epoch else "0",

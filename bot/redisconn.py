@@ -5,6 +5,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from bot.errors import TradebotError
 from bot.logs import redact_url
 
 # Only a connection error is retried by the client library. A timeout is not: the command may
@@ -53,7 +54,7 @@ def is_auth_refusal(exc: BaseException) -> bool:
         marker in str(exc) for marker in ("NOAUTH", "WRONGPASS", "invalid password", "invalid username-password"))
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(TradebotError, RuntimeError):
     """Redis cannot be used (unreachable, or refusing the credentials: RedisAuthError)."""
 
 

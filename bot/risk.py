@@ -28,7 +28,7 @@ class RiskLimits:
     max_clock_age: float = MAX_CLOCK_AGE  # seconds: an older cached market clock counts as unknown
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "RiskLimits":
+    def from_settings(cls, settings: Any) -> RiskLimits:
         return cls(
             max_signal_age=float(settings.max_signal_age),
             max_order_notional=Decimal(settings.max_order_notional),
@@ -104,14 +104,41 @@ def buy_cash_cap(limits: RiskLimits, *, current_qty: Decimal, price: Decimal) ->
     return max(Decimal(0), min(limits.max_order_notional, room))
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a gate refused a signal. ``gate``: the kill switch or the market clock refused it, checks
+    that may refuse every signal for hours (the worker spares the broker a lookup for those)."""
+
+    reason: str
+    gate: bool
+
+
+def pre_trade_check(*, halt_reason: str | None, source_at: float | None, now: float,
+                    clock_is_open: bool | None, limits: RiskLimits, require_open: bool = True,
+                    clock_age: float | None = None, clock_error: str | None = None) -> Refusal | None:
+    """The gates in their order: kill switch, signal age, a readable market clock, market hours
+    (the last two skipped when ``require_open`` is False). The first refusal, or None."""
+    reason = check_halt(halt_reason)
+    if reason:
+        return Refusal(reason, gate=True)
+    reason = check_signal_age(source_at, now, limits)
+    if reason:
+        return Refusal(reason, gate=False)
+    if not require_open:
+        return None
+    if clock_error is not None:
+        return Refusal(f"market clock unknown: {clock_error}", gate=True)
+    reason = check_market_open(clock_is_open, limits, clock_age)
+    return Refusal(reason, gate=True) if reason else None
+
+
 def pre_trade_reason(*, halt_reason: str | None, source_at: float | None, now: float,
                      clock_is_open: bool | None, limits: RiskLimits, require_open: bool = True,
                      clock_age: float | None = None) -> str | None:
-    """Halt, signal age, then market hours (skipped when ``require_open`` is False): the first reason."""
-    reason = check_halt(halt_reason) or check_signal_age(source_at, now, limits)
-    if reason is None and require_open:
-        reason = check_market_open(clock_is_open, limits, clock_age)
-    return reason
+    """``pre_trade_check``'s reason alone."""
+    refusal = pre_trade_check(halt_reason=halt_reason, source_at=source_at, now=now, clock_is_open=clock_is_open,
+                              limits=limits, require_open=require_open, clock_age=clock_age)
+    return refusal.reason if refusal is not None else None
 
 
 def sell_qty_cap(limits: RiskLimits, price: Decimal) -> Decimal:

@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import redis
 
 from bot.config import Settings
+from bot.consumer import ConsumerLoop, Round
 from bot.redisconn import connect
-from bot.runtime import capped_backoff
 from bot.signals import Signal, SignalError, parse_raw
 from bot.streams import (
     GroupReader,
@@ -96,7 +97,7 @@ class Router:
         self.reader = GroupReader(self.streams, self.group, self.consumer, count=batch, block_ms=block_ms)
         self.counts = {ROUTED: 0, DEAD: 0, DUPLICATE: 0, RETRY: 0}
         self._groups_ready = False
-        self.outages = 0  # step failures seen by run()
+        self.loop = ConsumerLoop(f"router {self.consumer}", backoff_cap_s)
         self._next_maintenance = 0.0  # monotonic; 0 = due now
         self._next_trim = 0.0
         self._failures: dict[tuple[str, str], str] = {}  # last routing error per pending entry
@@ -130,26 +131,22 @@ class Router:
         """Route until ``stop`` is set. Redis outages are logged and retried with capped backoff."""
         log.info("router %s: %s -> %s (group %s, from_start=%s)", self.consumer, ",".join(self.streams),
                  self.keys.signals, self.group, self.from_start)
-        failures = 0
-        while not stop.is_set():
-            try:
-                self.step()
-                if failures:
-                    log.info("router %s: Redis is back", self.consumer)
-                failures = 0
-            except Exception as exc:  # never exit: the outage ends, the loop goes on
-                failures += 1
-                self.outages += 1
-                delay = capped_backoff(failures, cap=self.backoff_cap_s)
-                if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-                    log.warning("router %s: Redis unavailable (%s); retry %d in %.1fs", self.consumer, exc, failures, delay)
-                else:
-                    log.exception("router %s: unexpected error; retry %d in %.1fs", self.consumer, failures, delay)
-                # Redis may have restarted without its data: re-create groups, replay the own PEL
-                self._groups_ready = False
-                self.reader.replay_pending()
-                stop.wait(delay)
+
+        def one_round() -> Round:
+            self.step()
+            return Round.OK
+
+        def recover() -> None:  # Redis may have restarted without its data: re-create groups, replay the own PEL
+            self._groups_ready = False
+            self.reader.replay_pending()
+
+        self.loop.run(stop, one_round, recover)
         self.close()
+
+    @property
+    def outages(self) -> int:
+        """Failed rounds of run() survived (Redis down, a bug)."""
+        return self.loop.errors
 
     def close(self) -> None:
         """Leave the group cleanly: forget this consumer where it has nothing pending."""

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import redis
 

@@ -7,10 +7,12 @@ treats every entry as untrusted bytes: each way an entry can be wrong gets its o
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation, localcontext
-from typing import Mapping
 
+from bot import codec
+from bot.errors import TradebotError
 from bot.streams import is_stream_id
 
 MAX_FIELDS = 16
@@ -26,7 +28,7 @@ _DIRECTIONS = {"b": "buy", "buy": "buy", "s": "sell", "sell": "sell"}
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 
 
-class SignalError(ValueError):
+class SignalError(TradebotError, ValueError):
     """A signal that cannot be used; ``.reason`` says precisely why (it goes to the DLQ)."""
 
     def __init__(self, reason: str) -> None:
@@ -72,12 +74,12 @@ class Signal:
         return fields
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> "Signal":
+    def from_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Signal:
         """Rebuild a Signal from a ``tradebot:signals`` entry (str or bytes fields); SignalError if bad."""
         text: dict[str, str] = {}
         for name, value in fields.items():
             try:
-                text[_text(name)] = _text(value)
+                text[codec.text(name)] = codec.text(value)
             except UnicodeDecodeError:
                 raise SignalError(f"field {name!r} is not UTF-8") from None
         for required in ("ticker", "side", "source_stream", "source_id", "routed_at"):
@@ -154,10 +156,13 @@ def check_qty(qty: Decimal, shown: str | None = None) -> Decimal:
         raise SignalError(f"qty {shown!r} exceeds the maximum {MAX_QTY}")
     with localcontext(Context(prec=200)):  # the default 28 digits would round long inputs silently
         normal = qty.normalize()
-    if normal.as_tuple().exponent < -MAX_QTY_DECIMALS:
+    exponent = normal.as_tuple().exponent
+    if not isinstance(exponent, int):  # pragma: no cover - 'n'/'N'/'F' only for NaN/Infinity, refused above
+        raise SignalError(f"qty {shown!r} must be a positive number")
+    if exponent < -MAX_QTY_DECIMALS:
         raise SignalError(f"qty {shown!r} has more than {MAX_QTY_DECIMALS} decimals")
     # no trailing zeros, never exponent notation (1E+2 -> 100)
-    return normal if normal.as_tuple().exponent <= 0 else normal.quantize(Decimal(1))
+    return normal if exponent <= 0 else normal.quantize(Decimal(1))
 
 
 def _required(values: Mapping[str, str], name: str) -> str:
@@ -170,15 +175,8 @@ def _bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
-
-
 def _show(name: bytes) -> str:
     """A field name fit for a reason: its text when UTF-8, else its bytes repr (truncated)."""
-    try:
-        text = name.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    shown = repr(text) if text is not None else repr(name)
+    decoded = codec.text_or_none(name)
+    shown = repr(decoded) if decoded is not None else repr(name)
     return shown if len(shown) <= 80 else shown[:77] + "..."

@@ -16,6 +16,8 @@ from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
+from bot.numbers import number, positive
+
 ALL_IN = "all-in"
 FIXED = "fixed"
 STRATEGIES = (ALL_IN, FIXED)
@@ -24,7 +26,6 @@ ORDER_TYPES = ("market", "limit")
 PENNY = Decimal("0.01")
 SUB_PENNY = Decimal("0.0001")
 ONE_DOLLAR = Decimal(1)
-from bot.numbers import number, positive
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class OrderPlan:
     time_in_force: str = "ioc"
     limit_price: Decimal | None = None
 
-    def sized(self, qty: Decimal) -> "OrderPlan":
+    def sized(self, qty: Decimal) -> OrderPlan:
         """This plan with its final qty. A fractional qty forces time_in_force "day": Alpaca refuses
         fractional IOC/FOK orders ("fractional orders must be DAY orders")."""
         tif = "day" if qty != qty.to_integral_value() else self.time_in_force

@@ -14,10 +14,13 @@ import os
 import re
 import socket
 import time
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import redis
+from redis.typing import KeyT, StreamIdT
 
+from bot import codec, lua
 from bot.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -38,10 +41,6 @@ class StreamEntry(NamedTuple):
 
 # --------------------------------------------------------------------------- small helpers
 
-def _s(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, (bytes, bytearray)) else str(value)
-
-
 def _b(value: bytes | str) -> bytes:
     return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else bytes(value)
 
@@ -56,7 +55,7 @@ def is_stream_id(text: str) -> bool:
 
 
 def parse_id(entry_id: str | bytes) -> StreamId:
-    ms, _, seq = _s(entry_id).partition("-")
+    ms, _, seq = codec.text(entry_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -73,11 +72,6 @@ def next_id(stream_id: StreamId) -> StreamId:
 def _pairs(flat: Sequence[Any] | None) -> dict[Any, Any]:
     flat = flat or []
     return {flat[i]: flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-
-
-def run_script(r: redis.Redis, source: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-    """EVALSHA ``source`` (loading it on NOSCRIPT, e.g. after a Redis restart)."""
-    return r.register_script(source)(keys=list(keys), args=list(args))
 
 
 # --------------------------------------------------------------------------- groups and reading
@@ -98,8 +92,9 @@ def _stream_items(reply: Any) -> list[tuple[str, list]]:
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3
-        return [(_s(stream), items[0] if items and isinstance(items[0], list) else items) for stream, items in reply.items()]
-    return [(_s(stream), items) for stream, items in reply]
+        return [(codec.text(stream), items[0] if items and isinstance(items[0], list) else items)
+                for stream, items in reply.items()]
+    return [(codec.text(stream), items) for stream, items in reply]
 
 
 class GroupReader:
@@ -136,7 +131,7 @@ class GroupReader:
                 return entries
 
     def _read_once(self, r: redis.Redis) -> list[StreamEntry]:
-        ids = {s: (c if c is not None else ">") for s, c in self._cursor.items()}
+        ids: dict[KeyT, StreamIdT] = {s: (c if c is not None else ">") for s, c in self._cursor.items()}
         # a history read never blocks; block only when every stream reads new entries
         block = None if self.replaying else self.block_ms
         try:
@@ -161,13 +156,14 @@ class GroupReader:
             from_pel = self._cursor.get(stream) is not None
             if from_pel:
                 # an empty history answer means the own PEL is drained: switch to new entries
-                self._cursor[stream] = _s(items[-1][0]) if items else None
+                self._cursor[stream] = codec.text(items[-1][0]) if items else None
             for raw_id, fields in items:
-                entry_id = _s(raw_id)
+                entry_id = codec.text(raw_id)
                 if from_pel and not fields:
                     # pending, but its data was deleted/trimmed: nothing to process or dead-letter
                     r.xack(stream, self.group, entry_id)
-                    log.warning("acked pending entry %s %s of %s: its data was deleted", stream, entry_id, self.consumer)
+                    log.warning("acked pending entry %s %s of %s: its data was deleted",
+                                stream, entry_id, self.consumer)
                     continue
                 entries.append(StreamEntry(stream, entry_id, dict(fields or {})))
                 if from_pel:
@@ -181,26 +177,7 @@ class GroupReader:
 
 # --------------------------------------------------------------------------- reclaiming
 
-# XAUTOCLAIM ... JUSTID then XCLAIM each id: on Redis 6.2 a plain XAUTOCLAIM answers nil without
-# the id for entries whose data was deleted, so they could never be acked.  JUSTID does not bump
-# the delivery counter and the XCLAIM does, so the net effect equals a plain XAUTOCLAIM.
-_AUTOCLAIM = """
-local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5], 'JUSTID')
-local entries, deleted = {}, {}
-for _, id in ipairs(claimed[2]) do
-  local got = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
-  if got[1] then
-    table.insert(entries, got[1])
-  else
-    redis.call('XACK', KEYS[1], ARGV[1], id)
-    table.insert(deleted, id)
-  end
-end
-if claimed[3] then
-  for _, id in ipairs(claimed[3]) do table.insert(deleted, id) end
-end
-return {claimed[1], entries, deleted}
-"""
+# The script (bot/lua/stream_autoclaim.lua) also acks and reports entries whose data was deleted.
 
 
 def autoclaim(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,
@@ -214,16 +191,16 @@ def autoclaim(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_m
     cursor = "0-0"
     for _ in range(10_000):  # each call advances the cursor; the bound only guards against surprises
         try:
-            next_cursor, entries, deleted = run_script(
-                r, _AUTOCLAIM, [stream], [group, consumer, int(min_idle_ms), cursor, count - len(claimed)])
+            next_cursor, entries, deleted = lua.run(
+                r, "stream_autoclaim", [stream], [group, consumer, int(min_idle_ms), cursor, count - len(claimed)])
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):
                 return claimed  # nothing can be pending in a group that does not exist
             raise
         for entry_id in deleted:
-            log.warning("acked pending entry %s %s: its data was deleted", stream, _s(entry_id))
-        claimed.extend((_s(entry_id), _pairs(flat)) for entry_id, flat in entries)
-        cursor = _s(next_cursor)
+            log.warning("acked pending entry %s %s: its data was deleted", stream, codec.text(entry_id))
+        claimed.extend((codec.text(entry_id), _pairs(flat)) for entry_id, flat in entries)
+        cursor = codec.text(next_cursor)
         if cursor == "0-0" or len(claimed) >= count:
             break
     return claimed
@@ -237,30 +214,7 @@ def delivery_count(r: redis.Redis, stream: str, group: str, entry_id: str) -> in
 
 # --------------------------------------------------------------------------- exactly-once records
 
-# KEYS[1] marker to set, KEYS[2] stream to append to, KEYS[3] stream to ack, KEYS[4..] more guards
-# ARGV[1] group, ARGV[2] id to ack, ARGV[3] marker ttl (s), ARGV[4] MAXLEN or '', ARGV[5] marker
-# value prefix, ARGV[6..] field, value, ...
-# Lua does not roll back: the XADD (the only call that can fail on bad state) comes first.
-_RECORD_ONCE = """
-for i = 1, #KEYS do
-  if i ~= 2 and i ~= 3 and redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.pcall('XACK', KEYS[3], ARGV[1], ARGV[2])
-    local seen = redis.pcall('GET', KEYS[i])
-    if type(seen) ~= 'string' then seen = '' end
-    return {0, seen}
-  end
-end
-local add = {'XADD', KEYS[2]}
-if ARGV[4] ~= '' then
-  table.insert(add, 'MAXLEN'); table.insert(add, '~'); table.insert(add, ARGV[4])
-end
-table.insert(add, '*')
-for i = 6, #ARGV do table.insert(add, ARGV[i]) end
-local id = redis.call(unpack(add))
-redis.call('SET', KEYS[1], ARGV[5] .. id, 'EX', ARGV[3])
-redis.pcall('XACK', KEYS[3], ARGV[1], ARGV[2])
-return {1, id}
-"""
+# bot/lua/stream_record_once.lua: marker, stream, ack stream and guards as KEYS; see its header.
 
 
 def record_once(r: redis.Redis, *, marker: str, stream: str, fields: Mapping[Any, Any], ack_stream: str,
@@ -274,8 +228,8 @@ def record_once(r: redis.Redis, *, marker: str, stream: str, fields: Mapping[Any
     args: list[Any] = [group, entry_id, int(ttl), "" if maxlen is None else int(maxlen), marker_prefix]
     for name, value in fields.items():
         args += [name, value]
-    written, value = run_script(r, _RECORD_ONCE, [marker, stream, ack_stream, *guards], args)
-    return bool(int(written)), _s(value)
+    written, value = lua.run(r, "stream_record_once", [marker, stream, ack_stream, *guards], args)
+    return bool(int(written)), codec.text(value)
 
 
 def raw_fields_for_dlq(raw_fields: Mapping[bytes | str, bytes | str]) -> dict[str, bytes | str]:
@@ -307,9 +261,9 @@ def _json_pair(name: bytes, value: bytes) -> dict[str, str]:
 
 def original_fields(dlq_fields: Mapping[bytes | str, bytes | str]) -> dict[bytes, bytes]:
     """Rebuild the original entry's fields from a DLQ entry (for inspection and replay)."""
-    fields = {_s(k): v for k, v in dlq_fields.items()}
+    fields = {codec.text(k): v for k, v in dlq_fields.items()}
     if "raw" in fields:
-        pairs = json.loads(_s(fields["raw"]))
+        pairs = json.loads(codec.text(fields["raw"]))
         return {_from_json(p, "name"): _from_json(p, "value") for p in pairs}
     return {_b(k[4:]): _b(v) for k, v in fields.items() if k.startswith("raw_")}
 
@@ -352,15 +306,6 @@ def dead_letter(r: redis.Redis, keys: Keys, *, ack_stream: str, group: str, entr
 
 # --------------------------------------------------------------------------- trimming
 
-# The id of the first entry to keep when trimming to MAXLEN ARGV[1], removing at most ARGV[2]
-# entries; false when the stream is not longer than ARGV[1].
-_FIRST_KEPT = """
-local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
-if excess <= 0 then return false end
-if excess > tonumber(ARGV[2]) then excess = tonumber(ARGV[2]) end
-local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess + 1)
-return entries[#entries][1]
-"""
 
 
 def acknowledged_bound(r: redis.Redis, stream: str, groups: Iterable[str] | None = None) -> StreamId | None:
@@ -374,7 +319,7 @@ def acknowledged_bound(r: redis.Redis, stream: str, groups: Iterable[str] | None
         infos = r.xinfo_groups(stream)
     except redis.ResponseError:  # no such stream
         return None
-    by_name = {_s(info["name"]): info for info in infos}
+    by_name = {codec.text(info["name"]): info for info in infos}
     missing = set(groups or ()) - set(by_name)
     if missing or not by_name:
         return None
@@ -402,7 +347,7 @@ def trim_acknowledged(r: redis.Redis, stream: str, groups: Iterable[str] | None 
         return 0
     cutoff = bound
     if maxlen is not None:
-        first_kept = run_script(r, _FIRST_KEPT, [stream], [int(maxlen), TRIM_CHUNK])
+        first_kept = lua.run(r, "stream_first_kept", [stream], [int(maxlen), TRIM_CHUNK])
         if not first_kept:
             return 0
         cutoff = min(cutoff, parse_id(first_kept))
@@ -419,28 +364,12 @@ def trim_acknowledged(r: redis.Redis, stream: str, groups: Iterable[str] | None 
 
 # --------------------------------------------------------------------------- consumers
 
-_DELETE_IF_IDLE = """
-local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
-if type(consumers) ~= 'table' or consumers['err'] then return 0 end
-for _, row in ipairs(consumers) do
-  local info = {}
-  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
-  if info['name'] == ARGV[2] then
-    if tonumber(info['pending']) == 0 and tonumber(info['idle']) >= tonumber(ARGV[3]) then
-      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-      return 1
-    end
-    return 0
-  end
-end
-return 0
-"""
 
 
 def delete_consumer_if_idle(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int = 0) -> bool:
     """XGROUP DELCONSUMER, atomically, only if ``consumer`` has no pending entries (and has been
     idle ``min_idle_ms``): a consumer's pending entries would become unclaimable."""
-    return bool(int(run_script(r, _DELETE_IF_IDLE, [stream], [group, consumer, int(min_idle_ms)])))
+    return bool(int(lua.run(r, "stream_delete_consumer_if_idle", [stream], [group, consumer, int(min_idle_ms)])))
 
 
 def default_consumer_name(role: str = "") -> str:
@@ -469,4 +398,5 @@ def consumers(r: redis.Redis, stream: str, group: str) -> list[dict[str, Any]]:
         rows = r.xinfo_consumers(stream, group)
     except redis.ResponseError:
         return []
-    return [{**row, "name": _s(row["name"]), "pending": int(row["pending"]), "idle": int(row["idle"])} for row in rows]
+    return [{**row, "name": codec.text(row["name"]), "pending": int(row["pending"]), "idle": int(row["idle"])}
+            for row in rows]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 import click
@@ -21,7 +22,9 @@ def _cash(ctx: click.Context, param: click.Parameter, value: str) -> Decimal:
     return cash
 
 
-def _checked(parser):  # type: ignore[no-untyped-def]
+def _checked(parser: Callable[[str], object]) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """A click callback that checks an option's value with ``parser`` (the paper broker's own)."""
+
     def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
         if value:
             try:

@@ -83,11 +83,10 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
         raise click.ClickException(str(exc)) from None
     log.info("price poller settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
     try:
-        with stop_on_signals("price poller") as stop:
-            with poller_client(settings, r, stop) as client:
-                poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
-                                account_interval=account_interval, clock_interval=clock_interval,
-                                max_backoff=max_backoff, refresh_min_interval=refresh_min_interval)
-                poller.run(stop)
+        with stop_on_signals("price poller") as stop, poller_client(settings, r, stop) as client:
+            poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
+                            account_interval=account_interval, clock_interval=clock_interval,
+                            max_backoff=max_backoff, refresh_min_interval=refresh_min_interval)
+            poller.run(stop)
     finally:
         r.close()

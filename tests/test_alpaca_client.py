@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from email.utils import format_datetime
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -60,7 +61,7 @@ class FakeAlpaca:
         self.routes: dict[tuple[str, str], list[Reply]] = {}
         self.requests: list[httpx.Request] = []
 
-    def on(self, method: str, path: str, *replies: Reply) -> "FakeAlpaca":
+    def on(self, method: str, path: str, *replies: Reply) -> FakeAlpaca:
         self.routes[(method, path)] = list(replies)
         return self
 
@@ -415,7 +416,7 @@ def test_backoff_jitter_stays_between_half_and_full(broker, make_client, waits):
         client.get_clock()
     nominal = [2.0, 4.0, 5.0, 5.0]  # capped at backoff_max
     assert len(waits) == 4
-    for wait, top in zip(waits, nominal):
+    for wait, top in zip(waits, nominal, strict=True):
         assert top / 2 <= wait <= top
 
 

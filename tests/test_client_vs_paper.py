@@ -2,8 +2,9 @@
 in-process through its sync transport. Checks that both sides speak the same protocol."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -179,7 +180,7 @@ class LoseFirstPostResponse(httpx.BaseTransport):
 
 
 def test_in_process_lost_submit_response_places_exactly_one_order(in_process):
-    client, transport, exchange = in_process
+    client, transport, _exchange = in_process
     from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
 
     lossy = LoseFirstPostResponse(transport)

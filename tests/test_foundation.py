@@ -86,7 +86,8 @@ def test_secrets_never_in_public_view():
 def test_secret_filter_scrubs_messages():
     import logging
 
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key=%s url=%s", ("PKSECRETKEY123", "redis://u:pw12345@h:1"), None)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key=%s url=%s",
+                               ("PKSECRETKEY123", "redis://u:pw12345@h:1"), None)
     SecretFilter(["PKSECRETKEY123"]).filter(record)
     assert record.getMessage() == "key=*** url=redis://u:***@h:1"
     assert redact_url("rediss://:pw@h:6380/0") == "rediss://:***@h:6380/0"
@@ -133,7 +134,7 @@ def test_demo_credentials_only_for_a_local_broker():
     assert (local.alpaca_api_key, local.alpaca_secret_key) == (DEMO_API_KEY, DEMO_SECRET_KEY)
     keyed = Settings.from_env({"ALPACA_API_KEY": "PKREAL", "ALPACA_SECRET_KEY": "real-secret"})
     assert keyed.with_demo_credentials() is keyed
-    with pytest.raises(ConfigError, match="required to trade on https://paper-api.alpaca.markets"):
+    with pytest.raises(ConfigError, match=r"required to trade on https://paper-api\.alpaca\.markets"):
         Settings.from_env({}).with_demo_credentials("to trade on")
     with pytest.raises(ConfigError, match="not an http"):
         Settings.from_env({"ALPACA_BASE_URL": "ftp://x"}).with_demo_credentials()
@@ -165,7 +166,7 @@ class ReplyHoldingProxy:
         while not self._closed.is_set():
             try:
                 downstream, _ = self.listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             upstream = socket.create_connection(self.target)
             number, self.connections = self.connections, self.connections + 1
@@ -181,7 +182,7 @@ class ReplyHoldingProxy:
         while not self._closed.is_set():
             try:
                 data = source.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -354,3 +355,67 @@ def test_processes_exit_at_start_when_redis_refuses_the_credentials(tmp_path):
 def test_redact_url_hides_a_password_that_contains_an_at_sign():
     # redis-py reads the password up to the last "@": all of it must be hidden
     assert redact_url("redis://:S3cr@tPW@host:6379/0") == "redis://:***@host:6379/0"
+
+
+# ---------------------------------------------------------------------------- Lua scripts and errors
+
+def _lua_names() -> list[str]:
+    from importlib import resources
+
+    return sorted(p.name[:-len(".lua")] for p in resources.files("bot.lua").iterdir() if p.name.endswith(".lua"))
+
+
+def test_every_lua_script_loads_by_name_and_redis_accepts_it(r):
+    import hashlib
+    import re
+
+    from bot import lua
+
+    names = _lua_names()
+    assert {"stream_autoclaim", "stream_record_once", "stream_first_kept", "stream_delete_consumer_if_idle",
+            "market_replace_if_newer", "ledger_common", "ledger_reserve_buy", "ledger_reserve_sell",
+            "ledger_settle", "ledger_totals", "ratelimit_prelude", "ratelimit_take",
+            "ratelimit_observe"} <= set(names)
+    for name in names:
+        text = lua.source(name)
+        assert not re.search(r"^--!include", text, re.MULTILINE), f"{name}: an include was not expanded"
+        # SCRIPT LOAD compiles the script: a syntax error is refused here, not at the first call
+        assert r.script_load(text) == hashlib.sha1(text.encode("utf-8")).hexdigest(), name
+    assert lua.source("ledger_common") in lua.source("ledger_reserve_buy")
+    assert lua.source("ratelimit_prelude") in lua.source("ratelimit_take")
+
+
+def test_the_project_errors_share_one_root_and_keep_their_old_bases():
+    from bot.alpaca.errors import AlpacaError, OrderOutcomeUnknown
+    from bot.embedded_redis import RedisServerNotFound
+    from bot.errors import InputError, TradebotError
+    from bot.ledger import InsufficientCash, LedgerError
+    from bot.market import MarketDataError, StaleQuote
+    from bot.paper.faults import SettingError
+    from bot.ratelimit import RateLimitStopped, RateLimitTimeout
+    from bot.redisconn import RedisAuthError, RedisUnavailable
+    from bot.signals import SignalError
+
+    expected: dict[type, tuple[type, ...]] = {
+        ConfigError: (InputError, ValueError),
+        SettingError: (InputError, ValueError),
+        SignalError: (TradebotError, ValueError),
+        MarketDataError: (TradebotError,),
+        LedgerError: (TradebotError,),
+        AlpacaError: (TradebotError,),
+        RateLimitTimeout: (TradebotError, TimeoutError),
+        RedisUnavailable: (TradebotError, RuntimeError),
+        RedisServerNotFound: (TradebotError, RuntimeError),
+    }
+    for cls, bases in expected.items():
+        assert all(issubclass(cls, base) for base in bases), cls
+    assert ConfigError("x").exit_code == SettingError("x").exit_code == 2
+    assert SignalError("x").exit_code == RedisAuthError("x").exit_code == 1
+    # the subclasses' own constructors still work under the new root
+    assert isinstance(StaleQuote("NVDA", None, 1.0), TradebotError)
+    assert isinstance(InsufficientCash("short", Decimal(1)), LedgerError)
+    assert isinstance(OrderOutcomeUnknown("lost", client_order_id="c1"), TradebotError)
+    with pytest.raises(TimeoutError, match="stopping"):
+        raise RateLimitStopped("trading", 3.0)
+    with pytest.raises(ValueError, match="empty"):
+        raise SignalError("ticker is empty")

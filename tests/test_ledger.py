@@ -2,6 +2,7 @@
 here in the poller's format (bot/market.py); time is injected."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -14,9 +15,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot import lua
 from bot.keys import Keys
 from bot.ledger import (
-    _LUA_COMMON,
     CorruptCache,
     InsufficientCash,
     InsufficientShares,
@@ -121,7 +122,7 @@ def test_fixed_qty_must_fit(r, clock):
     assert (caught.value.available, caught.value.needed) == (D(995), D(1005))
     assert ledger.reserve_buy("o3", "NVDA", D(100), qty=D("9.9")).cash == D("994.95")
     r.delete(KEYS.ledger)
-    with pytest.raises(InsufficientCash, match="capped at 100.00"):
+    with pytest.raises(InsufficientCash, match=r"capped at 100\.00"):
         ledger.reserve_buy("o4", "NVDA", D(1), qty=D(1000), max_cash=D(100))
 
 
@@ -376,7 +377,7 @@ def test_cents_and_sub_dollar_prices_are_exact(r, ledger):
 
 @pytest.fixture
 def lua_units(r):
-    script = r.register_script(_LUA_COMMON + "local n = units(ARGV[1], tonumber(ARGV[2])) "
+    script = r.register_script(lua.source("ledger_common") + "local n = units(ARGV[1], tonumber(ARGV[2])) "
                                              "if n == nil then return 'nil' end return fmt(n)")
     return lambda text, scale: script(keys=["a", "b", "c"], args=[text, scale])
 
@@ -443,15 +444,13 @@ def test_eight_threads_never_commit_more_than_the_cash(r, redis_url, clock):
     assert sum(results) == D("994.56") == Ledger(r, KEYS, now=clock).committed_cash()
 
 
-def _sell_in_process(url: str, tag: str, out: "multiprocessing.Queue[str]") -> None:
+def _sell_in_process(url: str, tag: str, out: multiprocessing.Queue[str]) -> None:
     client = redis.Redis.from_url(url, decode_responses=True)
     ledger = Ledger(client, KEYS, now=lambda: T0)
     got = D(0)
     for i in range(30):
-        try:
+        with contextlib.suppress(InsufficientShares):
             got += ledger.reserve_sell(f"{tag}-{i}", "NVDA", qty=D("0.5")).qty
-        except InsufficientShares:
-            pass
     client.close()
     out.put(str(got))
 

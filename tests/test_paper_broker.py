@@ -3,9 +3,10 @@ plus one real uvicorn server. Prices are pinned wherever a test depends on them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -441,7 +442,7 @@ def test_requests_never_visit_closed_orders(monkeypatch: pytest.MonkeyPatch) -> 
 # --- market data ----------------------------------------------------------------------------------------------
 def test_snapshots_for_many_symbols_in_one_call(broker: Broker) -> None:
     symbols = [f"S{chr(65 + i // 26)}{chr(65 + i % 26)}" for i in range(60)]
-    response = broker.client.get("/v2/stocks/snapshots", params={"symbols": ",".join(symbols + ["bad-1"])})
+    response = broker.client.get("/v2/stocks/snapshots", params={"symbols": ",".join([*symbols, "bad-1"])})
     data = response.json()
     assert sorted(data) == sorted(symbols)  # the invalid symbol is simply absent
     snap = data["SAA"]
@@ -458,7 +459,8 @@ def test_latest_endpoints_are_wrapped(broker: Broker) -> None:
     quotes = broker.client.get("/v2/stocks/quotes/latest", params={"symbols": "NVDA,AAPL"}).json()
     assert set(quotes) == {"quotes"} and quotes["quotes"]["NVDA"]["bp"] == 179.98
     assert set(broker.client.get("/v2/stocks/trades/latest?symbols=NVDA").json()["trades"]) == {"NVDA"}
-    assert set(broker.client.get("/v2/stocks/bars/latest?symbols=NVDA").json()["bars"]["NVDA"]) >= {"o", "h", "l", "c", "v"}
+    bars = broker.client.get("/v2/stocks/bars/latest?symbols=NVDA").json()["bars"]
+    assert set(bars["NVDA"]) >= {"o", "h", "l", "c", "v"}
     assert broker.client.get("/v2/stocks/snapshots").status_code == 400
     assert broker.client.get("/v2/assets/NVDA").json()["fractionable"] is True
     assert error(broker.client.get("/v2/assets/TOOLONG")) == (404, 40410000, "asset not found for TOOLONG")
@@ -602,10 +604,9 @@ def test_real_server_hung_post_takes_effect_though_the_client_gave_up() -> None:
     # --fault-hang promises "answers late and still takes effect": over a real socket the client's
     # timeout closes the connection, which must not stop the order from being placed
     with PaperBrokerServer(always_open=True, seed=5, fault_hang={"orders": 1}, hang_seconds=1.0) as server:
-        with server.client(timeout=0.2) as client:
-            with pytest.raises(httpx.ReadTimeout):
-                client.post("/v2/orders", json={"symbol": "NVDA", "qty": "1", "side": "buy", "type": "market",
-                                                "time_in_force": "ioc", "client_order_id": "gave-up-1"})
+        with server.client(timeout=0.2) as client, pytest.raises(httpx.ReadTimeout):
+            client.post("/v2/orders", json={"symbol": "NVDA", "qty": "1", "side": "buy", "type": "market",
+                                            "time_in_force": "ioc", "client_order_id": "gave-up-1"})
         deadline = time.monotonic() + 5
         while not server.exchange.order_counts() and time.monotonic() < deadline:
             time.sleep(0.02)

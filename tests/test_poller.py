@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ import redis
 from click.testing import CliRunner
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from waiting import wait_for
 
 from bot.alpaca.client import AlpacaClient
 from bot.alpaca.models import OrderRequest, Snapshot
@@ -29,7 +31,6 @@ from bot.market import MarketCache, NoPrice, StalePrice, write_prices
 from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
 from bot.paper.testing import PaperBrokerServer, paper_transport
 from bot.poller import Poller, TickSchedule
-from waiting import wait_for
 
 KEYS = Keys("tb")
 T0 = 1_800_000_000.0
@@ -175,9 +176,9 @@ def test_refresh_requests_are_served_between_ticks(r, paper):
         first = cache.positions_polled_at()
         for n in (1, 2):  # the second ask comes right after a refresh: held until the interval allows
             client.submit_order(OrderRequest(symbol="NVDA", side="buy", qty=Decimal(1), client_order_id=f"t-{n}"))
-            wait_for(lambda: client.get_position("NVDA").qty == n)
+            wait_for(lambda n=n: client.get_position("NVDA").qty == n)
             cache.request_refresh()
-            wait_for(lambda: cache.position("NVDA") is not None and cache.position("NVDA").qty == n)
+            wait_for(lambda n=n: cache.position("NVDA") is not None and cache.position("NVDA").qty == n)
         assert cache.positions_polled_at() > first
         assert poller.refreshes == 2 and poller.ticks == 1
         assert not r.exists(KEYS.refresh_request)
@@ -300,7 +301,7 @@ def test_stale_and_absent_prices_are_detected(r, paper, clock):
     make_poller(client, r, clock).tick()
     assert cache_at(r, clock).price("NVDA").age == 0
     clock.advance(5.5)  # the poller stopped ticking
-    with pytest.raises(StalePrice, match="5.5s old"):
+    with pytest.raises(StalePrice, match=r"5\.5s old"):
         cache_at(r, clock).price("NVDA")
     with pytest.raises(NoPrice):
         cache_at(r, clock).price("MSFT")
@@ -542,7 +543,7 @@ def test_poller_command_help():
 def test_poller_command_credentials():
     local = Settings.from_env({"ALPACA_BASE_URL": "http://127.0.0.1:9"})
     assert local.with_demo_credentials("to poll").alpaca_api_key == DEMO_API_KEY
-    with pytest.raises(ConfigError, match="ALPACA_API_KEY.* required to poll"):
+    with pytest.raises(ConfigError, match=r"ALPACA_API_KEY.* required to poll"):
         Settings.from_env({}).with_demo_credentials("to poll")
 
 

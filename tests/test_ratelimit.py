@@ -160,7 +160,7 @@ def test_a_stop_request_ends_a_fleet_pause_wait(r, clock):
         try:
             lim.acquire("trading")
             outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             outcome.append(exc)
 
     waiter = threading.Thread(target=take, daemon=True)

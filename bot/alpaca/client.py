@@ -38,14 +38,16 @@ text scrubbed, so their requests and headers are not chained either).
 from __future__ import annotations
 
 import email.utils
+import functools
 import inspect
 import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import InvalidOperation
-from typing import Any, Callable, Iterable, Mapping, Protocol, TypeVar
+from typing import Any, Protocol, TypeGuard, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -93,6 +95,12 @@ _RETRYABLE_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.Remote
 
 class Limiter(Protocol):
     def acquire(self, bucket: str) -> None: ...
+
+
+class TimedLimiter(Protocol):
+    """A limiter whose ``acquire`` can give up after ``timeout`` seconds (bot.ratelimit.RateLimiter)."""
+
+    def acquire(self, bucket: str, timeout: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -172,7 +180,7 @@ class AlpacaClient:
         self.snapshot_batch = snapshot_batch
         self.submit_deadline = submit_deadline
         self._limiter = limiter
-        self._limiter_takes_timeout = _takes_timeout(limiter)
+        self._timed_limiter: TimedLimiter | None = limiter if _takes_timeout(limiter) else None
         self._monotonic = monotonic
         self._sleep = sleep
         self._jitter = jitter
@@ -197,7 +205,7 @@ class AlpacaClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Any, **kw: Any) -> "AlpacaClient":
+    def from_settings(cls, settings: Any, **kw: Any) -> AlpacaClient:
         options: dict[str, Any] = dict(
             api_key=settings.alpaca_api_key,
             secret_key=settings.alpaca_secret_key,
@@ -215,7 +223,7 @@ class AlpacaClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "AlpacaClient":
+    def __enter__(self) -> AlpacaClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -343,7 +351,7 @@ class AlpacaClient:
             for symbol in batch:
                 entry = data.get(symbol)
                 if isinstance(entry, dict):
-                    result[symbol] = self._parse(lambda d, s=symbol: Snapshot.from_json(s, d), entry, "snapshot")
+                    result[symbol] = self._parse(functools.partial(Snapshot.from_json, symbol), entry, "snapshot")
         return result
 
     # ------------------------------------------------------------------ submit internals
@@ -459,9 +467,8 @@ class AlpacaClient:
                 return response
             if last or not (status == 429 or status >= 500):
                 raise self._error_for(method, path, response)
-            delay = self._server_delay(response)
-            if delay is None:
-                delay = self._backoff(attempt)
+            asked = self._server_delay(response)
+            delay = self._backoff(attempt) if asked is None else asked
             self._log_retry(method, path, f"HTTP {status}", delay, attempt + 1, attempts)
             self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -480,8 +487,8 @@ class AlpacaClient:
         """A request token from the limiter; RateLimited (nothing sent) when none comes by ``not_after``."""
         if self._limiter is not None:
             try:
-                if not_after is not None and self._limiter_takes_timeout:
-                    self._limiter.acquire(bucket, timeout=max(0.0, not_after - self._monotonic()))
+                if not_after is not None and self._timed_limiter is not None:
+                    self._timed_limiter.acquire(bucket, timeout=max(0.0, not_after - self._monotonic()))
                 else:
                     self._limiter.acquire(bucket)
             except RateLimitTimeout as exc:
@@ -589,7 +596,7 @@ def _check_header_value(name: str, value: str) -> None:
         raise ValueError(f"{name} must be printable ASCII without spaces (value not shown)")
 
 
-def _takes_timeout(limiter: Any) -> bool:
+def _takes_timeout(limiter: Limiter | None) -> TypeGuard[TimedLimiter]:
     """Does ``limiter.acquire`` accept ``timeout=`` (bot.ratelimit.RateLimiter does; simple test doubles don't)?"""
     acquire = getattr(limiter, "acquire", None)
     if acquire is None:

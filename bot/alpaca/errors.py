@@ -1,10 +1,13 @@
 """Typed errors of the Alpaca REST API. Messages never carry credentials."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
+
+from bot.errors import TradebotError
 
 
-class AlpacaError(Exception):
+class AlpacaError(TradebotError):
     """Base of every error the client raises."""
 
     def __init__(self, message: str, *, status: int | None = None, code: int | None = None,

@@ -2,10 +2,11 @@
 tolerant: unknown keys are ignored, missing optional ones become None."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
 # Terminal order states (spec: "no further updates"); anything else, known or not, is followed.
 TERMINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
@@ -44,7 +45,7 @@ class Account:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Account":
+    def from_json(cls, d: Mapping[str, Any]) -> Account:
         return cls(
             id=str(d.get("id", "")),
             status=str(d.get("status", "")),
@@ -69,12 +70,13 @@ class Position:
     current_price: Decimal | None = None
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Position":
+    def from_json(cls, d: Mapping[str, Any]) -> Position:
         qty = dec(d.get("qty")) or Decimal(0)
+        available = dec(d.get("qty_available"))  # absent (or empty): all of the position is available
         return cls(
             symbol=str(d["symbol"]),
             qty=qty,
-            qty_available=dec(d.get("qty_available")) if d.get("qty_available") is not None else qty,
+            qty_available=qty if available is None else available,
             avg_entry_price=dec(d.get("avg_entry_price")) or Decimal(0),
             market_value=dec(d.get("market_value")),
             side=str(d.get("side", "long")),
@@ -112,7 +114,7 @@ class Order:
         return self.status in TERMINAL_STATUSES
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Order":
+    def from_json(cls, d: Mapping[str, Any]) -> Order:
         return cls(
             id=str(d["id"]),
             client_order_id=str(d.get("client_order_id") or ""),
@@ -147,7 +149,7 @@ class Clock:
     next_close: datetime
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Clock":
+    def from_json(cls, d: Mapping[str, Any]) -> Clock:
         return cls(timestamp=ts(d["timestamp"]), is_open=bool(d["is_open"]),  # type: ignore[arg-type]
                    next_open=ts(d["next_open"]), next_close=ts(d["next_close"]))  # type: ignore[arg-type]
 
@@ -163,7 +165,7 @@ class Asset:
     exchange: str = ""
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "Asset":
+    def from_json(cls, d: Mapping[str, Any]) -> Asset:
         return cls(id=str(d.get("id", "")), symbol=str(d["symbol"]), status=str(d.get("status", "")),
                    tradable=bool(d.get("tradable", False)), fractionable=bool(d.get("fractionable", False)),
                    shortable=bool(d.get("shortable", False)), exchange=str(d.get("exchange", "")))
@@ -183,7 +185,7 @@ class Snapshot:
     trade_time: datetime | None = None
 
     @classmethod
-    def from_json(cls, symbol: str, d: Mapping[str, Any]) -> "Snapshot":
+    def from_json(cls, symbol: str, d: Mapping[str, Any]) -> Snapshot:
         quote = d.get("latestQuote") or {}
         trade = d.get("latestTrade") or {}
         return cls(

@@ -7,15 +7,15 @@ faults (latency/faults/rate headers), clock (market hours), testing (in-process 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable, Mapping
+from typing import Any
 
-# The documented demo pair: accepted when ALPACA_API_KEY/ALPACA_SECRET_KEY are not set.
-# Not a secret: it only guards a loopback toy server against accidental use.
-DEMO_API_KEY = "PKDEMOPAPERBROKER000"
-DEMO_SECRET_KEY = "demo-paper-broker-secret"
+# The documented demo pair (defined with the settings that fall back on it): accepted when
+# ALPACA_API_KEY/ALPACA_SECRET_KEY are not set. Not a secret: it only guards a loopback toy server.
+from bot.config import DEMO_API_KEY, DEMO_SECRET_KEY
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -81,4 +81,4 @@ def keys_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     return DEMO_API_KEY, DEMO_SECRET_KEY
 
 
-__all__ = ["DEMO_API_KEY", "DEMO_SECRET_KEY", "DEFAULT_HOST", "DEFAULT_PORT", "PaperConfig", "keys_from_env"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEMO_API_KEY", "DEMO_SECRET_KEY", "PaperConfig", "keys_from_env"]

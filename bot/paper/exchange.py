@@ -22,10 +22,11 @@ import re
 import secrets
 import threading
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from bot.paper import PaperConfig
 from bot.paper.clock import MarketClock
@@ -767,7 +768,7 @@ class Exchange:
         return order
 
     def _matches(self, order: PaperOrder, q: OrderQuery) -> bool:
-        if q.status == "open" and not order.is_open or q.status == "closed" and order.is_open:
+        if (q.status == "open" and not order.is_open) or (q.status == "closed" and order.is_open):
             return False
         if q.after is not None and not order.created_at > q.after:
             return False

@@ -13,8 +13,11 @@ import math
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+
+from bot.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ WHEN_500 = ("before", "after", "random")
 Range = tuple[float, float]
 
 
-class SettingError(ValueError):
+class SettingError(InputError, ValueError):
     """A latency/fault setting cannot be used; the message says which and why."""
 
 
@@ -114,7 +117,7 @@ class FaultSettings:
     retry_after: float = 1.0
 
     @classmethod
-    def build(cls, **raw: Any) -> "FaultSettings":
+    def build(cls, **raw: Any) -> FaultSettings:
         settings = cls()
         settings.update(raw)
         return settings

@@ -80,7 +80,7 @@ class Bar:
     turnover: Decimal = field(default=Decimal(0))  # sum(price * size), for the VWAP
 
     @classmethod
-    def opening(cls, t: datetime, price: Decimal) -> "Bar":
+    def opening(cls, t: datetime, price: Decimal) -> Bar:
         return cls(t, price, price, price, price)
 
     def add(self, price: Decimal, size: int) -> None:

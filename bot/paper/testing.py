@@ -198,14 +198,14 @@ class PaperBrokerServer:
         self._admin_client: httpx.Client | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "PaperBrokerServer":
+    def __enter__(self) -> PaperBrokerServer:
         self.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def start(self) -> "PaperBrokerServer":
+    def start(self) -> PaperBrokerServer:
         last_error = "no attempt"
         for _ in range(3):  # a free port can be taken between probing and binding: retry
             try:

@@ -1,0 +1,22 @@
+-- The broker's view (bot.ratelimit.RateLimiter.observe). KEYS and ARGV 1-3: see ratelimit_prelude.
+-- ARGV[4] remaining ("" = unknown), ARGV[5] reset ("" = unknown),
+-- ARGV[6] "1" when reset is epoch seconds, "0" when seconds from now; ARGV[7] longest pause;
+-- ARGV[8] pause when no reset is given. Returns the pause now in force, in seconds.
+--!include ratelimit_prelude
+local remaining = tonumber(ARGV[4])
+local reset = tonumber(ARGV[5])
+if remaining ~= nil then
+  -- never believe we hold more tokens than the broker says are left
+  tokens = math.min(tokens, math.max(0, remaining))
+  if remaining <= 0 then
+    local pause = tonumber(ARGV[8])
+    if reset ~= nil then
+      if ARGV[6] == '1' then pause = reset - now else pause = reset end
+    end
+    pause = math.min(math.max(pause, 0), tonumber(ARGV[7]))
+    -- pauses only ever extend: an older, shorter answer must not cut a longer one short
+    paused_until = math.max(paused_until, now + pause)
+  end
+end
+save()
+return string.format('%.6f', math.max(0, paused_until - now))

@@ -1,0 +1,151 @@
+"""Record: the ledger settled or released, then ONE journal entry written atomically with the XACK
+(or one DLQ entry), then a refresh request to the poller after a fill.
+
+Settle before the journal: a crash in between replays the settle (idempotent per client_order_id);
+the other way round the done marker would stop the replay and the reservation would never settle.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import redis
+
+from bot.alpaca.models import Order
+from bot.codec import text_or_none
+from bot.journal import JournalEntry, record_outcome
+from bot.keys import Keys
+from bot.ledger import Ledger
+from bot.market import MarketCache
+from bot.streams import dead_letter, is_stream_id
+from bot.worker.records import (
+    DEAD,
+    DUPLICATE,
+    JOURNALED,
+    DeadLetter,
+    Duplicate,
+    Final,
+    Job,
+    Placed,
+    Rejected,
+    Skip,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(self, *, r: redis.Redis, rb: redis.Redis, keys: Keys, consumer: str, ledger: Ledger,
+                 market: MarketCache, order_timeout: float, clock: Callable[[], float]) -> None:
+        self.r, self.rb, self.keys, self.consumer = r, rb, keys, consumer
+        self.stream, self.group = keys.signals, keys.workers_group
+        self.ledger, self.market = ledger, market
+        self.order_timeout = order_timeout
+        self.clock = clock
+        self.outcomes: dict[str, int] = {}  # journal outcome -> entries written by this worker
+
+    def final(self, job: Job, placed: Placed, final: Final) -> str:
+        """A final order: settle what filled (or release the reservation), journal it, ask for a refresh."""
+        order = final.order
+        outcome, reason = outcome_of(order, final.canceled_by_us, self.order_timeout)
+        if final.canceled_by_us and final.stopping and outcome == "canceled":
+            reason = "canceled unfilled: the worker was stopping"
+        if order.filled_qty > 0:
+            self.ledger.settle(job.coid, order.filled_qty, order.filled_avg_price)
+        else:
+            self.ledger.release(job.coid)
+        result = self._journal(job, outcome, reason=reason, order=order, qty=placed.qty,
+                               submitted_at=placed.submitted_at, final_at=final.final_at)
+        if order.filled_qty > 0:
+            self.market.request_refresh()
+        return result
+
+    def skipped(self, job: Job, skip: Skip) -> str:
+        """No order: a reservation of an earlier delivery (crash before the submit) goes too."""
+        self.ledger.release(job.coid)
+        return self._journal(job, "skipped", reason=skip.reason, qty=skip.qty)
+
+    def rejected(self, job: Job, rejected: Rejected) -> str:
+        self.ledger.release(job.coid)
+        return self._journal(job, "rejected", reason=rejected.reason, qty=rejected.qty)
+
+    def duplicate(self, duplicate: Duplicate) -> str:
+        self.rb.xack(self.stream, self.group, duplicate.entry_id)
+        log.info("worker %s: %s %s already journaled; acked %s", self.consumer, duplicate.source_stream,
+                 duplicate.source_id, duplicate.entry_id)
+        return DUPLICATE
+
+    def dead_letter(self, dead: DeadLetter) -> str:
+        if dead.release is not None:
+            self.ledger.release(dead.release)
+        delivery, signal = dead.delivery, dead.signal
+        source_stream, source_id = ((signal.source_stream, signal.source_id) if signal is not None
+                                    else _origin(delivery.fields, self.stream, delivery.entry_id))
+        written = dead_letter(self.rb, self.keys, ack_stream=self.stream, group=self.group,
+                              entry_id=delivery.entry_id, source_stream=source_stream, source_id=source_id,
+                              reason=dead.reason, deliveries=delivery.deliveries, raw_fields=delivery.fields,
+                              consumer=self.consumer)
+        if not written:
+            log.info("worker %s: %s %s already recorded; acked %s", self.consumer, source_stream, source_id,
+                     delivery.entry_id)
+            return DUPLICATE
+        log.warning("worker %s: dead-lettered %s (%s %s): %s", self.consumer, delivery.entry_id, source_stream,
+                    source_id, dead.reason)
+        return DEAD
+
+    def _journal(self, job: Job, outcome: str, *, reason: str = "", order: Order | None = None,
+                 qty: Decimal | None = None, submitted_at: float | None = None, final_at: float | None = None) -> str:
+        signal = job.signal
+        entry = JournalEntry(
+            source_stream=signal.source_stream, source_id=signal.source_id, ticker=signal.ticker,
+            side=signal.side, outcome=outcome, reason=reason,
+            client_order_id=job.coid if order is not None or outcome == "rejected" else "",
+            order_id=order.id if order is not None else "",
+            status=order.status if order is not None else "",
+            qty=order.qty if order is not None and order.qty is not None else qty,
+            filled_qty=order.filled_qty if order is not None else None,
+            filled_avg_price=order.filled_avg_price if order is not None else None,
+            source_at=signal.source_at, routed_at=signal.routed_at, claimed_at=job.claimed_at,
+            submitted_at=submitted_at, final_at=final_at if final_at is not None else self.clock(),
+            consumer=self.consumer, deliveries=job.deliveries)
+        if not record_outcome(self.r, self.keys, entry, ack_stream=self.stream, group=self.group,
+                              entry_id=job.entry_id):
+            return DUPLICATE
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        level = logging.WARNING if outcome == "rejected" else logging.INFO
+        log.log(level, "worker %s: %s %s %s: %s%s", self.consumer, signal.side, signal.ticker, signal.source_id,
+                outcome, f" ({reason})" if reason else "")
+        return JOURNALED
+
+
+def outcome_of(order: Order, canceled_by_us: bool = False, order_timeout: float = 0.0) -> tuple[str, str]:
+    """Journal outcome and reason of a final order."""
+    status, filled = order.status, order.filled_qty
+    if status == "filled":
+        return "filled", ""
+    if status in ("canceled", "expired", "replaced") and filled > 0:
+        wanted = f" of {order.qty.normalize()}" if order.qty is not None else ""
+        return "partially_filled", f"filled {filled.normalize()}{wanted}, the rest {status}"
+    if status == "canceled":
+        if canceled_by_us:
+            return "canceled", f"not filled within the {order_timeout:g}s order timeout; canceled"
+        return "canceled", "canceled by the broker with nothing filled (no liquidity for the IOC order?)"
+    if status == "expired":
+        return "expired", "expired with nothing filled"
+    if status == "replaced":
+        return "canceled", f"replaced by order {order.raw.get('replaced_by') or '?'}"
+    reason = str(order.raw.get("reject_reason") or order.raw.get("reason") or "rejected by the broker")
+    return "rejected", reason
+
+
+def _origin(fields: Mapping[Any, Any], stream: str, entry_id: str) -> tuple[str, str]:
+    """The signal's source for an unparseable entry: its own fields when they look right, else the
+    signals entry itself (so the done marker still guards the entry)."""
+    by_name = {text_or_none(name): value for name, value in fields.items()}
+    source_stream = text_or_none(by_name.get("source_stream", b"")) or ""
+    source_id = text_or_none(by_name.get("source_id", b"")) or ""
+    if source_stream and len(source_stream) <= 256 and is_stream_id(source_id):
+        return source_stream, source_id
+    return stream, entry_id

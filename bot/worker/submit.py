@@ -1,0 +1,88 @@
+"""Submit: the order leaves only on fresh checks, while this worker still owns its entry, and a
+submit that placed nothing is tried again a bounded number of times."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from bot.alpaca.models import OrderRequest
+from bot.keys import Keys
+from bot.market import MarketCache
+from bot.worker.config import WorkerConfig
+from bot.worker.decide import Gates, Refused
+from bot.worker.keeper import EntryKeeper
+from bot.worker.limiter import BoundedLimiter
+from bot.worker.policy import SUBMIT, Action, rule_for
+from bot.worker.records import Job, Lost, Placed, Rejected, Sent, Unsent
+from bot.worker.stopping import StopGrace
+
+log = logging.getLogger(__name__)
+
+
+class Submitter:
+    def __init__(self, *, client: Any, market: MarketCache, keys: Keys, keeper: EntryKeeper, gates: Gates,
+                 grace: StopGrace, limiter: Any, config: WorkerConfig, clock: Callable[[], float]) -> None:
+        self.client, self.market, self.keys, self.keeper, self.gates = client, market, keys, keeper, gates
+        self.grace, self.limiter, self.config, self.clock = grace, limiter, config, clock
+
+    def submit(self, job: Job, request: OrderRequest) -> Sent:
+        """Send ``request``: Placed, Rejected (refused for good), a Skip (a re-check said no),
+        Unsent (stopping) or Lost (another worker took the entry). Raises what the error policy
+        leaves pending: the last attempt's failure, an unknown outcome."""
+        attempts = self.config.submit_attempts
+        for attempt in range(1, attempts + 1):
+            if self.grace.stopping:  # no new order; the reservation stays with the entry, which is replayed
+                return Unsent(f"stopping before order {job.coid} was sent")
+            try:
+                still_ours = self._recheck(job, request)
+            except Refused as refused:
+                return replace(refused.skip, qty=request.qty)
+            if not still_ours:
+                log.warning("worker %s: entry %s was reclaimed by another worker before order %s was sent; "
+                            "leaving it to that worker (claim-idle too short for this worker's pauses?)",
+                            self.config.consumer, job.entry_id, job.coid)
+                return Lost()
+            submitted_at = self.clock()
+            try:
+                with self._tight_limiter():
+                    order = self.client.submit_order(request)
+            except Exception as exc:
+                rule = rule_for(exc, SUBMIT)
+                if rule.action is Action.REJECT:
+                    log.warning("worker %s: order %s refused by the broker: %s", self.config.consumer, job.coid, exc)
+                    return Rejected(getattr(exc, "message", "") or str(exc), request.qty)
+                pause = self._retry_pause(exc, attempt) if rule.action is Action.RETRY else None
+                if pause is None or attempt == attempts:
+                    raise
+                log.warning("worker %s: order %s not placed (%s); checking again in %.2fs (attempt %d/%d)",
+                            self.config.consumer, job.coid, exc, pause, attempt + 1, attempts)
+                self.grace.pause(pause)  # a stop ends the pause: the next round leaves it pending
+                continue
+            log.info("worker %s: submitted %s %s %s (%s) -> %s %s", self.config.consumer, request.side, request.qty,
+                     request.symbol, job.coid, order.id, order.status)
+            return Placed(order, submitted_at, request.qty)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _recheck(self, job: Job, request: OrderRequest) -> bool:
+        """The cheap checks again, right before the submit: time may have passed since the plan
+        (a rate-limit wait, a broker retry, a pause between attempts). The same round trip
+        re-claims the entry: True when this worker still holds it."""
+        market = self.market.snapshot(job.signal.ticker, (self.keys.halt,),
+                                      also=lambda pipe: self.keeper.queue_still_holds(pipe, job.entry_id))
+        session_open = self.gates.session_open(job.signal, market)
+        if not request.extended_hours and not session_open:
+            raise Refused("market closed while the order was being sent", gate=True)
+        self.gates.fresh_price(market)
+        return self.keeper.still_holds_after(job.entry_id, market.more[0])
+
+    def _tight_limiter(self) -> Any:
+        return self.limiter.tight() if isinstance(self.limiter, BoundedLimiter) else contextlib.nullcontext()
+
+    def _retry_pause(self, exc: Exception, attempt: int) -> float | None:
+        """The pause before the next attempt; None when the broker asks for longer."""
+        hint = getattr(exc, "retry_after", None) or getattr(exc, "wait", None) or 0.0
+        pause = max(self.config.submit_retry_pause * attempt, float(hint))
+        return pause if pause <= self.config.submit_retry_max_pause else None
