@@ -69,7 +69,8 @@ class Recorder:
 
     def rejected(self, job: Job, rejected: Rejected) -> str:
         self.ledger.release(job.coid)
-        return self._journal(job, "rejected", reason=rejected.reason, qty=rejected.qty)
+        return self._journal(job, "rejected", reason=rejected.reason, qty=rejected.qty,
+                             submitted_at=rejected.submitted_at)
 
     def duplicate(self, duplicate: Duplicate) -> str:
         self.rb.xack(self.stream, self.group, duplicate.entry_id)

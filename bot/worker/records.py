@@ -118,6 +118,7 @@ class Rejected:
 
     reason: str
     qty: Decimal | None
+    submitted_at: float  # when the refused POST was sent
 
 
 @dataclass(frozen=True)

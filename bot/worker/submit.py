@@ -53,7 +53,7 @@ class Submitter:
                 rule = rule_for(exc, SUBMIT)
                 if rule.action is Action.REJECT:
                     log.warning("worker %s: order %s refused by the broker: %s", self.config.consumer, job.coid, exc)
-                    return Rejected(getattr(exc, "message", "") or str(exc), request.qty)
+                    return Rejected(getattr(exc, "message", "") or str(exc), request.qty, submitted_at)
                 pause = self._retry_pause(exc, attempt) if rule.action is Action.RETRY else None
                 if pause is None or attempt == attempts:
                     raise
