@@ -1,0 +1,135 @@
+"""The operator's text: the status screen, the journal listing and the DLQ listing."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from bot.ops.dlq import DlqEntry
+from bot.ops.report import StatusReport
+from bot.ops.times import unix_time
+
+
+def _fmt_age(age: float | None) -> str:
+    if age is None:
+        return "age ?"
+    if age < 120:
+        return f"age {age:.1f}s"
+    if age < 7200:
+        return f"age {age / 60:.0f}m"
+    return f"age {age / 3600:.1f}h"
+
+
+def _clock(stamp: Any) -> str:
+    value = unix_time(stamp)
+    if value is None:
+        return "--:--:--"
+    return datetime.fromtimestamp(value, timezone.utc).strftime("%H:%M:%S")
+
+
+def render_status(report: StatusReport) -> str:
+    """One screen, readable at a glance."""
+    lines: list[str] = []
+    when = datetime.fromtimestamp(report.generated_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    settings = report.settings
+    lines.append(f"tradebot status  {when}")
+    lines.append(f"  redis   {report.redis['url']}"
+                 + ("" if report.redis["ok"] else f"  UNREACHABLE: {report.redis['error']}"))
+    if report.fleet.get("paper_broker"):
+        lines.append(f"  broker  {report.fleet.get('broker_url')}  (the fleet's paper broker, demo key pair)")
+    else:
+        lines.append(f"  broker  {report.fleet.get('broker_url') or settings.get('alpaca_base_url')}"
+                     f"  (credentials: {settings.get('alpaca_credentials')})")
+    halt_state = report.halt
+    lines.append("  HALTED: " + str(halt_state["reason"]) if halt_state["on"] else "  halt    off (orders allowed)")
+    lines.append("")
+    fleet = report.fleet
+    if fleet["running"]:
+        lines.append(f"processes  (supervisord pid {fleet.get('supervisord_pid') or '?'}, {fleet['var_dir']})")
+        for proc in fleet["processes"]:
+            lines.append(f"  {proc['name']:<14} {proc['state']:<9} {proc['description']}")
+    else:
+        lines.append(f"processes  supervisord not running (var dir {fleet['var_dir']})")
+    if not report.redis["ok"]:
+        return "\n".join(lines)
+    lines.append("")
+    lines.append(f"{'streams':<22}{'length':>8}  {'group':<18}{'pending':>8}{'lag':>8}  consumers (pending, idle)")
+    for stream in report.streams:
+        head = f"  {stream.name:<20}{stream.length:>8}"
+        if not stream.groups:
+            lines.append(head)
+        for i, group in enumerate(stream.groups):
+            if group.lag is None:
+                lag = "?"
+            else:
+                lag = f">={group.lag}" if group.lag_method == "at-least-xrange" else str(group.lag)
+            consumers = ", ".join(f"{c.name} ({c.pending}, {c.idle_s:.1f}s)" for c in group.consumers) or "none"
+            lines.append(f"{head if i == 0 else ' ' * len(head)}  {group.name:<18}{group.pending:>8}{lag:>8}"
+                         f"  {consumers}")
+    methods = {g.lag_method for s in report.streams for g in s.groups}
+    if methods - {"xinfo"}:
+        lines.append("  (lag counted with XRANGE after each group's last-delivered-id: this Redis has no XINFO lag)")
+    lines.append("")
+    lines.append("prices")
+    for price in report.prices:
+        if len(price) <= 2:
+            lines.append(f"  {price['symbol']:<8} no price yet")
+            continue
+        lines.append(f"  {price['symbol']:<8} bid {price.get('bid', '-'):<10} ask {price.get('ask', '-'):<10} "
+                     f"last {price.get('last', '-'):<10} {_fmt_age(price.get('age_s'))}")
+    account = report.account
+    if account:
+        lines.append(f"account   cash {account.get('cash', '-')}  buying power {account.get('buying_power', '-')}  "
+                     f"equity {account.get('equity', '-')}  {account.get('status', '')}"
+                     f"  {_fmt_age(account.get('age_s'))}")
+    else:
+        lines.append("account   not polled yet")
+    if report.clock:
+        lines.append(f"market    {'open' if str(report.clock.get('is_open')).lower() in ('1', 'true') else 'closed'}"
+                     f"  next open {report.clock.get('next_open', '?')}"
+                     f"  next close {report.clock.get('next_close', '?')}")
+    if report.positions:
+        shown = []
+        for symbol, value in sorted(report.positions.items()):
+            if isinstance(value, dict):
+                shown.append(f"{symbol} {value.get('qty', '?')} @ {value.get('avg_entry_price', '?')}")
+            else:
+                shown.append(f"{symbol} {value}")
+        lines.append("positions " + ", ".join(shown) + f"  {_fmt_age(report.positions_age_s)}")
+    elif report.positions_age_s is not None:
+        lines.append(f"positions none (flat)  {_fmt_age(report.positions_age_s)}")
+    else:
+        lines.append("positions not polled yet")
+    lines.append("")
+    lines.append(f"last orders (journal {next(s.length for s in report.streams if s.role == 'orders')} entries, "
+                 f"DLQ {report.dlq} entries)")
+    if not report.orders:
+        lines.append("  none yet")
+    for entry in report.orders:
+        filled = ""
+        if entry.get("filled_qty") not in (None, "", "0"):
+            filled = f" {entry.get('filled_qty')} @ {entry.get('filled_avg_price', '?')}"
+        reason = f"  ({entry['reason']})" if entry.get("reason") else ""
+        lines.append(f"  {_clock(entry.get('final_at'))}  {entry.get('ticker', '?'):<6} {entry.get('side', '?'):<4} "
+                     f"{entry.get('outcome', '?'):<16}{filled}{reason}")
+    return "\n".join(lines)
+
+
+def render_orders(entries: Iterable[Mapping[str, str]]) -> str:
+    rows = []
+    for entry in entries:
+        filled = f"{entry.get('filled_qty', '-')} @ {entry.get('filled_avg_price', '-')}"
+        rows.append(f"{entry['id']:<16} {_clock(entry.get('final_at'))}  {entry.get('ticker', '?'):<6} "
+                    f"{entry.get('side', '?'):<4} {entry.get('outcome', '?'):<16} qty {entry.get('qty', '-'):<8} "
+                    f"filled {filled:<20} {entry.get('client_order_id', '')}"
+                    + (f"  ({entry['reason']})" if entry.get("reason") else ""))
+    return "\n".join(rows) if rows else "no journal entries"
+
+
+def render_dlq(entries: Iterable[DlqEntry]) -> str:
+    rows = []
+    for entry in entries:
+        original = " ".join(f"{k}='{v}'" for k, v in entry.original.items())
+        rows.append(f"{entry.id:<16} {entry.source_stream}/{entry.source_id}  deliveries {entry.deliveries}  "
+                    f"reason: {entry.reason}\n{'':<17}fields: {original or '(none)'}")
+    return "\n".join(rows) if rows else "DLQ is empty"
