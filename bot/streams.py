@@ -130,6 +130,13 @@ class GroupReader:
             if entries or not was_replaying:
                 return entries
 
+    def read_pending(self, r: redis.Redis) -> list[StreamEntry]:
+        """The next page of this consumer's own PEL, never new entries: [] once it is drained (then
+        ``read`` takes new ones). Reading the history counts a delivery of each entry returned."""
+        if not self.replaying:
+            return []
+        return self._read_once(r)
+
     def _read_once(self, r: redis.Redis) -> list[StreamEntry]:
         ids: dict[KeyT, StreamIdT] = {s: (c if c is not None else ">") for s, c in self._cursor.items()}
         # a history read never blocks; block only when every stream reads new entries

@@ -1,9 +1,12 @@
 """Intake: where the worker's next entry comes from, one at a time.
 
-In order each round: entries idle past claim-idle (dead workers', XAUTOCLAIM) when a claim round is
-due, then the own pending entry whose replay is due, then the own PEL after a restart and new entries
-(XREADGROUP, blocking no longer than the next replay). One at a time: a claimed entry waits in
-this worker's PEL only while it is handled.
+In order each round: the own PEL when this consumer (re)starts or Redis came back (what it held
+then), entries idle past claim-idle (dead workers', XAUTOCLAIM) when a claim round is due, the
+own pending entry whose replay is due, then new entries (XREADGROUP, blocking no longer than the
+next replay). One at a time: a claimed entry waits in this worker's PEL only while it is handled.
+The own PEL is read before the claim round, not after: reading history counts a delivery, so an
+entry reclaimed and left pending in this round would otherwise be delivered again at once,
+past its replay backoff.
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ class Intake:
 
     def deliveries(self, stop: threading.Event) -> Iterator[Delivery]:
         """This round's entries; each is produced only after the one before it was handled."""
+        yield from self.own_pel(stop)
+        if stop.is_set():
+            return
         if time.monotonic() >= self._next_claim:
             yield from self.reclaimed(stop)
         if stop.is_set():
@@ -86,16 +92,20 @@ class Intake:
         log.info("worker %s: replaying own pending %s (delivery %d)", self.consumer, entry_id, deliveries)
         return Delivery(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)), max(deliveries, 1))
 
+    def own_pel(self, stop: threading.Event) -> Iterator[Delivery]:
+        """After a (re)start or an outage: every entry still pending for this consumer, delivered again."""
+        while self.reader.replaying and not stop.is_set():
+            for entry in self.reader.read_pending(self.rb):
+                deliveries = delivery_count(self.rb, self.stream, self.group, entry.id)
+                yield Delivery(entry.id, entry.fields, max(deliveries, 1))
+
     def read(self, stop: threading.Event) -> Iterator[Delivery]:
-        """XREADGROUP: the own PEL after a restart, then new entries."""
+        """XREADGROUP of new entries (the own PEL is drained by ``own_pel`` first)."""
         wait = self.replays.seconds_to_next()
         block_ms = self.config.block_ms
         self.reader.block_ms = block_ms if wait is None else max(1, min(block_ms, int(wait * 1000)))
         entries = self.reader.read(self.rb)
         if stop.is_set():  # stopped during the BLOCK: what was read stays pending and is replayed
             return
-        replayed = self.reader.last_replayed
         for entry in entries:
-            from_pel = (entry.stream, entry.id) in replayed
-            deliveries = delivery_count(self.rb, self.stream, self.group, entry.id) if from_pel else 1
-            yield Delivery(entry.id, entry.fields, max(deliveries, 1))
+            yield Delivery(entry.id, entry.fields, 1)

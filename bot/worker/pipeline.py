@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from bot.alpaca.models import OrderRequest
+from bot.codec import decimal_text
 from bot.config import Settings
 from bot.consumer import ConsumerLoop, Round
 from bot.ledger import Ledger
@@ -257,7 +258,7 @@ class Worker:
         account = self.market.account()
         log.info("worker %s ready: cash %s, equity %s; weights %s", self.consumer,
                  account.cash if account else "?", account.equity if account else "?",
-                 ", ".join(f"{s}={w.normalize()}" for s, w in self.weights.items()))
+                 ", ".join(f"{s}={decimal_text(w)}" for s, w in self.weights.items()))
         return True
 
     def _own(self, resource: Any) -> Any:

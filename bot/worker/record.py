@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from bot.alpaca.models import Order
-from bot.codec import text_or_none
+from bot.codec import decimal_text, text_or_none
 from bot.journal import JournalEntry, record_outcome
 from bot.keys import Keys
 from bot.ledger import Ledger
@@ -127,8 +127,8 @@ def outcome_of(order: Order, canceled_by_us: bool = False, order_timeout: float 
     if status == "filled":
         return "filled", ""
     if status in ("canceled", "expired", "replaced") and filled > 0:
-        wanted = f" of {order.qty.normalize()}" if order.qty is not None else ""
-        return "partially_filled", f"filled {filled.normalize()}{wanted}, the rest {status}"
+        wanted = f" of {decimal_text(order.qty)}" if order.qty is not None else ""
+        return "partially_filled", f"filled {decimal_text(filled)}{wanted}, the rest {status}"
     if status == "canceled":
         if canceled_by_us:
             return "canceled", f"not filled within the {order_timeout:g}s order timeout; canceled"

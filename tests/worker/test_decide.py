@@ -1,0 +1,114 @@
+"""Decider.decide: the gates, a fresh price, the size and the ledger's reservation -> an OrderRequest or a Skip."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from bot.alpaca.models import OrderRequest
+from bot.worker.decide import Decider
+from bot.worker.records import Skip
+
+from .bench import ASK, CASH, SYMBOL, Bench, config
+
+
+def decider(bench: Bench, **options: Any) -> Decider:
+    return Decider(gates=bench.gates(), ledger=bench.ledger, limits=bench.limits, weights=bench.settings.weights,
+                   config=config(**options))
+
+
+def test_a_fixed_qty_buy_is_that_qty_under_the_coid_with_its_cash_reserved(bench: Bench):
+    job = bench.job()
+    request = decider(bench, fixed_qty=Decimal(3)).decide(job)
+    assert request == OrderRequest(symbol=SYMBOL, side="buy", client_order_id=job.coid, qty=Decimal(3),
+                                   type="market", time_in_force="ioc", limit_price=None, extended_hours=False)
+    reservation = bench.ledger.get(job.coid)
+    assert reservation is not None and not reservation.settled
+    assert (reservation.side, reservation.symbol, reservation.qty, reservation.price) == ("buy", SYMBOL, 3, ASK)
+    assert reservation.cash == 3 * bench.ledger.buffered_price(ASK)
+    assert bench.orders() == 0  # deciding sends nothing
+
+
+def test_deciding_twice_reuses_the_reservation(bench: Bench):
+    job = bench.job()
+    first = decider(bench, fixed_qty=Decimal(3)).decide(job)
+    again = decider(bench, fixed_qty=Decimal(3)).decide(job)  # a replay after a crash before the submit
+    assert first == again and len(bench.ledger.reservations()) == 1
+
+
+def test_an_all_in_buy_spends_the_cash_at_the_buffered_ask(bench: Bench):
+    job = bench.job()
+    request = decider(bench, strategy="all-in", fixed_qty=None).decide(job)
+    assert isinstance(request, OrderRequest)
+    expected = (CASH / (ASK * Decimal("1.005"))).to_integral_value(rounding=ROUND_FLOOR)
+    assert request.qty == expected == bench.ledger.get(job.coid).qty
+
+
+def test_a_sell_sells_the_shares_held(bench: Bench):
+    bench.client.submit_order(OrderRequest(SYMBOL, "buy", "seed-buy", qty=Decimal(4)))
+    bench.refresh()
+    job = bench.job(bench.deliver(bench.signal("sell")))
+    request = decider(bench, strategy="all-in", fixed_qty=None).decide(job)
+    assert isinstance(request, OrderRequest)
+    assert (request.side, request.qty, request.client_order_id) == ("sell", 4, job.coid)
+    reservation = bench.ledger.get(job.coid)
+    assert (reservation.side, reservation.qty, reservation.cash) == ("sell", 4, 0)
+
+
+def test_the_kill_switch_is_a_gate_skip(bench: Bench):
+    bench.r.set(bench.keys.halt, "maintenance window")
+    job = bench.job()
+    assert decider(bench).decide(job) == Skip("kill switch on: maintenance window", gate=True)
+    assert bench.ledger.reservations() == []
+
+
+def test_an_old_signal_is_a_skip_but_not_a_gate(bench: Bench):
+    job = bench.job(bench.deliver(bench.signal(age=120.0)))
+    skip = decider(bench).decide(job)
+    assert isinstance(skip, Skip) and not skip.gate and skip.qty is None
+    assert skip.reason.startswith("signal is 120"), skip.reason
+    assert bench.ledger.reservations() == []
+
+
+def test_a_stale_price_is_a_skip(bench: Bench):
+    bench.r.hset(bench.keys.prices(SYMBOL), "polled_at", repr(time.time() - 30))
+    skip = decider(bench).decide(bench.job())
+    assert isinstance(skip, Skip) and not skip.gate
+    assert skip.reason.startswith("price of NVDA is 30"), skip.reason
+    assert bench.ledger.reservations() == []
+
+
+def test_a_closed_market_is_a_gate_skip(bench: Bench):
+    bench.exchange.clock.mode = "closed"
+    bench.refresh()
+    skip = decider(bench).decide(bench.job())
+    assert isinstance(skip, Skip) and skip.gate and "market is closed" in skip.reason, skip
+
+
+def test_not_enough_cash_is_a_skip(bench: Bench):
+    job = bench.job()
+    skip = decider(bench, fixed_qty=Decimal(2000)).decide(job)  # 2000 x 100.01 > 100000
+    assert isinstance(skip, Skip) and not skip.gate
+    assert skip.reason.startswith("no cash left to buy NVDA: "), skip.reason
+    assert bench.ledger.reservations() == []
+
+
+def test_cash_reserved_by_other_orders_in_flight_counts(bench: Bench):
+    bench.ledger.reserve_buy("tb-other", SYMBOL, ASK, qty=Decimal(900))  # another worker's buy in flight
+    skip = decider(bench, fixed_qty=Decimal(100)).decide(bench.job())  # 900 + 100 shares > the cash
+    assert isinstance(skip, Skip) and skip.reason.startswith("no cash left to buy NVDA"), skip
+    assert [res.client_order_id for res in bench.ledger.reservations()] == ["tb-other"]
+
+
+def test_a_sell_without_shares_is_a_skip(bench: Bench):
+    job = bench.job(bench.deliver(bench.signal("sell")))
+    assert decider(bench, strategy="all-in", fixed_qty=None).decide(job) == Skip("no NVDA shares to sell")
+    assert bench.ledger.reservations() == []
+
+
+def test_the_order_notional_limit_is_a_skip(bench: Bench):
+    bench.settings = replace(bench.settings, max_order_notional=Decimal(500))
+    skip = decider(bench, fixed_qty=Decimal(10)).decide(bench.job())
+    assert skip == Skip("order notional 1000.10 (10 x 100.01) exceeds the max 500.00")
+    assert bench.ledger.reservations() == []
