@@ -2,6 +2,7 @@
 in-process through its sync transport. Checks that both sides speak the same protocol."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -197,6 +198,9 @@ def test_in_process_rate_limit_is_honoured_and_reported():
     from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
 
     transport, _ = paper_transport(always_open=True, seed=5, enforce_rate_limit=True, rate_limit=2)
+    # the quota is per wall-clock minute: pinned, so that no minute boundary refills it mid-test
+    pinned = time.time()
+    transport.app.state.broker.rates._wall = lambda: pinned
     waits: list[float] = []
     with AlpacaClient(api_key=DEMO_API_KEY, secret_key=DEMO_SECRET_KEY, base_url="http://paper",
                       data_url="http://paper", transport=transport, max_retries=2, sleep=waits.append,

@@ -213,7 +213,8 @@ def kill_everything(var_dir: Path) -> None:
             pass
 
 
-def tradebot(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+def tradebot(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    # generous: `up` alone may take supervisord's start plus START_TIMEOUT (45 s) before it answers
     return subprocess.run([*TRADEBOT, *args], env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
@@ -354,9 +355,14 @@ def test_up_in_the_foreground_stops_everything_on_ctrl_c(redis_url: str, r: redi
                               env={**env, "REDIS_URL": redis_url}, stdout=out, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for("the fleet to be up", lambda: "tradebot fleet is up" in output.read_text())
+        # `up` echoes its summary line by line (each flushed): wait for the LAST line, "stop ...", or a
+        # read between two lines misses the rest. The deadline is longer than `up`'s own bounds
+        # (supervisord answering, every program leaving STARTING): a fleet that cannot come up says why
+        wait_for("the fleet to be up", lambda: "stop       Ctrl-C" in output.read_text() or up.poll() is not None,
+                 timeout=90)
+        assert up.poll() is None, output.read_text()
         text = output.read_text()
-        assert "stop       Ctrl-C" in text and "processes  router RUNNING" in text
+        assert "tradebot fleet is up" in text and "processes  router RUNNING" in text
         supervisord_pid = fleet.read_pid(fleet.FleetPaths.of(var_dir))
         assert supervisord_pid
         router_pid = next(i["pid"] for i in fleet.process_infos(fleet.FleetPaths.of(var_dir)) or [] if i["name"] == "router")

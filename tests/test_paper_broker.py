@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from waiting import wait_for
 
 from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY, PaperConfig, keys_from_env
 from bot.paper.clock import NEW_YORK, MarketClock, regular_hours_state
@@ -536,15 +537,17 @@ def test_hung_order_times_out_but_lands_later(broker: Broker) -> None:
     with pytest.raises(httpx.ReadTimeout):
         broker.client.post("/v2/orders", json=body, timeout=0.05)
     broker.admin.set_faults(fault_hang=0)
-    deadline = time.monotonic() + 5
-    while broker.exchange.order_counts() == {} and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: broker.exchange.order_counts() != {}, what="the hung order to land")
     found = broker.client.get("/v2/orders:by_client_order_id?client_order_id=slow-1")
     assert found.status_code == 200
 
 
 def test_enforced_rate_limit(make_broker: Callable[..., Broker]) -> None:
     b = make_broker(always_open=True, rate_limit=2, enforce_rate_limit=True)
+    # the quota is per wall-clock minute: pin the window's clock, or a minute that ends between the
+    # second and the third request (likelier the slower the machine) refills it and the 429 never comes
+    pinned = time.time()
+    b.transport.app.state.broker.rates._wall = lambda: pinned
     assert [b.client.get("/v2/clock").status_code for _ in range(2)] == [200, 200]
     limited = b.client.get("/v2/clock")
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
@@ -607,9 +610,7 @@ def test_real_server_hung_post_takes_effect_though_the_client_gave_up() -> None:
         with server.client(timeout=0.2) as client, pytest.raises(httpx.ReadTimeout):
             client.post("/v2/orders", json={"symbol": "NVDA", "qty": "1", "side": "buy", "type": "market",
                                             "time_in_force": "ioc", "client_order_id": "gave-up-1"})
-        deadline = time.monotonic() + 5
-        while not server.exchange.order_counts() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: server.exchange.order_counts(), what="the order of the abandoned POST to land")
         assert sum(server.exchange.order_counts().values()) == 1
         assert server.exchange.get_order_by_client_id("gave-up-1")["client_order_id"] == "gave-up-1"
 

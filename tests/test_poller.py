@@ -172,19 +172,21 @@ def test_refresh_requests_are_served_between_ticks(r, paper):
     thread.start()
     try:
         cache = MarketCache(r, KEYS)
-        cache.wait_ready(["NVDA"], timeout=5)
+        cache.wait_ready(["NVDA"], timeout=30)
         first = cache.positions_polled_at()
         for n in (1, 2):  # the second ask comes right after a refresh: held until the interval allows
             client.submit_order(OrderRequest(symbol="NVDA", side="buy", qty=Decimal(1), client_order_id=f"t-{n}"))
             wait_for(lambda n=n: client.get_position("NVDA").qty == n)
             cache.request_refresh()
             wait_for(lambda n=n: cache.position("NVDA") is not None and cache.position("NVDA").qty == n)
+            # the poller thread counts a refresh after its positions reached Redis: await the count too
+            wait_for(lambda n=n: poller.refreshes >= n, what=f"refresh {n} to be counted")
         assert cache.positions_polled_at() > first
         assert poller.refreshes == 2 and poller.ticks == 1
         assert not r.exists(KEYS.refresh_request)
     finally:
         stop.set()
-        thread.join(timeout=5)
+        thread.join(timeout=30)
     assert not thread.is_alive()
 
 
@@ -396,11 +398,11 @@ def test_run_loop_survives_an_outage_and_resumes(r, paper):
     thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        MarketCache(r, KEYS).wait_ready(["NVDA"], timeout=5)
+        MarketCache(r, KEYS).wait_ready(["NVDA"], timeout=30)
         wait_for(lambda: poller.consecutive_failures == 0)
     finally:
         stop.set()
-        thread.join(timeout=5)
+        thread.join(timeout=30)
         client.close()
     assert not thread.is_alive()
     assert flaky.refused == 6 and poller.errors >= 1
@@ -595,8 +597,10 @@ def test_poller_process_fills_the_cache_and_stops_on_sigterm(r, redis_url):
                                     "--refresh-min-interval", "0.5"], env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert MarketCache(r, KEYS).wait_ready(["NVDA", "AAPL"], timeout=10) is True
-            assert r.hget(KEYS.clock, "is_open") == "1"
+            # a new process: interpreter start, imports and a first poll, on a machine that may be busy
+            assert MarketCache(r, KEYS).wait_ready(["NVDA", "AAPL"], timeout=60) is True
+            # the clock is the tick's last request, written after what wait_ready waits for
+            assert wait_for(lambda: r.hget(KEYS.clock, "is_open"), what="the poller to write the clock") == "1"
             process.send_signal(signal.SIGTERM)
             _, stderr = process.communicate(timeout=10)
         finally:
@@ -623,7 +627,7 @@ def test_measure_requests_per_tick_and_price_age_against_a_real_server(r):
         thread.start()
         try:
             cache = MarketCache(r, KEYS)
-            cache.wait_ready(SYMBOLS_20, timeout=5)
+            cache.wait_ready(SYMBOLS_20, timeout=30)
             started = time.monotonic()
             seen_ticks = poller.ticks
             while time.monotonic() - started < 2.05:
@@ -634,7 +638,7 @@ def test_measure_requests_per_tick_and_price_age_against_a_real_server(r):
                 time.sleep(0.05)
         finally:
             stop.set()
-            thread.join(timeout=5)
+            thread.join(timeout=30)
             client.close()
         assert not thread.is_alive()
         data_requests = broker.stats()["by_group"].get("data")

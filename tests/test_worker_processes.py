@@ -123,7 +123,9 @@ def test_worker_killed_between_submit_and_ack_is_finished_by_another_with_one_or
 
 
 def test_sigterm_finishes_the_order_in_hand_then_leaves_the_group(fleet: Fleet):
-    fleet.broker.exchange.fill_delay = 1.5
+    # the order sits open for 4 s (well inside the 15 s stop grace): the check and the SIGTERM below
+    # must come while it is open, also when this process is slow to be scheduled
+    fleet.broker.exchange.fill_delay = 4.0
     worker = fleet.spawn("graceful", "--claim-idle", "30", "--order-timeout", "30")
     fleet.signal("buy")
     wait_for(lambda: fleet.broker_orders() == 1, 20, "the worker's order at the broker")
