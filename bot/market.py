@@ -474,20 +474,25 @@ class MarketCache:
         pipe.execute()
 
     def missing(self, symbols: Iterable[str]) -> list[str]:
-        """Keys the poller has not filled yet (prices per symbol, account, positions)."""
+        """Keys the poller has not filled yet (prices per symbol, account, positions, the market clock).
+
+        The clock counts: the poller writes it last in its first tick, and a worker's gates skip
+        every signal while it is missing, so a signal arriving as the fleet starts would be
+        journaled ``skipped`` instead of traded."""
         symbols = [s.upper() for s in symbols]
         pipe = self.r.pipeline(transaction=False)
         for symbol in symbols:
             pipe.hexists(self.keys.prices(symbol), POLLED_AT)
         pipe.hexists(self.keys.account, POLLED_AT)
         pipe.hexists(self.keys.positions, POSITIONS_POLLED_AT)
-        names = [self.keys.prices(s) for s in symbols] + [self.keys.account, self.keys.positions]
+        pipe.hexists(self.keys.clock, POLLED_AT)
+        names = [self.keys.prices(s) for s in symbols] + [self.keys.account, self.keys.positions, self.keys.clock]
         return [name for name, present in zip(names, pipe.execute(), strict=True) if not present]
 
     def wait_ready(self, symbols: Iterable[str], timeout: float | None,
                    stop_event: threading.Event | None = None, *, poll: float = 0.1,
                    log_every: float = 5.0) -> bool:
-        """Block until prices of all ``symbols``, the account and positions are in the cache.
+        """Block until prices of all ``symbols``, the account, positions and the clock are in the cache.
 
         True when ready; False when ``stop_event`` was set first; NotReady after ``timeout``
         seconds (None = no limit). Logs what is missing every ``log_every`` seconds.

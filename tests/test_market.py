@@ -240,6 +240,7 @@ def fill_all(r):
     write_prices(r, KEYS, {"NVDA": snap(), "AAPL": snap("AAPL")}, T0)
     write_account(r, KEYS, account(), T0)
     write_positions(r, KEYS, [], T0)
+    write_clock(r, KEYS, Clock(QUOTE_TIME, True, QUOTE_TIME, QUOTE_TIME), T0)
 
 
 def test_wait_ready_returns_when_the_poller_has_filled_everything(r):
@@ -258,8 +259,8 @@ def test_wait_ready_times_out_naming_what_is_missing(r, caplog):
     write_prices(r, KEYS, {"NVDA": snap()}, T0)
     with caplog.at_level(logging.INFO, logger="bot.market"), pytest.raises(NotReady) as info:
         cache(r).wait_ready(["NVDA", "AAPL"], timeout=0.2)
-    assert info.value.missing == ["tb:prices:AAPL", "tb:account", "tb:positions"]
-    assert "waiting for the price poller to fill tb:prices:AAPL, tb:account, tb:positions" in caplog.text
+    assert info.value.missing == ["tb:prices:AAPL", "tb:account", "tb:positions", "tb:clock"]
+    assert "waiting for the price poller to fill tb:prices:AAPL, tb:account, tb:positions, tb:clock" in caplog.text
 
 
 def test_wait_ready_stops_on_stop_event(r):

@@ -584,7 +584,7 @@ def test_a_stop_request_ends_the_tick_between_its_calls(r, paper, clock):
     assert poller.tick() is True
     assert poller.last_tick_requests == 1 and poller.errors == 0
     # the answer in hand is still written; account, positions and clock wait for the next start
-    assert cache_at(r, clock).missing(["NVDA", "AAPL"]) == [KEYS.account, KEYS.positions]
+    assert cache_at(r, clock).missing(["NVDA", "AAPL"]) == [KEYS.account, KEYS.positions, KEYS.clock]
 
 
 def test_poller_process_fills_the_cache_and_stops_on_sigterm(r, redis_url):

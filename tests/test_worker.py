@@ -57,7 +57,9 @@ def make_client(transport: Any = None, base_url: str = BASE, **kw: Any) -> Alpac
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str, tick: Callable[[], Any] = lambda: None) -> None:
-    deadline = time.monotonic() + timeout
+    # a deadline only decides how long a failing test takes to say so: at least 30 s, so that a loaded
+    # machine (a second suite on the same cores) never turns a slow success into a failure
+    deadline = time.monotonic() + max(timeout, 30.0)
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         tick()
@@ -158,7 +160,7 @@ class Rig:
         fields = self.r.xrange(self.keys.signals, entry_id, entry_id)[0][1]
         return client_order_id(fields["source_stream"], fields["source_id"])
 
-    def run_until(self, worker: Worker, done: Callable[[], bool], timeout: float = 10.0) -> None:
+    def run_until(self, worker: Worker, done: Callable[[], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             assert time.monotonic() < deadline, f"condition not met within {timeout}s"
@@ -824,21 +826,24 @@ def test_unknown_outcome_leaves_the_entry_pending_until_the_order_is_found(rig: 
 
 
 def test_keeps_its_own_entry_fresh_so_no_living_worker_steals_it(rig: Rig):
-    rig.exchange.fill_delay = 1.0
-    slow = rig.worker(claim_idle=0.3, order_timeout=5, strategy="fixed", fixed_qty=Decimal(1))
-    thief = rig.worker(claim_idle=0.3)
+    # the order stays open for twice the claim-idle: only the keeper's re-claims (every claim_idle / 4)
+    # keep it from the thief; a claim-idle of seconds, not tenths, so a loaded machine's scheduling
+    # pauses cannot pass for a dead worker
+    rig.exchange.fill_delay = 4.0
+    slow = rig.worker(claim_idle=2.0, order_timeout=10, strategy="fixed", fixed_qty=Decimal(1))
+    thief = rig.worker(claim_idle=2.0)
     rig.signal("buy")
     handled: list[str] = []
     thread = threading.Thread(target=lambda: handled.extend(slow.step()), daemon=True)
     thread.start()
     stolen: list[str] = []
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while thread.is_alive() and time.monotonic() < deadline:
             stolen += thief.reclaim()
             time.sleep(0.05)
     finally:
-        thread.join(timeout=10)
+        thread.join(timeout=30)
     assert handled == [JOURNALED] and stolen == []
     assert only(rig.journal()).outcome == "filled" and rig.orders() == 1
 
@@ -936,9 +941,10 @@ class _RefusedPosts(httpx.BaseTransport):
 
 def test_own_replays_reach_max_deliveries_only_at_the_backoff_pace_then_look_up_before_the_dlq(rig: Rig):
     refusing = _RefusedPosts(rig.transport)
-    # the test's backoff: 0.05, 0.1 s; one POST per delivery, no pauses between submit attempts
+    # the test's backoff: 1, 2 s (long enough that no scheduling pause between two statements reaches
+    # it); one POST per delivery, no pauses between submit attempts
     worker = rig.worker(client=make_client(refusing, max_retries=0), claim_idle=300.0, max_deliveries=2,
-                        strategy="fixed", fixed_qty=Decimal(1), own_replay_first=0.05, submit_attempts=1)
+                        strategy="fixed", fixed_qty=Decimal(1), own_replay_first=1.0, submit_attempts=1)
     entry_id = rig.signal("buy")
     for delivery in (1, 2):
         rig.run_until(worker, lambda: worker.counts[PENDING] == delivery)
@@ -1029,15 +1035,16 @@ def test_fifty_buys_on_eight_workers_never_commit_more_than_the_cash(r: redis.Re
             poller_thread.start()
             for thread in threads:
                 thread.start()
+            # every worker reading before the burst: the check that the work was shared does not
+            # depend on how soon the threads are scheduled
+            _wait(lambda: len(consumers(r, keys.signals, keys.workers_group)) == 8, 60, "8 workers in the group")
             now = time.time()
             pipe = r.pipeline()
             for n in range(50):
                 signal = Signal(SYMBOL, "buy", None, "nvda", f"{int(now * 1000)}-{n}", now)
                 pipe.xadd(keys.signals, signal.to_fields())
             pipe.execute()
-            deadline = time.monotonic() + 15
-            while r.xlen(keys.orders) < 50 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait(lambda: r.xlen(keys.orders) >= 50, 60, "50 journal entries")
         finally:
             stop.set()
             for thread in threads:
