@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check soak bench clean
+.PHONY: run test check soak stress bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ check: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/pytest -m soak
+
+# the suite three times in a row while a second copy of it runs beside it (about 10 minutes)
+stress:
+	tools/stress.sh 3
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
