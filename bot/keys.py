@@ -30,6 +30,30 @@ class Keys:
         """The journal stream."""
         return self._k("orders")
 
+    @property
+    def order_events(self) -> str:
+        """Every broker order event the listener saw (trade_updates, and back-fills over REST)."""
+        return self._k("order_events")
+
+    # broker order state, written by the listener
+    def order_state(self, client_order_id: str) -> str:
+        """Hash: an order's latest known state at the broker (only ever moves forward)."""
+        return self._k("order", client_order_id)
+
+    def order_wake(self, client_order_id: str) -> str:
+        """List: a doorbell the listener rings when that order's state moved (its worker BLPOPs it)."""
+        return self._k("wake", client_order_id)
+
+    @property
+    def listener(self) -> str:
+        """Hash: the active order-updates listener's state (connected, last heard from the stream)."""
+        return self._k("listener")
+
+    @property
+    def listener_lease(self) -> str:
+        """String: who holds the one-per-account listener lease (a second listener is a standby)."""
+        return self._k("listener", "lease")
+
     # consumer groups
     @property
     def router_group(self) -> str:

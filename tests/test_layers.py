@@ -31,8 +31,10 @@ LAYERS: dict[str, int] = {
     **dict.fromkeys(("bot.keys", "bot.codec", "bot.numbers", "bot.lua", "bot.config", "bot.logs", "bot.redisconn",
                      "bot.runtime", "bot.errors", "bot.embedded_redis"), LEAF),
     **dict.fromkeys(("bot.streams", "bot.signals", "bot.market", "bot.ledger", "bot.journal", "bot.risk",
-                     "bot.strategies", "bot.ratelimit", "bot.alpaca", "bot.paper"), DOMAIN),
-    **dict.fromkeys(("bot.router", "bot.poller", "bot.worker", "bot.generator", "bot.consumer"), LOOPS),
+                     "bot.strategies", "bot.ratelimit", "bot.alpaca", "bot.paper", "bot.order_events",
+                     "bot.lease"), DOMAIN),
+    **dict.fromkeys(("bot.router", "bot.poller", "bot.worker", "bot.generator", "bot.consumer",
+                     "bot.listener"), LOOPS),
     **dict.fromkeys(("bot.ops", "bot.fleet"), OPERATOR),
     **dict.fromkeys(("bot.cli", "processes"), ENTRY),
 }

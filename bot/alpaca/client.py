@@ -44,8 +44,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import InvalidOperation
 from typing import Any, Protocol, TypeGuard, TypeVar
 from urllib.parse import quote
@@ -317,13 +318,36 @@ class AlpacaClient:
             log.info("order %s is no longer cancelable: %s", order_id, _error_body(response)[1])
 
     def list_orders(self, status: str = "all", limit: int = 500, symbols: Iterable[str] | None = None,
-                    direction: str = "desc") -> list[Order]:
+                    direction: str = "desc", after: datetime | None = None,
+                    until: datetime | None = None) -> list[Order]:
+        """One page of GET /v2/orders (at most 500): ``after``/``until`` bound the submission time."""
         params: dict[str, Any] = {"status": status, "limit": min(max(1, limit), MAX_LIST_LIMIT),
                                   "direction": direction}
         if symbols:
             params["symbols"] = ",".join(symbols)
+        for name, at in (("after", after), ("until", until)):
+            if at is not None:
+                params[name] = at.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
         rows = self._get_json(self.trading, "/v2/orders", params=params)
         return [self._parse(Order.from_json, row, "order") for row in _as_list(rows, "orders")]
+
+    def orders_since(self, after: datetime, status: str = "all", page: int = MAX_LIST_LIMIT) -> Iterator[Order]:
+        """Every order submitted after ``after``, oldest first, over as many pages as it takes.
+
+        Pages move on by submission time; orders of the page's last instant come again on the next
+        page and are skipped by id, so none is lost between pages however many share one instant
+        (a page of nothing new ends it)."""
+        seen: set[str] = set()
+        while True:
+            rows = self.list_orders(status=status, limit=page, direction="asc", after=after)
+            fresh = [order for order in rows if order.id not in seen]
+            yield from fresh
+            seen.update(order.id for order in fresh)
+            times = [order.submitted_at or order.created_at for order in rows]
+            last = max((at for at in times if at is not None), default=None)
+            if len(rows) < page or not fresh or last is None:
+                return
+            after = last - timedelta(microseconds=1)
 
     # ------------------------------------------------------------------ market
 

@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "poller": "processes.price_poller:main",
     "router": "processes.signal_router:main",
     "worker": "processes.worker:main",
+    "listener": "processes.order_listener:main",
     "generate": "processes.signal_generator:main",
 }
 

@@ -26,12 +26,14 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from bot.paper import DEMO_API_KEY, PaperConfig
 from bot.paper.clock import CLOCK_MODES
 from bot.paper.exchange import CODE_INVALID, CODE_UNAUTHORIZED, BrokerError, Exchange, OrderQuery
 from bot.paper.faults import FaultInjector, RateWindow, SettingError
+from bot.paper.stream import TradingStream
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,14 @@ class BrokerState:
     exchange: Exchange
     faults: FaultInjector
     rates: RateWindow
+    stream: TradingStream
     stats: Stats = field(default_factory=Stats)
 
     def reset(self) -> None:
         self.exchange.reset()
         self.faults.restore(self.config.fault_settings())
         self.rates.reset()
+        self.stream.reset()
         self.stats = Stats()
 
 
@@ -311,6 +315,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def admin_route(path: str, methods: list[str], handler: Callable[[Request, BrokerState, Any], Any]) -> Route:
+    """A loopback-only /_paper/ endpoint; ``handler`` returns the JSON answer (or a coroutine of it)."""
     async def endpoint(request: Request) -> Response:
         host = request.client.host if request.client else ""
         if not _is_loopback(host):
@@ -320,7 +325,10 @@ def admin_route(path: str, methods: list[str], handler: Callable[[Request, Broke
             body = await _json_body(request) if request.method == "POST" else None
             if body is not None and not isinstance(body, dict):
                 raise SettingError("the body must be a JSON object")
-            return JSONResponse(handler(request, state, body or {}))
+            answer = handler(request, state, body or {})
+            if asyncio.iscoroutine(answer):
+                answer = await answer
+            return JSONResponse(answer)
         except (SettingError, ValueError) as error:
             return JSONResponse({"message": str(error)}, status_code=400)
         except BrokerError as error:
@@ -387,6 +395,14 @@ def admin_clock(request: Request, st: BrokerState, body: dict[str, Any]) -> Any:
     return {"mode": clock.mode, "always_open": clock.always_open, "clock": st.exchange.clock_json()}
 
 
+async def admin_stream(request: Request, st: BrokerState, body: dict[str, Any]) -> Any:
+    """The trading stream's faults; {"disconnect": true} closes every connection now."""
+    st.stream.faults.update(body)
+    closed = await st.stream.disconnect_all() if body.get("disconnect") is True else 0
+    return {**st.stream.faults.to_json(), "open_connections": st.stream.connections, "closed_now": closed,
+            "events_published": st.exchange.events.published}
+
+
 def admin_fill_delay(request: Request, st: BrokerState, body: dict[str, Any]) -> Any:
     if body:
         value = body.get("fill_delay")
@@ -429,7 +445,13 @@ def routes() -> list[Route]:
         admin_route("/_paper/latency", ["GET", "POST"], admin_latency),
         admin_route("/_paper/clock", ["GET", "POST"], admin_clock),
         admin_route("/_paper/fill_delay", ["GET", "POST"], admin_fill_delay),
+        admin_route("/_paper/stream", ["GET", "POST"], admin_stream),
     ]
+
+
+async def stream_endpoint(websocket: WebSocket) -> None:
+    state: BrokerState = websocket.app.state.broker
+    await state.stream.serve(websocket)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -443,8 +465,10 @@ def create_app(config: PaperConfig) -> Starlette:
     exchange = Exchange(config)
     state = BrokerState(config=config, exchange=exchange,
                         faults=FaultInjector(config.fault_settings(), exchange.seed),
-                        rates=RateWindow(config.rate_limit, config.enforce_rate_limit))
-    app = Starlette(routes=routes(), exception_handlers={HTTPException: _http_error})
+                        rates=RateWindow(config.rate_limit, config.enforce_rate_limit),
+                        stream=TradingStream(exchange.events, exchange, config.api_key, config.secret_key))
+    app = Starlette(routes=[*routes(), WebSocketRoute("/stream", stream_endpoint)],
+                    exception_handlers={HTTPException: _http_error})
     app.state.broker = state
     app.state.exchange = exchange
     return app

@@ -30,6 +30,7 @@ from typing import Any
 
 from bot.paper import PaperConfig
 from bot.paper.clock import MarketClock
+from bot.paper.events import EVENT_OF_STATUS, EventHub, TradeEvent
 from bot.paper.prices import CENT, Pin, PriceBook, Quote, rfc3339, tick_size
 
 log = logging.getLogger(__name__)
@@ -410,6 +411,7 @@ class Exchange:
         self.fill_delay = config.fill_delay
         self._lock = threading.RLock()
         self._book = self._new_book(config.cash)
+        self.events = EventHub()  # every order change, as the trade_updates stream reports it
 
     def _new_book(self, cash: Decimal) -> _Book:
         now = self.clock.now()
@@ -552,6 +554,7 @@ class Exchange:
             hold_price, sell_hold_qty = self._check_funds(ticket, quote)
             order = self._new_order(ticket, now, hold_price, sell_hold_qty)
             book.add(order)
+            self._publish(order, now)
             log.debug("order %s %s %s %s", order.id, order.side, order.symbol, order.client_order_id)
             self._work(order, now, self.clock.is_open(now))
             return order.to_json()
@@ -628,7 +631,35 @@ class Exchange:
         with self._lock:
             return self.prices.quote(symbol, self._sync())
 
+    def tick(self) -> None:
+        """Work the book now (the stream's ticker: fills and expiries happen without a request)."""
+        with self._lock:
+            self._sync()
+
+    def next_due(self, resting: float = 0.25) -> float | None:
+        """Seconds until an open order next needs working: the end of its fill delay, its expiry,
+        or for an order already live (a resting limit) ``resting`` seconds, when its price may
+        have moved. None when no order is open."""
+        with self._lock:
+            now = self.clock.now()
+            due: float | None = None
+            for order in self._book.open_orders.values():
+                seconds = (order.live_at - now).total_seconds()
+                seconds = resting if seconds <= 0 else min(seconds, resting)
+                if order.expires_at is not None:
+                    seconds = min(seconds, max(0.0, (order.expires_at - now).total_seconds()))
+                due = seconds if due is None else min(due, seconds)
+            return due
+
     # --- internals ---------------------------------------------------------------------------
+    def _touch(self, order: PaperOrder, now: datetime, status: str, execution: dict[str, str] | None = None) -> None:
+        self._book.touch(order, now, status)
+        self._publish(order, now, execution)
+
+    def _publish(self, order: PaperOrder, now: datetime, execution: dict[str, str] | None = None) -> None:
+        self.events.publish(TradeEvent(EVENT_OF_STATUS.get(order.status, order.status), order.to_json(),
+                                       rfc3339(now), execution or {}))
+
     def _sync(self) -> datetime:
         now = self.clock.now()
         self._tick(now)
@@ -644,12 +675,12 @@ class Exchange:
             return
         if order.expires_at is not None and now >= order.expires_at:
             order.expired_at = now
-            self._book.touch(order, now, "expired")
+            self._touch(order, now, "expired")
             return
         if not open_now:
             return
         if order.status == "accepted":
-            self._book.touch(order, now, "new")
+            self._touch(order, now, "new")
         if now >= order.live_at:
             self._execute(order, now)
 
@@ -705,12 +736,14 @@ class Exchange:
         order.filled_cost += cost
         order.filled_at = now
         done = order.notional is not None or order.filled_qty >= (order.qty or 0)
-        book.touch(order, now, "filled" if done else "partially_filled")
+        execution = {"price": str(fmt(price)), "qty": str(fmt(qty)), "position_qty": str(fmt(holding.qty)),
+                     "execution_id": str(uuid.uuid4())}
+        self._touch(order, now, "filled" if done else "partially_filled", execution)
         log.debug("fill %s %s %s @ %s", order.id, order.side, qty, price)
 
     def _cancel(self, order: PaperOrder, now: datetime) -> None:
         order.canceled_at = now
-        self._book.touch(order, now, "canceled")
+        self._touch(order, now, "canceled")
 
     # closed orders hold nothing (buy_hold/sell_hold are 0 for them): only open ones are summed
     def _buy_holds(self) -> Decimal:

@@ -175,6 +175,11 @@ class PaperAdmin:
         body = {"always_open": always_open} if always_open is not None else {"mode": mode}
         return self.call("POST", "clock", body)
 
+    def set_stream(self, **settings: Any) -> dict[str, Any]:
+        """The trading stream's faults (silent, refuse, delay, drop_next, drop_events, duplicate,
+        disconnect=True); with no settings, its state and counts."""
+        return self.call("POST", "stream", settings) if settings else self.call("GET", "stream")
+
     def set_fill_delay(self, seconds: float) -> dict[str, Any]:
         return self.call("POST", "fill_delay", {"fill_delay": seconds})
 
@@ -264,6 +269,11 @@ class PaperBrokerServer:
         return f"http://{self.config.host}:{self.config.port}"
 
     @property
+    def stream_url(self) -> str:
+        """The trading stream (trade_updates websocket)."""
+        return self.base_url.replace("http://", "ws://", 1) + "/stream"
+
+    @property
     def api_key(self) -> str:
         assert self.config is not None
         return self.config.api_key
@@ -310,3 +320,6 @@ class PaperBrokerServer:
 
     def set_clock(self, always_open: bool | None = None, mode: str | None = None) -> dict[str, Any]:
         return self._admin().set_clock(always_open, mode)
+
+    def set_stream(self, **settings: Any) -> dict[str, Any]:
+        return self._admin().set_stream(**settings)

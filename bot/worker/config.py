@@ -31,7 +31,7 @@ OWN_REPLAY_TRACKED = 1000  # replay schedules kept at most; beyond, the oldest a
 
 _POSITIVE = ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max",
              "consumer_idle", "stop_grace", "own_replay_first", "own_replay_max", "submit_retry_pause",
-             "submit_retry_max_pause")
+             "submit_retry_max_pause", "event_late")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class WorkerConfig:
     ready_timeout: float | None = None  # wait for the poller this long at start (None = forever)
     follow_initial: float = 0.05  # order polling: first pause, doubled up to follow_max
     follow_max: float = 1.0
+    # Follow orders by the listener's events (no REST read while it is live); an order with no event
+    # for event_late seconds is read over REST once (the wait doubles, up to 4 x event_late).
+    follow_events: bool = True
+    event_late: float = 5.0
     backoff_max: float = 5.0  # longest pause of the loop while Redis or the broker is down
     # consumers of dead processes (default names change with every pid) are removed from the
     # group once idle this long with nothing pending, so the group does not grow forever

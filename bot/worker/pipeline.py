@@ -18,6 +18,7 @@ from bot.config import Settings
 from bot.consumer import ConsumerLoop, Round
 from bot.ledger import Ledger
 from bot.market import MarketCache
+from bot.order_events import OrderEvents
 from bot.ratelimit import RateLimiter
 from bot.redisconn import connect
 from bot.risk import RiskLimits
@@ -119,8 +120,9 @@ class Worker:
         self.submitter = stage("submit", Submitter(client=client, market=self.market, keys=keys, keeper=self.keeper,
                                                    gates=gates, grace=self.grace, limiter=self.limiter,
                                                    config=config, clock=clock))
+        self.order_events = OrderEvents(self.r, keys)
         self.follower = stage("follow", Follower(client=client, grace=self.grace, config=config, clock=clock,
-                                                 sleep=sleep))
+                                                 sleep=sleep, events=self.order_events))
         self.recorder = stage("record", Recorder(r=self.r, rb=self.rb, keys=keys, consumer=self.consumer,
                                                  ledger=self.ledger, market=self.market,
                                                  order_timeout=config.order_timeout, clock=clock))
