@@ -117,6 +117,11 @@ def targets(results: dict[str, Any]) -> list[Target]:
                           worst_mb <= WORKER_RSS_TARGET_MB))
     else:
         out.append(Target("RSS per worker (under load)", f"<= {WORKER_RSS_TARGET_MB:g} MB", "n/a", None))
+    points = results.get("requests")
+    if points:
+        worst = max(p.per_signal for p in points if p.mode == "events")
+        out.append(Target("order-route requests per signal, following by events", "<= 1.05 at every fill delay",
+                          f"{worst:.2f} at worst", worst <= 1.05))
     poller = results.get("poller")
     if poller:
         out.append(Target("poller market-data requests per tick", "1 for 20 symbols",
@@ -300,6 +305,25 @@ def poller_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def requests_table(results: dict[str, Any]) -> list[str]:
+    points = results.get("requests")
+    if not points:
+        return ["(not run)"]
+    delays = sorted({p.fill_delay for p in points})
+    by = {(p.mode, p.fill_delay): p for p in points}
+    rows = []
+    for mode, label in (("events", "by events (listener)"), ("poll", "by polling")):
+        for delay in delays:
+            p = by.get((mode, delay))
+            if p is None:
+                continue
+            routes = ", ".join(f"{k} {v}" for k, v in sorted(p.by_route.items()))
+            rows.append([label, f"{delay:g} s", str(p.signals), f"{p.per_signal:.2f}", f"{p.signals_per_minute:.0f}",
+                         routes])
+    return _table(["following", "fill delay", "signals", "order-route requests / signal",
+                   "signals / min at 200 req/min", "requests by route"], rows)
+
+
 def targets_table(results: dict[str, Any]) -> list[str]:
     return _table(["target", "goal", "measured", "status"],
                   [[t.name, t.goal, t.value, _mark(t.met)] for t in targets(results)])
@@ -331,6 +355,7 @@ def render_table(results: dict[str, Any]) -> str:
              *latency_table(results),
              "", "5. Memory (RSS)", *memory_table(results),
              "", "6. Price poller (20 symbols, 1 s interval)", *poller_table(results),
+             "", "7. Request economy: order-route requests per signal by fill delay", *requests_table(results),
              "", "Targets", *targets_table(results)]
     for name, error in results.get("errors", {}).items():
         parts += ["", f"SECTION {name} FAILED: {error}"]
@@ -520,6 +545,17 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         "of a random symbol's cache hash, sampled every ~100 ms.",
         "",
         *poller_table(results),
+        "",
+        "## 7. Request economy",
+        "",
+        "Order-route REST requests (POST /v2/orders, GET /v2/orders/{id}, the lookup by client_order_id, "
+        "DELETE) per signal, counted by the paper broker from a burst of buy signals until every one is "
+        "journaled; one worker, the paper broker filling each order `fill delay` after it is accepted. "
+        "*By events*: `tradebot listener` holds the trade_updates stream and the worker waits for its "
+        "order's events (`--follow events`, the default); *by polling*: no listener, `--follow poll`. "
+        "Alpaca allows 200 requests a minute per account.",
+        "",
+        *requests_table(results),
         "",
     ]
     prof = profile_lines(results)

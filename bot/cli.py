@@ -102,6 +102,8 @@ var_dir_option = click.option("--var-dir", envvar="TRADEBOT_VAR", default=None, 
               help='Extra worker flags, e.g. "--strategy fixed --fixed-qty 1" [env TRADEBOT_WORKER_FLAGS].')
 @click.option("--router-flags", default=None, metavar="FLAGS", help="Extra router flags [env TRADEBOT_ROUTER_FLAGS].")
 @click.option("--poller-flags", default=None, metavar="FLAGS", help="Extra poller flags [env TRADEBOT_POLLER_FLAGS].")
+@click.option("--listener-flags", default=None, metavar="FLAGS",
+              help="Extra order-updates listener flags [env TRADEBOT_LISTENER_FLAGS].")
 @click.option("--paper-flags", default=None, metavar="FLAGS",
               help='Extra paper-broker flags, e.g. "--latency 0.05" [env TRADEBOT_PAPER_FLAGS].')
 @click.option("--generator-flags", default=None, metavar="FLAGS",
@@ -111,17 +113,19 @@ var_dir_option = click.option("--var-dir", envvar="TRADEBOT_VAR", default=None, 
 def up_command(workers: int | None, demo: bool, symbols: str | None, var_dir: str | None, redis_url: str | None,
                detach: bool, only: tuple[str, ...], redis_port: int | None, paper_port: int | None,
                probability: float | None, worker_flags: str | None, router_flags: str | None,
-               poller_flags: str | None, paper_flags: str | None, generator_flags: str | None,
-               dry_run: bool) -> None:
+               poller_flags: str | None, listener_flags: str | None, paper_flags: str | None,
+               generator_flags: str | None, dry_run: bool) -> None:
     """Start the fleet under supervisord: Redis (embedded unless REDIS_URL), the paper broker
-    (unless Alpaca credentials are set), poller, router, workers (and the generator with --demo)."""
+    (unless Alpaca credentials are set), poller, order-updates listener, router, workers (and the
+    generator with --demo)."""
     from bot.logs import configure_logging
 
     configure_logging()
     plan = fleet.plan_fleet(var_dir=var_dir, workers=workers, demo=demo, symbols=symbols, redis_url=redis_url,
                             only=only, redis_port=redis_port, paper_port=paper_port, probability=probability,
                             extra_flags={"worker": worker_flags, "router": router_flags, "poller": poller_flags,
-                                         "paper-broker": paper_flags, "generator": generator_flags})
+                                         "listener": listener_flags, "paper-broker": paper_flags,
+                                         "generator": generator_flags})
     if dry_run:
         click.echo(f"would run: {' '.join(fleet.supervisord_command(plan, detach=detach))}")
         click.echo(f"processes: {', '.join(plan.process_names())}")

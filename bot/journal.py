@@ -50,6 +50,8 @@ class JournalEntry:
     final_at: float | None = None
     consumer: str = ""  # the worker that handled it
     deliveries: int | None = None
+    # found at the broker (a lookup, an event, a reconciliation) rather than placed by this delivery
+    adopted: bool = False
     journal_id: str | None = field(default=None, compare=False)  # set when read back; never written
 
     def __post_init__(self) -> None:
@@ -64,6 +66,8 @@ class JournalEntry:
             value = getattr(self, f.name)
             if value is None:
                 out[f.name] = ""
+            elif isinstance(value, bool):
+                out[f.name] = "1" if value else "0"
             elif f.name in _DECIMALS:
                 # str() first: Decimal(0.1) would carry the float's binary noise into the journal
                 out[f.name] = format(value if isinstance(value, Decimal) else Decimal(str(value)), "f")
@@ -88,6 +92,8 @@ class JournalEntry:
                 kwargs[f.name] = codec.optional_float(f"journal field {f.name}", value)
             elif f.name == "deliveries":
                 kwargs[f.name] = int(value) if value else None
+            elif f.name == "adopted":
+                kwargs[f.name] = value == "1"
             else:
                 kwargs[f.name] = value
         return cls(**kwargs, journal_id=journal_id)

@@ -45,6 +45,11 @@ class Keys:
         return self._k("wake", client_order_id)
 
     @property
+    def unresolved(self) -> str:
+        """Hash: client_order_id -> when a POST of it ended with an unknown outcome (it may exist)."""
+        return self._k("unresolved")
+
+    @property
     def listener(self) -> str:
         """Hash: the active order-updates listener's state (connected, last heard from the stream)."""
         return self._k("listener")

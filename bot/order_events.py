@@ -184,6 +184,37 @@ class OrderEvents:
         except ValueError:
             return None
 
+    # ------------------------------------------------------------------ unknown outcomes
+
+    def mark_unknown(self, client_order_id: str) -> float:
+        """A POST of this order ended without an answer: it may exist. Returns since when (the
+        first such POST's time; a later one keeps it)."""
+        now = self.now()
+        self.r.hsetnx(self.keys.unresolved, client_order_id, repr(now))
+        return self.unknown_since(client_order_id) or now
+
+    def unknown_since(self, client_order_id: str) -> float | None:
+        """When a POST of this order first ended with an unknown outcome; None when none did."""
+        raw = self.r.hget(self.keys.unresolved, client_order_id)
+        try:
+            return float(raw) if raw else None
+        except ValueError:
+            return None
+
+    def resolve(self, client_order_id: str) -> None:
+        """The order's fate is known (found, or journaled): no longer unresolved."""
+        self.r.hdel(self.keys.unresolved, client_order_id)
+
+    def unresolved(self) -> dict[str, float]:
+        raw: dict[str, str] = self.r.hgetall(self.keys.unresolved)  # type: ignore[assignment]
+        out = {}
+        for coid, since in raw.items():
+            try:
+                out[coid] = float(since)
+            except ValueError:
+                continue
+        return out
+
     # ------------------------------------------------------------------ workers read
 
     def state(self, client_order_id: str) -> Order | None:

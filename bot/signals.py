@@ -6,6 +6,7 @@ treats every entry as untrusted bytes: each way an entry can be wrong gets its o
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,32 @@ class SignalError(TradebotError, ValueError):
         self.reason = reason
 
 
+# client_order_id: Alpaca allows 128 characters today, its older docs said 48: stay within 48.
+COID_PREFIX = "tb-"
+MAX_COID_LEN = 48
+_COID_SAFE = re.compile(r"[A-Za-z0-9._:-]+")
+
+
+def client_order_id(source_stream: str, source_id: str) -> str:
+    """The order's client_order_id, derived only from the signal's origin, so every delivery of the
+    signal, to any worker, names the same order.
+
+    ``tb-<source stream>-<source entry id>`` (e.g. ``tb-nvda-1719410000000-0``) when that is at
+    most 48 characters of ``[A-Za-z0-9._:-]``; otherwise ``tb-`` + the first 40 hex digits of
+    SHA-256 of ``<stream>\\n<id>`` (43 characters, no dash after the prefix: the forms never collide).
+    """
+    plain = f"{COID_PREFIX}{source_stream}-{source_id}"
+    if len(plain) <= MAX_COID_LEN and _COID_SAFE.fullmatch(source_stream):
+        return plain
+    digest = hashlib.sha256(f"{source_stream}\n{source_id}".encode("utf-8", "surrogatepass")).hexdigest()
+    return COID_PREFIX + digest[:40]
+
+
+def is_our_coid(text: str) -> bool:
+    """Whether ``text`` has the form of an id ``client_order_id`` makes."""
+    return text.startswith(COID_PREFIX) and len(text) <= MAX_COID_LEN and bool(_COID_SAFE.fullmatch(text))
+
+
 @dataclass(frozen=True)
 class Signal:
     """A validated signal as it travels on ``tradebot:signals``."""
@@ -46,6 +73,9 @@ class Signal:
     source_stream: str
     source_id: str
     routed_at: float  # unix seconds
+    # a DLQ replay keeps the order id of the signal it replays: an order of the original that may
+    # exist is then found (or refused as a duplicate), never placed a second time
+    pinned_coid: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ticker", self.ticker.strip().upper())
@@ -59,6 +89,13 @@ class Signal:
             raise SignalError("source_stream is empty")
         if not is_stream_id(self.source_id):
             raise SignalError(f"source_id {self.source_id!r} is not a stream id")
+        if self.pinned_coid is not None and not is_our_coid(self.pinned_coid):
+            raise SignalError(f"client_order_id {self.pinned_coid[:60]!r} is not one of this bot's order ids")
+
+    @property
+    def coid(self) -> str:
+        """The client_order_id of this signal's order: the pinned one, else derived from its origin."""
+        return self.pinned_coid or client_order_id(self.source_stream, self.source_id)
 
     @property
     def source_at(self) -> float:
@@ -71,6 +108,8 @@ class Signal:
         if self.qty is not None:
             fields["qty"] = format(self.qty, "f")
         fields.update(source_stream=self.source_stream, source_id=self.source_id, routed_at=repr(float(self.routed_at)))
+        if self.pinned_coid is not None:
+            fields["client_order_id"] = self.pinned_coid
         return fields
 
     @classmethod
@@ -90,7 +129,8 @@ class Signal:
         except ValueError:
             raise SignalError(f"routed_at {text['routed_at']!r} is not a number") from None
         qty = parse_qty(text["qty"]) if "qty" in text else None
-        return cls(text["ticker"], text["side"], qty, text["source_stream"], text["source_id"], routed_at)
+        return cls(text["ticker"], text["side"], qty, text["source_stream"], text["source_id"], routed_at,
+                   text.get("client_order_id") or None)
 
 
 def parse_raw(
@@ -115,7 +155,7 @@ def parse_raw(
             name = name_bytes.decode("utf-8")
         except UnicodeDecodeError:
             continue  # cannot be one of ours; kept verbatim in the DLQ/raw fields if the entry is bad
-        if name not in ("ticker", "direction", "qty"):
+        if name not in ("ticker", "direction", "qty", "client_order_id"):
             continue  # extra fields are allowed and ignored
         try:
             values[name] = value_bytes.decode("utf-8")
@@ -132,7 +172,7 @@ def parse_raw(
     if side is None:
         raise SignalError(f"direction {direction!r} is not b/s/buy/sell")
     qty = parse_qty(values["qty"]) if "qty" in values else None
-    return Signal(ticker, side, qty, source_stream, source_id, routed_at)
+    return Signal(ticker, side, qty, source_stream, source_id, routed_at, values.get("client_order_id") or None)
 
 
 def parse_qty(text: str) -> Decimal:

@@ -184,7 +184,9 @@ def test_dlq_replay_of_a_worker_entry_turns_the_routed_signal_back_into_source_f
     result = run("dlq", "replay", dlq_id)
     assert result.exit_code == 0, result.output
     [(_, fields)] = r.xrange("alerts")
-    assert fields == {"ticker": "NVDA", "direction": "s", "qty": "3", "replay_of": dlq_id}
+    # the original's order id goes with it: an order of it that may exist is found, not placed twice
+    assert fields == {"ticker": "NVDA", "direction": "s", "qty": "3", "replay_of": dlq_id,
+                      "client_order_id": "tb-alerts-1700000000000-0"}
 
 
 def test_dlq_replay_errors(env: Path, r: redis.Redis) -> None:

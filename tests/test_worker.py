@@ -943,8 +943,10 @@ def test_own_replays_reach_max_deliveries_only_at_the_backoff_pace_then_look_up_
     refusing = _RefusedPosts(rig.transport)
     # the test's backoff: 1, 2 s (long enough that no scheduling pause between two statements reaches
     # it); one POST per delivery, no pauses between submit attempts
+    # 503s: each POST's outcome is unknown; resolve_after (0.5 s) has passed by the third delivery
     worker = rig.worker(client=make_client(refusing, max_retries=0), claim_idle=300.0, max_deliveries=2,
-                        strategy="fixed", fixed_qty=Decimal(1), own_replay_first=1.0, submit_attempts=1)
+                        strategy="fixed", fixed_qty=Decimal(1), own_replay_first=1.0, submit_attempts=1,
+                        resolve_after=0.5)
     entry_id = rig.signal("buy")
     for delivery in (1, 2):
         rig.run_until(worker, lambda: worker.counts[PENDING] == delivery)
@@ -954,6 +956,8 @@ def test_own_replays_reach_max_deliveries_only_at_the_backoff_pace_then_look_up_
     (dead,) = rig.dlq()
     assert dead["deliveries"] == "3" and "delivered 3 times (max 2)" in dead["reason"]
     assert "last error: broker: order" in dead["reason"] and "HTTP 503" in dead["reason"]
+    assert "had an unknown outcome; no such order at the broker" in dead["reason"]
+    assert rig.r.hlen(rig.keys.unresolved) == 0  # resolved: dead-lettered with no order
     assert refusing.posts == 2  # one POST per delivery; the third delivery only looked the order up
     assert rig.orders() == 0 and rig.pending() == 0 and rig.journal() == [] and len(worker.replays) == 0
 

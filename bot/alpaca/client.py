@@ -266,8 +266,8 @@ class AlpacaClient:
         refusal: AlpacaError | None = None  # what to raise when a 'not processed' POST cannot be re-sent
         for post in range(1, max_posts + 1):
             if post > 1 and self._past(not_after):
-                raise BrokerUnavailable(f"order {coid} was not placed: {reason}; the submit deadline "
-                                        f"({budget:.1f}s) passed before it could be sent again")
+                raise self._unsent(coid, maybe_landed, f"{reason}; the submit deadline ({budget:.1f}s) passed "
+                                                       "before it could be sent again")
             try:
                 return self._post_order(body, not_after)
             except _OutcomeUnknown as unknown:
@@ -291,10 +291,23 @@ class AlpacaClient:
                     return self._landed_despite_refusal(coid, refused_order)
                 raise
             if post < max_posts:
-                self._wait_to_resend(coid, reason, delay, not_after, refusal)
+                try:
+                    self._wait_to_resend(coid, reason, delay, not_after, refusal)
+                except BrokerUnavailable as unsent:
+                    raise self._unsent(coid, maybe_landed, str(unsent)) from None
                 self._log_retry("POST", "/v2/orders", reason, delay, post + 1, max_posts)
                 self._sleep(delay)
-        raise BrokerUnavailable(f"order {coid} was not placed after {max_posts} attempts: {reason}")
+        raise self._unsent(coid, maybe_landed, f"{reason} ({max_posts} attempts)")
+
+    @staticmethod
+    def _unsent(coid: str, maybe_landed: bool, reason: str) -> AlpacaError:
+        """The error for a submit that ends without an order: BrokerUnavailable when no POST of it
+        can have landed; OrderOutcomeUnknown when one had an unknown outcome, even though the lookup
+        said "not found": the POST may still be on its way to the broker (a 404 is not proof)."""
+        if maybe_landed:
+            return OrderOutcomeUnknown(f"order {coid}: outcome unknown ({reason}); it may still appear at the "
+                                       "broker", client_order_id=coid)
+        return BrokerUnavailable(f"order {coid} was not placed: {reason}")
 
     def get_order(self, order_id: str) -> Order:
         return self._parse(Order.from_json, self._get_json(self.trading, f"/v2/orders/{_seg(order_id)}"), "order")

@@ -155,7 +155,7 @@ def plan_fleet(
             raise FleetError("--only needs the shared Redis of the fleet: set REDIS_URL (or --redis-url)")
         programs = only
         paper = False
-        needs_broker = bool({"worker", "poller"} & set(only))  # the router and generator only use Redis
+        needs_broker = bool({"worker", "poller", "listener"} & set(only))  # the router and generator only use Redis
         if needs_broker and not key:
             base = child_env.get("ALPACA_BASE_URL", "")
             if not base or "alpaca.markets" in base:

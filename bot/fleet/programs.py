@@ -7,15 +7,17 @@ PROGRAM_FLAGS: dict[str, str] = {
     "redis": "TRADEBOT_START_REDIS",
     "paper-broker": "TRADEBOT_START_PAPER_BROKER",
     "poller": "TRADEBOT_START_POLLER",
+    "listener": "TRADEBOT_START_LISTENER",
     "router": "TRADEBOT_START_ROUTER",
     "worker": "TRADEBOT_START_WORKERS",
     "generator": "TRADEBOT_START_GENERATOR",
 }
-ONLY_CHOICES = ("worker", "router", "poller", "generator")
+ONLY_CHOICES = ("worker", "router", "poller", "listener", "generator")
 # program name -> (the env variable with its extra command-line flags, its `tradebot` command)
 PROGRAM_EXTRA_FLAGS: dict[str, tuple[str, str]] = {
     "paper-broker": ("TRADEBOT_PAPER_FLAGS", "paper-broker"),
     "poller": ("TRADEBOT_POLLER_FLAGS", "poller"),
+    "listener": ("TRADEBOT_LISTENER_FLAGS", "listener"),
     "router": ("TRADEBOT_ROUTER_FLAGS", "router"),
     "worker": ("TRADEBOT_WORKER_FLAGS", "worker"),
     "generator": ("TRADEBOT_GENERATOR_FLAGS", "generate"),

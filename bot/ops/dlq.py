@@ -13,6 +13,7 @@ from bot.config import Settings
 from bot.keys import Keys
 from bot.ops.errors import OpsError, OpsInputError
 from bot.ops.times import unix_time
+from bot.signals import client_order_id
 from bot.streams import format_id, is_stream_id, next_id, original_fields, parse_id
 
 
@@ -54,7 +55,9 @@ def _dlq_entry(entry_id: Any, fields: Mapping[Any, Any]) -> DlqEntry:
 
 def _replay_fields(fields: Mapping[Any, Any], keys: Keys) -> dict[FieldT, EncodableT]:
     """The fields to put back on the source stream: the original ones; a DLQ entry made by a
-    worker holds a routed signal (ticker/side/qty), turned back into the source format."""
+    worker holds a routed signal (ticker/side/qty), turned back into the source format, with the
+    client_order_id of the original's order: an order of it that may exist at the broker (a POST
+    whose outcome was unknown, landed late) is then found, never placed a second time."""
     original = original_fields(fields)
     entry_stream = display(fields.get(b"entry_stream", fields.get("entry_stream", b"")))
     if entry_stream == keys.signals and b"side" in original and b"direction" not in original:
@@ -63,8 +66,20 @@ def _replay_fields(fields: Mapping[Any, Any], keys: Keys) -> dict[FieldT, Encoda
                                             b"direction": b"b" if side == "buy" else b"s"}
         if b"qty" in original:
             source[b"qty"] = original[b"qty"]
+        coid = _original_coid(fields, original)
+        if coid:
+            source[b"client_order_id"] = coid.encode()
         return source
     return {name: value for name, value in original.items()}
+
+
+def _original_coid(fields: Mapping[Any, Any], original: Mapping[bytes, Any]) -> str | None:
+    pinned = display(original.get(b"client_order_id", b""))
+    if pinned:
+        return pinned
+    source_stream = display(fields.get(b"source_stream", fields.get("source_stream", b"")))
+    source_id = display(fields.get(b"source_id", fields.get("source_id", b"")))
+    return client_order_id(source_stream, source_id) if source_stream and source_id else None
 
 
 def dlq_replay(rb: redis.Redis, keys: Keys, entry_id: str, settings: Settings,

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import msgpack
@@ -30,6 +31,7 @@ AUTH_TIMEOUT = 10.0  # seconds a connection may stay unauthenticated
 CLOSE_POLICY = 1008  # websocket close code: policy violation (bad keys)
 CLOSE_GOING_AWAY = 1001
 STREAMS = ("trade_updates",)
+DELAY_RECHECK = 0.1  # seconds: a held event re-reads the delay this often (a lowered delay or a reset frees it)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class StreamFaults:
         unknown = set(changes) - set(self.KNOBS) - {"disconnect"}
         if unknown:
             raise SettingError(f"unknown stream settings {sorted(unknown)}; known: {(*self.KNOBS, 'disconnect')}")
+        if not isinstance(changes.get("disconnect", False), bool):
+            raise SettingError("disconnect must be true or false")
         checked = {name: _checked(name, value) for name, value in changes.items() if name != "disconnect"}
         for name, value in checked.items():
             setattr(self, name, value)
@@ -81,7 +85,8 @@ def _checked(name: str, value: Any) -> Any:
             raise SettingError(f"{name} must be true or false")
         return value
     if name == "delay":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3600:
+        # the admin body is parsed with parse_float=Decimal: 0.5 arrives as Decimal("0.5")
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) or not 0 <= value <= 3600:
             raise SettingError("delay must be seconds from 0 to 3600")
         return float(value)
     if name == "drop_next":
@@ -188,9 +193,8 @@ class TradingStream:
             event = await subscriber.queue.get()
             if not subscriber.listening:
                 continue
-            wait = event.at + self.faults.delay - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            while (wait := event.at + self.faults.delay - time.monotonic()) > 0:
+                await asyncio.sleep(min(wait, DELAY_RECHECK))  # the delay in force now, not at arrival
             for _ in range(self.faults.copies(event)):
                 await self._send(websocket, packed, event.message())
                 self.faults.counts["sent"] += 1

@@ -323,3 +323,6 @@ class PaperBrokerServer:
 
     def set_stream(self, **settings: Any) -> dict[str, Any]:
         return self._admin().set_stream(**settings)
+
+    def set_fill_delay(self, seconds: float) -> dict[str, Any]:
+        return self._admin().set_fill_delay(seconds)

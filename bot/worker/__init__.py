@@ -7,11 +7,12 @@ done marker, over-delivered, redelivery lookup) -> ``decide`` (gates, price, siz
 for one signal; ``policy`` is the error table. The design, the crash windows and the round trips
 are in docs/architecture.md.
 """
+from bot.signals import client_order_id
 from bot.worker.config import CLIENT_KNOBS, SUBMIT_DEADLINE, WorkerConfig
 from bot.worker.limiter import BoundedLimiter
 from bot.worker.pipeline import STAGES, Worker
 from bot.worker.record import outcome_of
-from bot.worker.records import DEAD, DUPLICATE, JOURNALED, LOST, PENDING, Delivery, client_order_id
+from bot.worker.records import DEAD, DUPLICATE, JOURNALED, LOST, PENDING, Delivery
 
 __all__ = [
     "CLIENT_KNOBS",

@@ -31,7 +31,7 @@ OWN_REPLAY_TRACKED = 1000  # replay schedules kept at most; beyond, the oldest a
 
 _POSITIVE = ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max",
              "consumer_idle", "stop_grace", "own_replay_first", "own_replay_max", "submit_retry_pause",
-             "submit_retry_max_pause", "event_late")
+             "submit_retry_max_pause", "event_late", "resolve_after")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class WorkerConfig:
     # for event_late seconds is read over REST once (the wait doubles, up to 4 x event_late).
     follow_events: bool = True
     event_late: float = 5.0
+    # After a POST with an unknown outcome, the signal is neither journaled skipped nor dead-lettered
+    # until its order shows up (then it is adopted) or this many seconds passed without it.
+    resolve_after: float = 60.0
     backoff_max: float = 5.0  # longest pause of the loop while Redis or the broker is down
     # consumers of dead processes (default names change with every pid) are removed from the
     # group once idle this long with nothing pending, so the group does not grow forever

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -57,6 +57,16 @@ from bot.worker.triage import Triage
 log = logging.getLogger(__name__)
 
 STAGES = ("triage", "decide", "submit", "follow", "record")
+
+
+@dataclass(frozen=True)
+class UnknownOutcome:
+    """What an earlier POST with an unknown outcome means for a skip or a dead letter now."""
+
+    coid: str | None = None  # marked unknown (None: no such POST)
+    wait: bool = False  # still within resolve_after: leave the entry pending
+    why: str = ""
+    note: str = ""  # added to the journal or DLQ reason once resolve_after passed
 Wrap = Callable[[Any], Any]  # a stage in, the stage to use out (a test's or a middleware's wrapper)
 
 
@@ -113,14 +123,15 @@ class Worker:
         def stage(name: str, built: Any) -> Any:
             return wraps[name](built) if name in wraps else built
 
+        self.order_events = OrderEvents(self.r, keys, now=clock)
         self.triage = stage("triage", Triage(keys=keys, market=self.market, client=client, ledger=self.ledger,
-                                             replays=self.replays, max_deliveries=config.max_deliveries, clock=clock))
+                                             replays=self.replays, max_deliveries=config.max_deliveries, clock=clock,
+                                             events=self.order_events))
         self.decider = stage("decide", Decider(gates=gates, ledger=self.ledger, limits=self.limits,
                                                weights=self.weights, config=config))
         self.submitter = stage("submit", Submitter(client=client, market=self.market, keys=keys, keeper=self.keeper,
                                                    gates=gates, grace=self.grace, limiter=self.limiter,
-                                                   config=config, clock=clock))
-        self.order_events = OrderEvents(self.r, keys)
+                                                   config=config, clock=clock, events=self.order_events))
         self.follower = stage("follow", Follower(client=client, grace=self.grace, config=config, clock=clock,
                                                  sleep=sleep, events=self.order_events))
         self.recorder = stage("record", Recorder(r=self.r, rb=self.rb, keys=keys, consumer=self.consumer,
@@ -139,19 +150,29 @@ class Worker:
         if isinstance(triaged, Duplicate):
             return self.recorder.duplicate(triaged)
         if isinstance(triaged, DeadLetter):
-            return self.recorder.dead_letter(triaged)
+            unknown = self._unknown_outcome(triaged.release, delivery.deliveries > 1 or (
+                triaged.signal is not None and triaged.signal.pinned_coid is not None))
+            if unknown.wait:
+                return self._leave_pending(delivery.entry_id, unknown.why)
+            return self._resolved(unknown, self.recorder.dead_letter(replace(triaged,
+                                                                             reason=triaged.reason + unknown.note)))
         job = triaged
         sent: Sent
+        posted = False  # a POST may have been sent (its outcome may be unknown)
         if job.existing is not None:  # an earlier delivery placed it: follow that order, never a second
             sent = self._adopt(job, job.existing, "exists")
         else:
             decision = self.decider.decide(job)
+            posted = isinstance(decision, OrderRequest)
             sent = self.submitter.submit(job, decision) if isinstance(decision, OrderRequest) else decision
         if isinstance(sent, Skip):
             behind = self.triage.order_behind(job, sent)  # never hide an order behind a 'skipped'
             sent = self._adopt(job, behind, f"would be skipped ({sent.reason}) but") if behind else sent
         if isinstance(sent, Skip):
-            return self.recorder.skipped(job, sent)
+            unknown = self._unknown_outcome(job.coid, job.seen_before or posted)
+            if unknown.wait:
+                return self._leave_pending(job.entry_id, unknown.why)
+            return self._resolved(unknown, self.recorder.skipped(job, replace(sent, reason=sent.reason + unknown.note)))
         if isinstance(sent, Rejected):
             return self.recorder.rejected(job, sent)
         if isinstance(sent, Unsent):
@@ -161,7 +182,10 @@ class Worker:
         final = self.follower.follow(sent.order)
         if isinstance(final, Unfinished):
             return self._leave_pending(job.entry_id, final.why)
-        return self.recorder.final(job, sent, final)
+        recorded = self.recorder.final(job, sent, final)
+        if job.seen_before or sent.after_unknown:  # a POST was marked unknown: its order is found now
+            self.order_events.resolve(job.coid)
+        return recorded
 
     def handle(self, delivery: Delivery) -> str:
         """``process`` with the error policy applied: JOURNALED, DEAD, DUPLICATE, PENDING or LOST.
@@ -181,6 +205,28 @@ class Worker:
         self.counts[result] = self.counts.get(result, 0) + 1
         if result != PENDING:
             self.replays.forget(delivery.entry_id)
+        return result
+
+    def _unknown_outcome(self, coid: str | None, seen_before: bool) -> UnknownOutcome:
+        """Whether a POST of ``coid`` ended with an unknown outcome, and if so whether to keep waiting
+        for its order to show up before journaling a skip or dead-lettering (a 404 is no proof: the
+        POST may still be on its way). Only a redelivery, or a skip after a submit, can follow one."""
+        if coid is None or not seen_before:
+            return UnknownOutcome()
+        since = self.order_events.unknown_since(coid)
+        if since is None:
+            return UnknownOutcome()
+        age = self.clock() - since
+        wait = self.config.resolve_after
+        if age < wait:
+            return UnknownOutcome(coid, True, f"a POST of order {coid} had an unknown outcome {age:.0f}s ago; "
+                                              f"waiting up to {wait:g}s for the broker to show it")
+        return UnknownOutcome(coid, False, note=f" (a POST of order {coid} had an unknown outcome; "
+                                                f"no such order at the broker {age:.0f}s later)")
+
+    def _resolved(self, unknown: UnknownOutcome, result: str) -> str:
+        if unknown.coid is not None and result in (JOURNALED, DEAD):
+            self.order_events.resolve(unknown.coid)
         return result
 
     def _adopt(self, job: Job, order: Any, how: str) -> Placed:

@@ -64,8 +64,9 @@ POLICY: tuple[Rule, ...] = (
     Rule((DuplicateClientOrderId,), Action.PENDING, _broker_named),
     # refused for good: nothing was placed and asking again would be refused again
     Rule((InsufficientFunds, InvalidOrder), Action.REJECT, stage=SUBMIT),
-    # nothing placed (busy broker, no token in time): submit again with fresh checks, a few times
-    Rule((RateLimited, BrokerUnavailable, RateLimitTimeout), Action.RETRY, stage=SUBMIT),
+    # nothing placed (busy broker, no token in time), or maybe placed (an unknown outcome: the same
+    # client_order_id again is refused if the first landed): submit again with fresh checks, a few times
+    Rule((RateLimited, BrokerUnavailable, RateLimitTimeout, OrderOutcomeUnknown), Action.RETRY, stage=SUBMIT),
     # a cancel refused (already final: 422) or failed: the follower reads the order back anyway
     Rule((AlpacaError, RateLimitTimeout), Action.RETRY, stage=CANCEL),
     # the order followed vanished or is refused: the replay looks it up again

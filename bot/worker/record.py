@@ -57,7 +57,7 @@ class Recorder:
         else:
             self.ledger.release(job.coid)
         result = self._journal(job, outcome, reason=reason, order=order, qty=placed.qty,
-                               submitted_at=placed.submitted_at, final_at=final.final_at)
+                               submitted_at=placed.submitted_at, final_at=final.final_at, adopted=placed.adopted)
         if order.filled_qty > 0:
             self.market.request_refresh()
         return result
@@ -97,7 +97,8 @@ class Recorder:
         return DEAD
 
     def _journal(self, job: Job, outcome: str, *, reason: str = "", order: Order | None = None,
-                 qty: Decimal | None = None, submitted_at: float | None = None, final_at: float | None = None) -> str:
+                 qty: Decimal | None = None, submitted_at: float | None = None, final_at: float | None = None,
+                 adopted: bool = False) -> str:
         signal = job.signal
         entry = JournalEntry(
             source_stream=signal.source_stream, source_id=signal.source_id, ticker=signal.ticker,
@@ -110,7 +111,7 @@ class Recorder:
             filled_avg_price=order.filled_avg_price if order is not None else None,
             source_at=signal.source_at, routed_at=signal.routed_at, claimed_at=job.claimed_at,
             submitted_at=submitted_at, final_at=final_at if final_at is not None else self.clock(),
-            consumer=self.consumer, deliveries=job.deliveries)
+            consumer=self.consumer, deliveries=job.deliveries, adopted=adopted)
         if not record_outcome(self.r, self.keys, entry, ack_stream=self.stream, group=self.group,
                               entry_id=job.entry_id):
             return DUPLICATE

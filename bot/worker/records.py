@@ -1,8 +1,6 @@
 """What the stages hand each other: one frozen record per step of a signal's life."""
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,25 +14,6 @@ from bot.signals import Signal
 # left pending (replayed later), or lost to another worker that reclaimed it (it finishes it).
 JOURNALED, DEAD, DUPLICATE, PENDING, LOST = "journaled", "dead", "duplicate", "pending", "lost"
 
-# client_order_id: Alpaca allows 128 characters today, its older docs said 48: stay within 48.
-COID_PREFIX = "tb-"
-MAX_COID_LEN = 48
-_COID_SAFE = re.compile(r"[A-Za-z0-9._:-]+")
-
-
-def client_order_id(source_stream: str, source_id: str) -> str:
-    """The order's client_order_id, derived only from the signal's origin, so every delivery of the
-    signal, to any worker, names the same order.
-
-    ``tb-<source stream>-<source entry id>`` (e.g. ``tb-nvda-1719410000000-0``) when that is at
-    most 48 characters of ``[A-Za-z0-9._:-]``; otherwise ``tb-`` + the first 40 hex digits of
-    SHA-256 of ``<stream>\\n<id>`` (43 characters, no dash after the prefix: the forms never collide).
-    """
-    plain = f"{COID_PREFIX}{source_stream}-{source_id}"
-    if len(plain) <= MAX_COID_LEN and _COID_SAFE.fullmatch(source_stream):
-        return plain
-    digest = hashlib.sha256(f"{source_stream}\n{source_id}".encode("utf-8", "surrogatepass")).hexdigest()
-    return COID_PREFIX + digest[:40]
 
 
 @dataclass(frozen=True)
@@ -60,6 +39,11 @@ class Job:
     claimed_at: float
     market: MarketSnapshot
     existing: Order | None = None  # found at the broker under coid: an earlier delivery placed it
+
+    @property
+    def seen_before(self) -> bool:
+        """Its order may exist already: delivered before, or a replay that kept its original's order id."""
+        return self.deliveries > 1 or self.signal.pinned_coid is not None
 
 
 @dataclass(frozen=True)
@@ -104,6 +88,7 @@ class Placed:
     submitted_at: float
     qty: Decimal | None
     adopted: bool = False  # found at the broker rather than placed by this delivery
+    after_unknown: bool = False  # an earlier POST of this submit had an unknown outcome (marked so)
 
     @classmethod
     def found(cls, order: Order, claimed_at: float) -> Placed:

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from bot.alpaca.errors import OrderOutcomeUnknown
 from bot.alpaca.models import OrderRequest
 from bot.keys import Keys
 from bot.market import MarketCache
+from bot.order_events import OrderEvents
 from bot.worker.config import WorkerConfig
 from bot.worker.decide import Gates, Refused
 from bot.worker.keeper import EntryKeeper
@@ -24,15 +26,17 @@ log = logging.getLogger(__name__)
 
 class Submitter:
     def __init__(self, *, client: Any, market: MarketCache, keys: Keys, keeper: EntryKeeper, gates: Gates,
-                 grace: StopGrace, limiter: Any, config: WorkerConfig, clock: Callable[[], float]) -> None:
+                 grace: StopGrace, limiter: Any, config: WorkerConfig, clock: Callable[[], float],
+                 events: OrderEvents) -> None:
         self.client, self.market, self.keys, self.keeper, self.gates = client, market, keys, keeper, gates
-        self.grace, self.limiter, self.config, self.clock = grace, limiter, config, clock
+        self.grace, self.limiter, self.config, self.clock, self.events = grace, limiter, config, clock, events
 
     def submit(self, job: Job, request: OrderRequest) -> Sent:
         """Send ``request``: Placed, Rejected (refused for good), a Skip (a re-check said no),
         Unsent (stopping) or Lost (another worker took the entry). Raises what the error policy
-        leaves pending: the last attempt's failure, an unknown outcome."""
+        leaves pending: the last attempt's failure (an unknown outcome: marked as such first)."""
         attempts = self.config.submit_attempts
+        unknown = False
         for attempt in range(1, attempts + 1):
             if self.grace.stopping:  # no new order; the reservation stays with the entry, which is replayed
                 return Unsent(f"stopping before order {job.coid} was sent")
@@ -50,6 +54,13 @@ class Submitter:
                 with self._tight_limiter():
                     order = self.client.submit_order(request)
             except Exception as exc:
+                if isinstance(exc, OrderOutcomeUnknown):
+                    # it may exist, now or once a delayed POST lands: from here on no skip and no
+                    # dead letter hides it (the pipeline waits for the broker to show it, or
+                    # resolve_after); sending the same client_order_id again is safe (a duplicate
+                    # is refused) and is how the broker is made to answer definitively
+                    self.events.mark_unknown(job.coid)
+                    unknown = True
                 rule = rule_for(exc, SUBMIT)
                 if rule.action is Action.REJECT:
                     log.warning("worker %s: order %s refused by the broker: %s", self.config.consumer, job.coid, exc)
@@ -63,7 +74,7 @@ class Submitter:
                 continue
             log.info("worker %s: submitted %s %s %s (%s) -> %s %s", self.config.consumer, request.side, request.qty,
                      request.symbol, job.coid, order.id, order.status)
-            return Placed(order, submitted_at, request.qty)
+            return Placed(order, submitted_at, request.qty, after_unknown=unknown)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _recheck(self, job: Job, request: OrderRequest) -> bool:

@@ -12,9 +12,10 @@ from bot.alpaca.models import Order
 from bot.keys import Keys
 from bot.ledger import Ledger
 from bot.market import MarketCache
+from bot.order_events import OrderEvents
 from bot.signals import Signal, SignalError
 from bot.worker.policy import TRANSIENT
-from bot.worker.records import DeadLetter, Delivery, Duplicate, Job, Skip, Verdict, client_order_id
+from bot.worker.records import DeadLetter, Delivery, Duplicate, Job, Skip, Verdict
 from bot.worker.replays import OwnReplays
 
 log = logging.getLogger(__name__)
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 
 class Triage:
     def __init__(self, *, keys: Keys, market: MarketCache, client: Any, ledger: Ledger, replays: OwnReplays,
-                 max_deliveries: int, clock: Callable[[], float]) -> None:
-        self.keys, self.market, self.client, self.ledger = keys, market, client, ledger
+                 max_deliveries: int, clock: Callable[[], float], events: OrderEvents) -> None:
+        self.keys, self.market, self.client, self.ledger, self.events = keys, market, client, ledger, events
         self.replays = replays
         self.max_deliveries = max_deliveries
         self.clock = clock
@@ -40,13 +41,13 @@ class Triage:
         market = self.market.snapshot(signal.ticker, (done, self.keys.halt))
         if market.exists(done):
             return Duplicate(delivery.entry_id, signal.source_stream, signal.source_id)
-        job = Job(delivery.entry_id, signal, client_order_id(signal.source_stream, signal.source_id),
-                  delivery.deliveries, claimed_at, market)
+        job = Job(delivery.entry_id, signal, signal.coid, delivery.deliveries, claimed_at, market)
         if delivery.deliveries > self.max_deliveries:
             return self._over_delivered(job, delivery)
-        if delivery.deliveries > 1:
-            # delivered before: the order may exist; never size a second one
-            existing = self.client.get_order_by_client_id(job.coid)
+        if job.seen_before:
+            # delivered before (or a replay keeping its original's order): the order may exist;
+            # never size a second one
+            existing = self.lookup(job.coid)
             if existing is not None:
                 return replace(job, existing=existing)
             # the lookup took time: the checks read the cache afresh
@@ -63,15 +64,20 @@ class Triage:
         was delivered before or a reservation of its client_order_id exists (it got past the gates
         once). A failed lookup raises: the entry stays pending.
         """
-        if skip.gate and job.deliveries == 1 and not self.ledger.exists(job.coid):
+        if skip.gate and not job.seen_before and not self.ledger.exists(job.coid):
             return None
-        return self.client.get_order_by_client_id(job.coid)
+        return self.lookup(job.coid)
+
+    def lookup(self, coid: str) -> Order | None:
+        """The order under ``coid``: from the listener's record of its events when there is one (no
+        REST request), else asked of the broker (a failed lookup raises)."""
+        return self.events.state(coid) or self.client.get_order_by_client_id(coid)
 
     def _over_delivered(self, job: Job, delivery: Delivery) -> Job | DeadLetter:
         """Delivered too often: dead-letter it, unless an order exists (then the truth is journaled)."""
         note = ""
         try:
-            existing = self.client.get_order_by_client_id(job.coid)
+            existing = self.lookup(job.coid)
         except TRANSIENT:
             raise  # cannot tell whether an order exists: keep it pending rather than hide an order
         except AlpacaError as exc:  # the broker refuses the lookup itself: nothing more to learn

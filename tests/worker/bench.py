@@ -16,6 +16,7 @@ from bot.config import Settings
 from bot.journal import JournalEntry, read_journal
 from bot.keys import Keys
 from bot.ledger import Ledger
+from bot.order_events import OrderEvents
 from bot.market import MarketCache
 from bot.paper import DEMO_API_KEY, DEMO_SECRET_KEY
 from bot.poller import Poller
@@ -24,7 +25,8 @@ from bot.signals import Signal
 from bot.streams import ensure_group
 from bot.worker.config import WorkerConfig
 from bot.worker.decide import Gates
-from bot.worker.records import Delivery, Job, client_order_id
+from bot.signals import client_order_id
+from bot.worker.records import Delivery, Job
 
 SYMBOL = "NVDA"
 BASE = "http://paper"
@@ -83,6 +85,10 @@ class Bench:
     @property
     def market(self) -> MarketCache:
         return MarketCache(self.r, self.keys, self.settings.max_price_age, max_quote_age=self.settings.max_quote_age)
+
+    @property
+    def events(self) -> OrderEvents:
+        return OrderEvents(self.r, self.keys)
 
     @property
     def ledger(self) -> Ledger:

@@ -10,7 +10,8 @@ import pytest
 
 from bot.alpaca.errors import BrokerUnavailable, InvalidOrder
 from bot.alpaca.models import Order, OrderRequest
-from bot.worker.records import DeadLetter, Delivery, Duplicate, Job, Skip, client_order_id
+from bot.signals import client_order_id
+from bot.worker.records import DeadLetter, Delivery, Duplicate, Job, Skip
 from bot.worker.replays import OwnReplays
 from bot.worker.triage import Triage
 
@@ -38,7 +39,7 @@ class Lookups:
 def triage(bench: Bench, client: Any, replays: OwnReplays | None = None, max_deliveries: int = 5) -> Triage:
     return Triage(keys=bench.keys, market=bench.market, client=client, ledger=bench.ledger,
                   replays=replays if replays is not None else OwnReplays(1.0, 8.0), max_deliveries=max_deliveries,
-                  clock=lambda: CLAIMED_AT)
+                  clock=lambda: CLAIMED_AT, events=bench.events)
 
 
 def coid_of(delivery: Delivery) -> str:
