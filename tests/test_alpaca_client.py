@@ -24,6 +24,7 @@ from bot.alpaca.errors import (
     NotFound,
     OrderOutcomeUnknown,
     RateLimited,
+    TradingForbidden,
     Unauthorized,
 )
 from bot.alpaca.models import OrderRequest
@@ -348,6 +349,23 @@ def test_submit_refusals_map_to_typed_errors(broker, client, status, body, expec
     assert type(caught.value) is expected  # e.g. not DuplicateClientOrderId for a plain 40010001
     assert caught.value.status == status
     assert broker.count("POST", ORDERS) == 1 and broker.count("GET", BY_COID) == 0  # refusals are final
+
+
+@pytest.mark.parametrize("body,kind", [
+    ({"code": 40310100, "message": "trade denied due to pattern day trading protection"}, "pattern_day_trading"),
+    ({"code": 40310000, "message": "potential wash trade detected. use complex orders"}, "wash_trade"),
+    ({"code": 40310000, "message": "account is not authorized to trade"}, "account_restricted"),
+    ({"code": 40310000, "message": "account is blocked"}, "account_restricted"),
+    ({"code": 40310000, "message": "new orders are not allowed on this asset"}, "account_restricted"),
+    ({"code": 40399999, "message": "something new"}, "forbidden"),
+], ids=["pdt", "wash-trade", "not-authorized", "blocked", "not-allowed", "other"])
+def test_account_refusals_are_not_insufficient_funds(broker, client, body, kind):
+    # every 403 used to read as "insufficient funds"; these are refusals of the account's state
+    broker.on("POST", ORDERS, reply(403, body))
+    with pytest.raises(TradingForbidden) as caught:
+        client.submit_order(buy())
+    assert caught.value.kind == kind and caught.value.code == body["code"]
+    assert broker.count("POST", ORDERS) == 1  # final: not sent again
 
 
 def test_insufficient_funds_keeps_the_body_details(broker, client):

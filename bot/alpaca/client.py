@@ -62,6 +62,7 @@ from bot.alpaca.errors import (
     NotFound,
     OrderOutcomeUnknown,
     RateLimited,
+    TradingForbidden,
     Unauthorized,
 )
 from bot.alpaca.models import Account, Asset, Clock, Order, OrderRequest, Position, Snapshot
@@ -598,13 +599,18 @@ class AlpacaClient:
         if status == 401:
             return Unauthorized(text, **kw)
         if status == 403:
-            if code == CODE_INSUFFICIENT:
-                return InsufficientFunds(text, **kw)
+            account_code = code is not None and 40300000 <= code < 40400000
+            if method != "GET" and account_code:
+                kind = _forbidden_kind(code, message)  # an order refused by the account's state or size
+                return InsufficientFunds(text, **kw) if kind is None else TradingForbidden(text, kind=kind, **kw)
             if _is_auth_refusal(code, message, body) or method == "GET":
                 # a refused read is about the keys or their permissions (e.g. the SIP feed on a free plan)
                 return Unauthorized(text, **kw)
-            # Alpaca documents 403 on the order path as "buying power or shares not sufficient"
-            return InsufficientFunds(text, **kw)
+            kind = _forbidden_kind(code, message)
+            if kind is None:
+                # Alpaca documents 403 on the order path as "buying power or shares not sufficient"
+                return InsufficientFunds(text, **kw)
+            return TradingForbidden(text, kind=kind, **kw)
         if status in (400, 422):
             if _is_duplicate(message):
                 return DuplicateClientOrderId(text, **kw)
@@ -679,6 +685,26 @@ def _is_auth_refusal(code: int | None, message: str, body: Mapping[str, Any]) ->
         return True
     lowered = message.lower()
     return not body or any(marker in lowered for marker in _AUTH_MESSAGES)
+
+
+CODE_PATTERN_DAY_TRADING = 40310100
+
+
+def _forbidden_kind(code: int | None, message: str) -> str | None:
+    """What a 403 on the order path refuses: None for buying power or shares (InsufficientFunds),
+    else the account reason Alpaca gives (its code, or words of its message)."""
+    text = message.lower()
+    if code == CODE_PATTERN_DAY_TRADING or "pattern day" in text:
+        return "pattern_day_trading"
+    if "wash trade" in text:
+        return "wash_trade"
+    if any(words in text for words in ("not authorized", "not allowed", "blocked", "suspended", "restricted",
+                                      "not permitted")):
+        return "account_restricted"
+    if code in (CODE_INSUFFICIENT, None) or any(words in text for words in ("insufficient", "buying power",
+                                                                             "qty available", "cost basis")):
+        return None
+    return "forbidden"
 
 
 def _is_duplicate(message: str) -> bool:

@@ -32,8 +32,17 @@ class Unauthorized(AlpacaError):
 
 
 class InsufficientFunds(AlpacaError):
-    """403 refusing an order (code 40310000): buying power or shares not sufficient, and the other
-    account-state refusals Alpaca files under the same code (wash trade, shorting not allowed)."""
+    """403 refusing an order (code 40310000): buying power or shares not sufficient."""
+
+
+class TradingForbidden(AlpacaError):
+    """403 refusing an order for a reason of the account, not of this order's size: ``kind`` is
+    ``pattern_day_trading`` (code 40310100), ``wash_trade``, ``account_restricted`` (not authorized,
+    blocked, trading suspended, shorting not allowed) or ``forbidden`` (anything else)."""
+
+    def __init__(self, message: str, *, kind: str = "forbidden", **kw) -> None:
+        super().__init__(message, **kw)
+        self.kind = kind
 
 
 class InvalidOrder(AlpacaError):
@@ -62,9 +71,11 @@ class BrokerUnavailable(AlpacaError):
 
 
 class OrderOutcomeUnknown(AlpacaError):
-    """A submit timed out or got a 5xx, and the lookup by client_order_id could not settle it either.
+    """A submit timed out or got a 5xx, and the lookup by client_order_id could not settle it either
+    (a "not found" is no proof: a delayed POST may still land).
 
-    The order may or may not exist; the caller must not send it again but look it up later.
+    The order may or may not exist; only the same client_order_id may be sent again (a duplicate is
+    refused, so a late original and a re-send can never both fill), or it is looked up later.
     """
 
     def __init__(self, message: str, *, client_order_id: str, **kw) -> None:

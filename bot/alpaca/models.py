@@ -113,6 +113,13 @@ class Order:
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def done_for_today(self) -> bool:
+        """Final for an order that lives one session: ``done_for_day`` and ``calculated`` mean nothing
+        more executes today, and a day or IOC order has no tomorrow (a GTC order does: not final)."""
+        return self.is_terminal or (self.status in ("done_for_day", "calculated")
+                                    and self.time_in_force in ("day", "ioc", "fok", "opg", "cls"))
+
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Order:
         return cls(

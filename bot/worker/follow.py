@@ -42,7 +42,11 @@ class Follower:
         canceled = stop_cancel = False
         while True:
             order = order if order.is_terminal else watch.seen(order)  # a final answer needs no second view
-            if order.is_terminal:
+            if order.status == "replaced" and order.raw.get("replaced_by"):
+                order = self._replacement(order)  # the order lives on under another id: follow that
+                watch = _Watch(self, order.client_order_id)
+                continue
+            if order.done_for_today:  # final, or done for the day (no cancel loop on a 422)
                 return Final(order, self.clock(), canceled, stop_cancel)
             now = time.monotonic()
             left = self.grace.left()
@@ -74,6 +78,14 @@ class Follower:
                 raise
             log.warning("worker %s: reading order %s failed: %s", self.config.consumer, order.id, exc)
             return order
+
+    def _replacement(self, order: Order) -> Order:
+        """The order that replaced ``order`` (replaced at the broker, e.g. by hand in the dashboard)."""
+        replaced_by = str(order.raw.get("replaced_by"))
+        log.info("worker %s: order %s (%s) was replaced by %s: following the replacement", self.config.consumer,
+                 order.id, order.client_order_id, replaced_by)
+        self.requests += 1
+        return self.client.get_order(replaced_by)
 
     def listener_live(self) -> bool:
         """Whether the order-updates listener is live (read at most every HEALTH_EVERY seconds)."""

@@ -21,6 +21,7 @@ from bot.alpaca.errors import (
     NotFound,
     OrderOutcomeUnknown,
     RateLimited,
+    TradingForbidden,
     Unauthorized,
 )
 from bot.ratelimit import RateLimitTimeout
@@ -63,7 +64,7 @@ POLICY: tuple[Rule, ...] = (
     # the broker says the id exists yet cannot show it: transient, look again later
     Rule((DuplicateClientOrderId,), Action.PENDING, _broker_named),
     # refused for good: nothing was placed and asking again would be refused again
-    Rule((InsufficientFunds, InvalidOrder), Action.REJECT, stage=SUBMIT),
+    Rule((InsufficientFunds, InvalidOrder, TradingForbidden), Action.REJECT, stage=SUBMIT),
     # nothing placed (busy broker, no token in time), or maybe placed (an unknown outcome: the same
     # client_order_id again is refused if the first landed): submit again with fresh checks, a few times
     Rule((RateLimited, BrokerUnavailable, RateLimitTimeout, OrderOutcomeUnknown), Action.RETRY, stage=SUBMIT),

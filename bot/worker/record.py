@@ -122,11 +122,19 @@ class Recorder:
         return JOURNALED
 
 
+DONE_FOR_DAY = frozenset({"done_for_day", "calculated"})  # nothing more executes today (Alpaca's words)
+
+
 def outcome_of(order: Order, canceled_by_us: bool = False, order_timeout: float = 0.0) -> tuple[str, str]:
     """Journal outcome and reason of a final order."""
     status, filled = order.status, order.filled_qty
-    if status == "filled":
+    if status == "filled" or (status in DONE_FOR_DAY and order.qty is not None and filled >= order.qty > 0):
         return "filled", ""
+    if status in DONE_FOR_DAY:
+        if filled > 0:
+            wanted = f" of {decimal_text(order.qty)}" if order.qty is not None else ""
+            return "partially_filled", f"filled {decimal_text(filled)}{wanted}, done for the day"
+        return "expired", "done for the day with nothing filled"
     if status in ("canceled", "expired", "replaced") and filled > 0:
         wanted = f" of {decimal_text(order.qty)}" if order.qty is not None else ""
         return "partially_filled", f"filled {decimal_text(filled)}{wanted}, the rest {status}"
@@ -138,7 +146,10 @@ def outcome_of(order: Order, canceled_by_us: bool = False, order_timeout: float 
         return "expired", "expired with nothing filled"
     if status == "replaced":
         return "canceled", f"replaced by order {order.raw.get('replaced_by') or '?'}"
-    reason = str(order.raw.get("reject_reason") or order.raw.get("reason") or "rejected by the broker")
+    # Alpaca's order carries no rejection reason (the trade_updates event and the order have none):
+    # say what is known rather than invent a field
+    reason = str(order.raw.get("reject_reason") or order.raw.get("reason") or
+                 "rejected by the broker after it accepted the order (Alpaca gives no reason on the order)")
     return "rejected", reason
 
 

@@ -64,7 +64,7 @@ class Submitter:
                 rule = rule_for(exc, SUBMIT)
                 if rule.action is Action.REJECT:
                     log.warning("worker %s: order %s refused by the broker: %s", self.config.consumer, job.coid, exc)
-                    return Rejected(getattr(exc, "message", "") or str(exc), request.qty, submitted_at)
+                    return Rejected(_refusal(exc), request.qty, submitted_at)
                 pause = self._retry_pause(exc, attempt) if rule.action is Action.RETRY else None
                 if pause is None or attempt == attempts:
                     raise
@@ -97,3 +97,10 @@ class Submitter:
         hint = getattr(exc, "retry_after", None) or getattr(exc, "wait", None) or 0.0
         pause = max(self.config.submit_retry_pause * attempt, float(hint))
         return pause if pause <= self.config.submit_retry_max_pause else None
+
+
+def _refusal(exc: Exception) -> str:
+    """The journal reason of a refused order: the broker's own words, and what kind of refusal."""
+    message = getattr(exc, "message", "") or str(exc)
+    kind = getattr(exc, "kind", None)
+    return f"{kind.replace('_', ' ')}: {message}" if isinstance(kind, str) else message

@@ -163,3 +163,34 @@ def test_a_stop_already_past_its_grace_gives_up_after_one_last_cancel():
     result = follower(broker, grace=grace, order_timeout=60.0, cancel_timeout=1.0).follow(broker.order())
     assert isinstance(result, Unfinished)
     assert (broker.cancels, broker.reads) == (1, 0)  # best effort: the replay reads it back
+
+
+class Replaced(Orders):
+    """o-1 was replaced (by hand, in the dashboard) by o-2, which fills."""
+
+    def get_order(self, order_id: str) -> Order:
+        self.reads += 1
+        assert order_id == "o-2"
+        return make_order("filled", order_id="o-2", coid="manual-2", filled="2")
+
+
+def test_a_replaced_order_is_followed_through_its_replacement():
+    broker = Replaced("replaced")
+    final = follower(broker, order_timeout=5.0).follow(make_order("replaced", replaced_by="o-2"))
+    assert isinstance(final, Final) and final.order.id == "o-2" and final.order.status == "filled"
+    assert broker.reads == 1 and broker.cancel_attempts == 0
+
+
+@pytest.mark.parametrize("status", ["done_for_day", "calculated"])
+def test_a_day_order_done_for_the_day_is_final_without_a_cancel(status: str):
+    broker = Orders(status, filled="1")
+    final = follower(broker, order_timeout=5.0).follow(broker.order())
+    assert isinstance(final, Final) and final.order.status == status
+    assert broker.cancel_attempts == 0
+
+
+@pytest.mark.parametrize("status", ["held", "accepted_for_bidding", "pending_new", "pending_cancel", "pending_replace"])
+def test_waiting_statuses_are_not_final(status: str):
+    broker = Orders("filled", reads=(status, status))
+    final = follower(broker, order_timeout=5.0).follow(broker.order(status))
+    assert isinstance(final, Final) and final.order.status == "filled" and broker.reads == 3

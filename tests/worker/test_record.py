@@ -196,9 +196,14 @@ def test_a_dead_letter_releases_the_reservation_it_names(bench: Bench):
     ("replaced", "0", False, {"replaced_by": "o-9"}, ("canceled", "replaced by order o-9")),
     ("replaced", "0", False, {}, ("canceled", "replaced by order ?")),
     ("rejected", "0", False, {"reject_reason": "market closed"}, ("rejected", "market closed")),
-    ("rejected", "0", False, {}, ("rejected", "rejected by the broker")),
+    ("rejected", "0", False, {},
+     ("rejected", "rejected by the broker after it accepted the order (Alpaca gives no reason on the order)")),
+    ("done_for_day", "10", False, {}, ("filled", "")),
+    ("done_for_day", "3", False, {}, ("partially_filled", "filled 3 of 10, done for the day")),
+    ("calculated", "0", False, {}, ("expired", "done for the day with nothing filled")),
 ], ids=["filled", "partial-canceled", "partial-expired", "partial-replaced", "canceled-by-us", "canceled-by-broker",
-        "expired", "replaced", "replaced-unknown", "rejected-with-reason", "rejected"])
+        "expired", "replaced", "replaced-unknown", "rejected-with-reason", "rejected", "done-for-day-filled",
+        "done-for-day-partial", "calculated-nothing"])
 def test_outcome_of(status: str, filled: str, by_us: bool, extra: dict[str, str], expected: tuple[str, str]):
     order = make_order(status, qty="10", filled=filled, **extra)
     assert outcome_of(order, canceled_by_us=by_us, order_timeout=10.0) == expected
