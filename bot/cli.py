@@ -248,6 +248,36 @@ def resume_command(redis_url: str | None, var_dir: str | None) -> None:
     click.echo("resumed: orders allowed" + (f" (was halted: {previous})" if previous else " (was not halted)"))
 
 
+@cli.command("reconcile")
+@click.option("--apply", is_flag=True,
+              help="Fix what is found: adopt, record external orders, release, correct the cache.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--since", "since_seconds", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Read broker orders submitted this many seconds ago [default: since the last reconciliation].")
+@click.option("--settle", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Judge only orders final this long (a worker may be journaling a younger one) [default 30].")
+@click.option("--set-baseline", is_flag=True,
+              help="Take today's broker positions, less what the books explain, as the account's own from "
+                   "before the fleet.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def reconcile_command(apply: bool, as_json: bool, since_seconds: float | None, settle: float | None,
+                      set_baseline: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """The broker's orders and positions against the journal, ledger and cache; exit 1 on drift."""
+    import json
+
+    from bot import ops
+    from bot.ops.reconcile import reconcile, render_reconcile, report_json
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    report, baseline = reconcile(settings, apply=apply, since_seconds=since_seconds, settle=settle,
+                                 set_baseline=set_baseline)
+    click.echo(json.dumps(report_json(report, baseline), indent=2) if as_json else render_reconcile(report, baseline))
+    if report.position_drift or report.unadoptable:
+        raise SystemExit(1)
+
+
 @cli.command("orders")
 @click.option("--last", "last", type=click.IntRange(1, 10000), default=10, show_default=True,
               help="How many journal entries, newest first.")

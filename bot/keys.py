@@ -50,6 +50,21 @@ class Keys:
         return self._k("unresolved")
 
     @property
+    def external(self) -> str:
+        """Hash: order id -> an order at the broker the fleet did not place (JSON), kept by reconciliation."""
+        return self._k("external")
+
+    @property
+    def reconcile(self) -> str:
+        """Hash: the last reconciliation (when, what it found, where the next starts) and the baseline."""
+        return self._k("reconcile")
+
+    @property
+    def reconciled(self) -> str:
+        """String: set by a completed reconciliation; workers started with --wait-reconcile buy only after it."""
+        return self._k("reconciled")
+
+    @property
     def listener(self) -> str:
         """Hash: the active order-updates listener's state (connected, last heard from the stream)."""
         return self._k("listener")

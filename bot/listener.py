@@ -27,6 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 from bot.alpaca.errors import AlpacaError
 from bot.lease import Lease
 from bot.order_events import OrderEvent, OrderEvents
+from bot.reconcile import Reconciler
 from bot.streams import default_consumer_name
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class ListenerConfig:
     lookback: float = 86400.0  # first start: back-fill orders submitted this long ago
     margin: float = 300.0  # back-fill from this long before the stream was last heard from
     heard_every: float = 1.0  # record "heard from the stream" at most this often
+    reconcile_every: float = 300.0  # and after every (re)connect: the broker against the books
     msgpack: bool = False  # ask the stream for MessagePack frames instead of JSON
 
 
@@ -68,15 +70,18 @@ def stream_url(base_url: str) -> str:
 class Listener:
     def __init__(self, *, url: str, api_key: str, secret_key: str, r: redis.Redis, events: OrderEvents,
                  client: Any, config: ListenerConfig | None = None,
-                 dial: Callable[..., ClientConnection] = connect) -> None:
+                 dial: Callable[..., ClientConnection] = connect, reconciler: Reconciler | None = None) -> None:
         self.url, self._key, self._secret = url, api_key, secret_key
         self.config = config = config or ListenerConfig()
         self.events, self.client, self.dial = events, client, dial
         self.lease = Lease(r, events.keys.listener_lease, config.holder, config.lease_ttl)
         self.heard_at: float | None = events.last_heard()  # wall time the stream was last heard from
+        self.reconciler = reconciler
         self.sessions = 0
         self.recorded = 0
+        self.reconciles = 0
         self._marked_heard = 0.0
+        self._reconciled_at = 0.0  # monotonic
 
     # ------------------------------------------------------------------ the loop
 
@@ -95,6 +100,10 @@ class Listener:
                         stop.wait(self.lease.renew_every)
                         continue
                     standby_logged = False
+                    if self.sessions == 0 and self.reconciler is not None:
+                        # a fleet (re)starting: workers started with --wait-reconcile wait for this
+                        # listener's first reconciliation, not a stale one of an earlier run
+                        self.reconciler.forget_reconciled()
                     why = self.session(stop)
                     failures = 0
                     log.info("listener %s: session ended: %s", self.config.holder, why)
@@ -121,6 +130,7 @@ class Listener:
             self._handshake(ws, stop)
             began = time.time()
             backfilled = self.backfill()
+            self.reconcile()  # what the stream cannot tell: orders of ours never journaled, drift
             self.heard_at = began
             self._mark("live", heard=True, connected_at=repr(began), backfilled=backfilled, error="")
             log.info("listener %s: live on %s (back-filled %d orders)", self.config.holder, self.url, backfilled)
@@ -133,6 +143,8 @@ class Listener:
         while not stop.is_set():
             if self.lease.due() and not self.lease.take():
                 return "lost the lease"
+            if time.monotonic() - self._reconciled_at >= config.reconcile_every:
+                self.reconcile()
             try:
                 raw = ws.recv(timeout=0.5)
             except TimeoutError:
@@ -176,6 +188,23 @@ class Listener:
             self.events.record(OrderEvent.backfill(order.raw))
             count += 1
         return count
+
+    def reconcile(self) -> None:
+        """Reconcile and fix (adopt, record external orders, release); a failure is logged and the
+        next run (the next reconnect, or reconcile_every) tries again."""
+        self._reconciled_at = time.monotonic()
+        if self.reconciler is None:
+            return
+        try:
+            report = self.reconciler.run(apply=True)
+        except (AlpacaError, OSError, redis.RedisError) as exc:
+            log.warning("listener %s: reconciliation failed: %s", self.config.holder, _describe(exc))
+            return
+        self.reconciles += 1
+        log.log(logging.INFO if report.clean else logging.WARNING,
+                "listener %s: reconciled %d orders: %d adopted, %d external, %d released, %d drifting",
+                self.config.holder, report.orders_read, len(report.adopted), len(report.external),
+                len(report.released), len(report.position_drift))
 
     # ------------------------------------------------------------------ plumbing
 

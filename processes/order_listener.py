@@ -12,6 +12,7 @@ from bot.listener import Listener, ListenerConfig, stream_url
 from bot.logs import configure_logging, redact_url
 from bot.order_events import OrderEvents
 from bot.ratelimit import RateLimiter
+from bot.reconcile import Reconciler
 from bot.redisconn import RedisAuthError, connect
 from bot.runtime import probe_redis, stop_on_signals
 
@@ -35,12 +36,18 @@ log = logging.getLogger(__name__)
 @click.option("--lookback", type=click.FloatRange(min=0), default=86400.0, show_default=True, metavar="SECONDS",
               help="At the first start, back-fill orders submitted this long ago.")
 @click.option("--msgpack/--json", "packed", default=False, show_default=True, help="Frames the stream sends.")
+@click.option("--reconcile/--no-reconcile", default=True, show_default=True,
+              help="Reconcile the broker with the books (and fix) after every (re)connect and every "
+                   "--reconcile-every seconds.")
+@click.option("--reconcile-every", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              metavar="SECONDS", help="Reconcile this often while connected.")
 @click.option("--alpaca-api-key", envvar="ALPACA_API_KEY", help="Alpaca key id (prefer the environment variable).")
 @click.option("--alpaca-secret-key", envvar="ALPACA_SECRET_KEY",
               help="Alpaca secret key (prefer the environment variable).")
 @click.option("--alpaca-base-url", envvar="ALPACA_BASE_URL", help="Trading API base URL (default Alpaca paper).")
 def main(redis_url: str | None, prefix: str | None, holder: str | None, url: str | None, lease_ttl: float,
-         probe_after: float, probe_timeout: float, lookback: float, packed: bool, alpaca_api_key: str | None,
+         probe_after: float, probe_timeout: float, lookback: float, packed: bool, reconcile: bool,
+         reconcile_every: float, alpaca_api_key: str | None,
          alpaca_secret_key: str | None, alpaca_base_url: str | None) -> None:
     configure_logging(secrets=[s for s in (alpaca_api_key, alpaca_secret_key) if s])
     try:
@@ -51,7 +58,7 @@ def main(redis_url: str | None, prefix: str | None, holder: str | None, url: str
         if holder is not None and (not holder or any(ch.isspace() for ch in holder)):
             raise ConfigError(f"listener name {holder!r} must be non-empty without spaces")
         config = replace(ListenerConfig(), lease_ttl=lease_ttl, probe_after=probe_after, probe_timeout=probe_timeout,
-                         lookback=lookback, msgpack=packed)
+                         lookback=lookback, msgpack=packed, reconcile_every=reconcile_every)
         if holder:
             config = replace(config, holder=holder)
         if url is not None and not url.startswith(("ws://", "wss://")):
@@ -71,7 +78,8 @@ def main(redis_url: str | None, prefix: str | None, holder: str | None, url: str
                 AlpacaClient.from_settings(settings, max_retries=2,
                                            limiter=RateLimiter.from_settings(r, settings, stop=stop)) as client:
             listener = Listener(url=target, api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
-                                r=r, events=OrderEvents(r, settings.keys), client=client, config=config)
+                                r=r, events=OrderEvents(r, settings.keys), client=client, config=config,
+                                reconciler=Reconciler(r, settings.keys, client) if reconcile else None)
             listener.run(stop)
     finally:
         r.close()

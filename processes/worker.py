@@ -57,6 +57,11 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
                    "late); poll: read every order over REST until final.")
 @click.option("--event-late", type=_SECONDS, default=5.0, show_default=True, metavar="SECONDS",
               help="An order with no event this long is read over REST once (then 2x, up to 4x this).")
+@click.option("--wait-reconcile/--no-wait-reconcile", default=False, show_default=True,
+              help="Take no signal until a reconciliation completed (the listener's at start; the fleet sets it).")
+@click.option("--resolve-after", type=_SECONDS, default=60.0, show_default=True, metavar="SECONDS",
+              help="After a POST with an unknown outcome, wait this long for its order to show before a skip "
+                   "or a dead letter.")
 @click.option("--alpaca-api-key", envvar="ALPACA_API_KEY", help="Alpaca key id (prefer the environment variable).")
 @click.option("--alpaca-secret-key", envvar="ALPACA_SECRET_KEY",
               help="Alpaca secret key (prefer the environment variable).")
@@ -67,7 +72,8 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
          consumer: str | None, claim_idle: float, max_deliveries: int, order_timeout: float, strategy: str,
          fixed_qty: str | None, fixed_notional: str | None, order_type: str, slippage_bps: int,
          max_signal_age: float | None, max_quote_age: float | None, extended_hours: bool | None, block_ms: int,
-         stop_grace: float, follow: str, event_late: float, alpaca_api_key: str | None,
+         stop_grace: float, follow: str, event_late: float, wait_reconcile: bool, resolve_after: float,
+         alpaca_api_key: str | None,
          alpaca_secret_key: str | None, alpaca_base_url: str | None,
          alpaca_data_url: str | None) -> None:
     configure_logging(secrets=[s for s in (alpaca_api_key, alpaca_secret_key) if s])
@@ -89,7 +95,8 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
             fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
             slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
             block_ms=block_ms, stop_grace=stop_grace, max_quote_age=settings.max_quote_age,
-            follow_events=follow == "events", event_late=event_late)
+            follow_events=follow == "events", event_late=event_late, wait_reconcile=wait_reconcile,
+            resolve_after=resolve_after)
         settings = settings.with_demo_credentials("to trade on")  # after the flags: their errors come first
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
                      "bot.strategies", "bot.ratelimit", "bot.alpaca", "bot.paper", "bot.order_events",
                      "bot.lease"), DOMAIN),
     **dict.fromkeys(("bot.router", "bot.poller", "bot.worker", "bot.generator", "bot.consumer",
-                     "bot.listener"), LOOPS),
+                     "bot.listener", "bot.reconcile"), LOOPS),
     **dict.fromkeys(("bot.ops", "bot.fleet"), OPERATOR),
     **dict.fromkeys(("bot.cli", "processes"), ENTRY),
 }

@@ -27,6 +27,29 @@ def _clock(stamp: Any) -> str:
     return datetime.fromtimestamp(value, timezone.utc).strftime("%H:%M:%S")
 
 
+def _truth_lines(report: StatusReport) -> list[str]:
+    """The listener, the last reconciliation (drift shown loudly) and unresolved orders."""
+    listener = report.listener
+    if listener.get("live"):
+        lines = [f"  orders  followed by events ({listener.get('state')})"]
+    else:
+        lines = [f"  orders  POLLED over REST: {listener.get('state', 'no order-updates listener')}"]
+    rec = report.reconcile
+    if rec.get("at"):
+        at = datetime.fromtimestamp(float(rec["at"]), timezone.utc).strftime("%H:%M:%S UTC")
+        lines.append(f"  reconciled {at}: adopted {rec.get('adopted', 0)}, external {rec.get('external', 0)}, "
+                     f"released {rec.get('released', 0)}")
+        for drift in rec.get("drift") or []:
+            lines.append(f"  POSITION DRIFT {drift['symbol']}: broker {drift['broker']}, "
+                         f"the books {drift['expected']} (see `tradebot reconcile`)")
+    else:
+        lines.append("  reconciled never (run `tradebot reconcile`)")
+    if report.unresolved:
+        lines.append(f"  UNRESOLVED {report.unresolved} order(s) whose POST had an unknown outcome: "
+                     "the workers wait for the broker to show them")
+    return lines
+
+
 def render_status(report: StatusReport) -> str:
     """One screen, readable at a glance."""
     lines: list[str] = []
@@ -42,6 +65,8 @@ def render_status(report: StatusReport) -> str:
                      f"  (credentials: {settings.get('alpaca_credentials')})")
     halt_state = report.halt
     lines.append("  HALTED: " + str(halt_state["reason"]) if halt_state["on"] else "  halt    off (orders allowed)")
+    if report.redis["ok"]:
+        lines += _truth_lines(report)
     lines.append("")
     fleet = report.fleet
     if fleet["running"]:

@@ -55,6 +55,10 @@ class StatusReport:
     clock: dict[str, Any] | None = None
     orders: list[dict[str, str]] = field(default_factory=list)
     dlq: int = 0
+    # the order-updates listener: live or what is wrong; the last reconciliation and its drift
+    listener: dict[str, Any] = field(default_factory=dict)
+    reconcile: dict[str, Any] = field(default_factory=dict)
+    unresolved: int = 0  # orders whose POST had an unknown outcome, not resolved yet
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))

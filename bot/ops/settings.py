@@ -28,6 +28,8 @@ def operator_settings(redis_url: str | None = None, var_dir: str | None = None,
             merged[name] = ",".join(fleet[key])
     if not merged.get("TRADEBOT_PREFIX") and fleet.get("prefix"):
         merged["TRADEBOT_PREFIX"] = fleet["prefix"]
+    if fleet.get("paper_broker") and fleet.get("broker_url") and not merged.get("ALPACA_BASE_URL"):
+        merged["ALPACA_BASE_URL"] = fleet["broker_url"]  # the fleet's own paper broker (demo key pair)
     try:
         return Settings.from_env(merged)
     except ConfigError as exc:

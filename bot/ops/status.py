@@ -21,6 +21,7 @@ from bot.ops.report import ProcessStatus, StatusReport
 from bot.ops.settings import open_redis
 from bot.ops.stream_status import stream_status
 from bot.ops.times import unix_time
+from bot.order_events import OrderEvents
 
 
 def collect_status(settings: Settings, var_dir: str | None = None, now: float | None = None) -> StatusReport:
@@ -89,6 +90,13 @@ def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, n
     clock = _hash(r, keys.clock)
     report.clock = {**clock, "age_s": _age(clock, now)} if clock else None
     report.orders = last_orders(r, keys, LAST_ORDERS)
+    health = OrderEvents(r, keys, now=lambda: now).listener_health()
+    report.listener = {"live": health.live, "state": health.why, **_hash(r, keys.listener)}
+    reconciled = _hash(r, keys.reconcile)
+    report.reconcile = {name: value for name, value in reconciled.items() if not name.startswith("baseline:")}
+    if "drift" in report.reconcile:
+        report.reconcile["drift"] = _decode_value(report.reconcile["drift"])
+    report.unresolved = int(r.hlen(keys.unresolved))
 
 
 def _hash(r: redis.Redis, key: str) -> dict[str, str]:

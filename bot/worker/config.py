@@ -62,6 +62,9 @@ class WorkerConfig:
     # After a POST with an unknown outcome, the signal is neither journaled skipped nor dead-lettered
     # until its order shows up (then it is adopted) or this many seconds passed without it.
     resolve_after: float = 60.0
+    # Start-up fails closed: take no signal before a reconciliation completed (the listener's, or
+    # `tradebot reconcile --apply`): the books may disagree with the broker after a crash.
+    wait_reconcile: bool = False
     backoff_max: float = 5.0  # longest pause of the loop while Redis or the broker is down
     # consumers of dead processes (default names change with every pid) are removed from the
     # group once idle this long with nothing pending, so the group does not grow forever

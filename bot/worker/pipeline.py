@@ -303,11 +303,27 @@ class Worker:
                      self.consumer, ", ".join(missing))
         if not self.market.wait_ready(symbols, timeout, stop):
             return False
+        if self.config.wait_reconcile and not self._wait_reconciled(stop, timeout):
+            return False
         account = self.market.account()
         log.info("worker %s ready: cash %s, equity %s; weights %s", self.consumer,
                  account.cash if account else "?", account.equity if account else "?",
                  ", ".join(f"{s}={decimal_text(w)}" for s, w in self.weights.items()))
         return True
+
+    def _wait_reconciled(self, stop: threading.Event, timeout: float | None) -> bool:
+        if self.r.exists(self.keys.reconciled):
+            return True
+        log.info("worker %s: waiting for the start-up reconciliation (the listener's) before taking signals",
+                 self.consumer)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not stop.wait(0.25):
+            if self.r.exists(self.keys.reconciled):
+                log.info("worker %s: reconciled; taking signals", self.consumer)
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return False
 
     def _own(self, resource: Any) -> Any:
         self._owned.append(resource)
