@@ -57,6 +57,9 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
                    "late); poll: read every order over REST until final.")
 @click.option("--event-late", type=_SECONDS, default=5.0, show_default=True, metavar="SECONDS",
               help="An order with no event this long is read over REST once (then 2x, up to 4x this).")
+@click.option("--broker-timeout", type=_SECONDS, default=3.0, show_default=True, metavar="SECONDS",
+              help="Read timeout of one broker request; a POST past it has an unknown outcome (resolved by "
+                   "sending the same client_order_id again).")
 @click.option("--wait-reconcile/--no-wait-reconcile", default=False, show_default=True,
               help="Take no signal until a reconciliation completed (the listener's at start; the fleet sets it).")
 @click.option("--resolve-after", type=_SECONDS, default=60.0, show_default=True, metavar="SECONDS",
@@ -72,7 +75,8 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
          consumer: str | None, claim_idle: float, max_deliveries: int, order_timeout: float, strategy: str,
          fixed_qty: str | None, fixed_notional: str | None, order_type: str, slippage_bps: int,
          max_signal_age: float | None, max_quote_age: float | None, extended_hours: bool | None, block_ms: int,
-         stop_grace: float, follow: str, event_late: float, wait_reconcile: bool, resolve_after: float,
+         stop_grace: float, follow: str, event_late: float, broker_timeout: float, wait_reconcile: bool,
+         resolve_after: float,
          alpaca_api_key: str | None,
          alpaca_secret_key: str | None, alpaca_base_url: str | None,
          alpaca_data_url: str | None) -> None:
@@ -96,7 +100,7 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
             slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
             block_ms=block_ms, stop_grace=stop_grace, max_quote_age=settings.max_quote_age,
             follow_events=follow == "events", event_late=event_late, wait_reconcile=wait_reconcile,
-            resolve_after=resolve_after)
+            resolve_after=resolve_after, broker_timeout=broker_timeout)
         settings = settings.with_demo_credentials("to trade on")  # after the flags: their errors come first
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -119,6 +119,8 @@ async def _serve(request: Request, state: BrokerState, group: str, handler: Hand
         return _too_many(rate.reset - time.time(), rate.headers(), group)
     fault = state.faults.draw(group, mutating=request.method in ("POST", "DELETE", "PATCH"))
     delay = state.faults.latency(group)
+    if request.method == "POST" and request.url.path == "/v2/orders":
+        delay += state.faults.settings.submit_delay  # delayed in the network: takes effect late, maybe unseen
     if delay > 0:
         await asyncio.sleep(delay)
     if fault is not None and fault.kind == "429":
@@ -358,7 +360,8 @@ def admin_price(request: Request, st: BrokerState, body: dict[str, Any]) -> Any:
                                  bid_size=body.get("bid_size"), ask_size=body.get("ask_size"))
 
 
-FAULT_KEYS = ("fault_500", "fault_429", "fault_hang", "hang_seconds", "fault_500_when", "retry_after")
+FAULT_KEYS = ("fault_500", "fault_429", "fault_hang", "hang_seconds", "fault_500_when", "retry_after",
+              "submit_delay")
 
 
 def admin_faults(request: Request, st: BrokerState, body: dict[str, Any]) -> Any:

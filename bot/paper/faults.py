@@ -115,6 +115,9 @@ class FaultSettings:
     hang_seconds: float = 30.0
     fault_500_when: str = "random"
     retry_after: float = 1.0
+    # a POST /v2/orders is held this long in the network BEFORE it reaches the exchange (its client
+    # may time out, look the order up, find nothing, and then the order appears)
+    submit_delay: float = 0.0
 
     @classmethod
     def build(cls, **raw: Any) -> FaultSettings:
@@ -130,7 +133,7 @@ class FaultSettings:
                 parsed[name] = parse_latency(value)
             elif name in ("fault_500", "fault_429", "fault_hang"):
                 parsed[name] = parse_probabilities(value, name)
-            elif name in ("latency_jitter", "hang_seconds", "retry_after"):
+            elif name in ("latency_jitter", "hang_seconds", "retry_after", "submit_delay"):
                 parsed[name] = _number(value, name)
             elif name == "fault_500_when":
                 if value not in WHEN_500:
@@ -151,6 +154,7 @@ class FaultSettings:
             "hang_seconds": self.hang_seconds,
             "fault_500_when": self.fault_500_when,
             "retry_after": self.retry_after,
+            "submit_delay": self.submit_delay,
         }
 
 

@@ -31,7 +31,7 @@ OWN_REPLAY_TRACKED = 1000  # replay schedules kept at most; beyond, the oldest a
 
 _POSITIVE = ("claim_idle", "order_timeout", "cancel_timeout", "follow_initial", "follow_max", "backoff_max",
              "consumer_idle", "stop_grace", "own_replay_first", "own_replay_max", "submit_retry_pause",
-             "submit_retry_max_pause", "event_late", "resolve_after")
+             "submit_retry_max_pause", "event_late", "resolve_after", "broker_timeout")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class WorkerConfig:
     # Start-up fails closed: take no signal before a reconciliation completed (the listener's, or
     # `tradebot reconcile --apply`): the books may disagree with the broker after a crash.
     wait_reconcile: bool = False
+    broker_timeout: float = 3.0  # read timeout of one broker request (CLIENT_KNOBS' read)
     backoff_max: float = 5.0  # longest pause of the loop while Redis or the broker is down
     # consumers of dead processes (default names change with every pid) are removed from the
     # group once idle this long with nothing pending, so the group does not grow forever
@@ -111,6 +112,11 @@ class WorkerConfig:
             raise ConfigError(f"max-quote-age must be > 0, got {self.max_quote_age}")
         if self.block_ms < 1:
             raise ConfigError(f"block-ms must be >= 1, got {self.block_ms}")
+
+    def client_knobs(self) -> dict[str, Any]:
+        """CLIENT_KNOBS with this worker's read timeout (write follows it; connect stays 1 s)."""
+        timeout = httpx.Timeout(connect=1.0, read=self.broker_timeout, write=self.broker_timeout, pool=1.0)
+        return {**CLIENT_KNOBS, "timeout": timeout}
 
     @property
     def claim_every(self) -> float:

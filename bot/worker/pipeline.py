@@ -23,7 +23,7 @@ from bot.ratelimit import RateLimiter
 from bot.redisconn import connect
 from bot.risk import RiskLimits
 from bot.streams import delete_consumer_if_idle, ensure_group
-from bot.worker.config import CLIENT_KNOBS, WorkerConfig
+from bot.worker.config import WorkerConfig
 from bot.worker.decide import Decider, Gates
 from bot.worker.follow import Follower
 from bot.worker.intake import Intake
@@ -105,7 +105,7 @@ class Worker:
             if isinstance(limiter, RateLimiter):
                 limiter = BoundedLimiter(limiter, stop_left=self.grace.left)
             self.limiter = limiter
-            client = self._own(AlpacaClient.from_settings(settings, limiter=limiter, **CLIENT_KNOBS))
+            client = self._own(AlpacaClient.from_settings(settings, limiter=limiter, **config.client_knobs()))
         self.client = client
         self.clock = clock
         self.market = MarketCache(self.r, keys, settings.max_price_age, now=clock,
