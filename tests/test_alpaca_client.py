@@ -845,3 +845,32 @@ def test_client_uses_explicit_timeouts_and_keepalive_pool():
         assert client._http.follow_redirects is False
     finally:
         client.close()
+
+
+def test_orders_since_pages_past_500_and_never_loses_orders_of_one_instant(broker, client):
+    # 1,203 orders, 50 of them (480-529) submitted in one microsecond across the first page's end:
+    # paging by time alone would lose those after the page's last one, and 500 is never everything
+    def stamp(n: int) -> str:
+        if 480 <= n < 530:
+            return "2026-12-01T15:00:04.800000Z"
+        return f"2026-12-01T15:00:{n // 100:02d}.{n:06d}Z"
+
+    rows = [order_json(id=f"o-{n}", client_order_id=f"c-{n}", submitted_at=stamp(n), created_at=stamp(n))
+            for n in range(1203)]
+
+    def page(request: httpx.Request) -> httpx.Response:
+        after = request.url.params.get("after")
+        limit = int(request.url.params["limit"])
+        assert request.url.params["direction"] == "asc"
+        from bot.alpaca.models import ts
+
+        since = ts(after)
+        picked = [row for row in rows if ts(row["submitted_at"]) > since][:limit]
+        return httpx.Response(200, json=picked)
+
+    broker.on("GET", ORDERS, *([page] * 20))
+    from datetime import datetime, timezone
+
+    got = [order.id for order in client.orders_since(datetime(2026, 12, 1, tzinfo=timezone.utc))]
+    assert len(got) == len(set(got)) == 1203  # every order once
+    assert broker.count("GET", ORDERS) >= 3

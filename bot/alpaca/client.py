@@ -349,8 +349,9 @@ class AlpacaClient:
         """Every order submitted after ``after``, oldest first, over as many pages as it takes.
 
         Pages move on by submission time; orders of the page's last instant come again on the next
-        page and are skipped by id, so none is lost between pages however many share one instant
-        (a page of nothing new ends it)."""
+        page and are skipped by id, so none is lost between pages (a page of nothing new ends it;
+        only more than a page of orders within one microsecond could hide some, which Alpaca's
+        request rate rules out)."""
         seen: set[str] = set()
         while True:
             rows = self.list_orders(status=status, limit=page, direction="asc", after=after)
