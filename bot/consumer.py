@@ -28,6 +28,7 @@ class ConsumerLoop:
         self.backoff_cap = backoff_cap
         self.base = base
         self.errors = 0  # failed rounds survived
+        self.on_round: Callable[[], None] = lambda: None  # called after every round (a heartbeat's progress)
 
     def run(self, stop: threading.Event, round_: Callable[[], Round], recover: Callable[[], None]) -> None:
         """``round_()`` until ``stop`` is set or it answers DONE."""
@@ -35,6 +36,7 @@ class ConsumerLoop:
         while not stop.is_set():
             try:
                 result = round_()
+                self.on_round()
             except Exception as exc:  # never exit on an outage: the outage ends, the loop goes on
                 failures += 1
                 self.errors += 1

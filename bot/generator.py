@@ -171,6 +171,9 @@ class SignalGenerator:
         next_at = self._rate_start + self._rate_sent / rate
         return max(next_at - self.monotonic(), 0.0)
 
+    # called after every step (a heartbeat's progress); a no-op unless the process sets it
+    on_step: Callable[[], None] = staticmethod(lambda: None)
+
     def run(self) -> int:
         cfg = self.config
         mode = f"{cfg.rate:g} signals/s" if cfg.rate is not None else f"probability {cfg.probability:g}/s per ticker"
@@ -181,6 +184,7 @@ class SignalGenerator:
         while not self.stop_event.is_set() and self.remaining() != 0:
             try:
                 pause = self.step()
+                self.on_step()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("Redis error, retrying in %.0fs: %s", RETRY_SECONDS, exc)
                 self._rate_start = None

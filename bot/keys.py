@@ -49,6 +49,10 @@ class Keys:
         """Hash: client_order_id -> when a POST of it ended with an unknown outcome (it may exist)."""
         return self._k("unresolved")
 
+    def heartbeat(self, process: str) -> str:
+        """Hash: a process's last beat, pid, host, loop progress and last error (expires when it stops)."""
+        return self._k("heartbeat", process)
+
     @property
     def external(self) -> str:
         """Hash: order id -> an order at the broker the fleet did not place (JSON), kept by reconciliation."""

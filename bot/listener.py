@@ -77,6 +77,7 @@ class Listener:
         self.lease = Lease(r, events.keys.listener_lease, config.holder, config.lease_ttl)
         self.heard_at: float | None = events.last_heard()  # wall time the stream was last heard from
         self.reconciler = reconciler
+        self.on_progress: Callable[[], None] = lambda: None  # called every loop turn (a heartbeat's progress)
         self.sessions = 0
         self.recorded = 0
         self.reconciles = 0
@@ -91,6 +92,7 @@ class Listener:
         standby_logged = False
         try:
             while not stop.is_set():
+                self.on_progress()
                 try:
                     if not self.lease.take():
                         if not standby_logged:
@@ -141,6 +143,7 @@ class Listener:
         quiet_since = time.monotonic()
         probe_sent: float | None = None
         while not stop.is_set():
+            self.on_progress()
             if self.lease.due() and not self.lease.take():
                 return "lost the lease"
             if time.monotonic() - self._reconciled_at >= config.reconcile_every:

@@ -188,6 +188,9 @@ class Poller:
     def stopping(self) -> bool:
         return self.stop_event is not None and self.stop_event.is_set()
 
+    # called after every tick (a heartbeat's progress); a no-op unless the process sets it
+    on_tick: Callable[[], None] = staticmethod(lambda: None)
+
     def run(self, stop_event: threading.Event) -> None:
         log.info("price poller: %d symbols every %.2fs, account every %.1fs, clock every %.1fs",
                  len(self.symbols), self.interval, self.account_interval, self.clock_interval)
@@ -196,6 +199,7 @@ class Poller:
         while not stop_event.is_set():
             started = self.monotonic()
             self.tick()
+            self.on_tick()
             finished = self.monotonic()
             overran = schedule.advance(finished)
             if overran:

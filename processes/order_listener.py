@@ -8,6 +8,7 @@ import click
 
 from bot.alpaca.client import AlpacaClient
 from bot.config import ConfigError, Settings
+from bot.heartbeat import Heartbeat
 from bot.listener import Listener, ListenerConfig, stream_url
 from bot.logs import configure_logging, redact_url
 from bot.order_events import OrderEvents
@@ -80,6 +81,8 @@ def main(redis_url: str | None, prefix: str | None, holder: str | None, url: str
             listener = Listener(url=target, api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
                                 r=r, events=OrderEvents(r, settings.keys), client=client, config=config,
                                 reconciler=Reconciler(r, settings.keys, client) if reconcile else None)
-            listener.run(stop)
+            with Heartbeat(r, settings.keys, config.holder) as heartbeat:
+                listener.on_progress = heartbeat.progress
+                listener.run(stop)
     finally:
         r.close()

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 def main(redis_url: str | None, symbols: str | None, stream: str | None, probability: float | None,
          rate: float | None, count: int | None, seed: int | None, always_open: bool) -> None:
     """Random buy/sell signals (the original project's signal source)."""
+    import socket
+
     from bot.generator import DEFAULT_PROBABILITY, GeneratorConfig, SignalGenerator
+    from bot.heartbeat import Heartbeat
     from bot.logs import configure_logging, redact_url
     from bot.redisconn import RedisUnavailable, check, connect
     from bot.runtime import probe_redis, stop_on_signals
@@ -45,8 +48,11 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
             probe_redis(r, settings.redis_url)
         else:
             check(r, settings.redis_url)  # a finite job run by hand fails fast on any Redis problem
-        with stop_on_signals("generator") as stop:
-            sent = SignalGenerator(r, config, stop_event=stop).run()
+        with stop_on_signals("generator") as stop, \
+                Heartbeat(r, settings.keys, f"generator@{socket.gethostname()}") as heartbeat:
+            generator = SignalGenerator(r, config, stop_event=stop)
+            generator.on_step = heartbeat.progress
+            sent = generator.run()
     except RedisUnavailable as exc:  # refused credentials (any run) or unreachable (a --count run)
         raise click.ClickException(str(exc)) from None
     except redis.RedisError as exc:  # outages are retried inside; this is e.g. WRONGTYPE on the stream key

@@ -6,6 +6,7 @@ import logging
 import click
 
 from bot.config import ConfigError, Settings, parse_list, parse_symbols
+from bot.heartbeat import Heartbeat
 from bot.logs import configure_logging
 from bot.redisconn import RedisAuthError
 from bot.router import Router, TrimPolicy
@@ -62,5 +63,7 @@ def main(redis_url: str | None, symbols: str | None, source_streams: str | None,
         router.r.close()
         raise click.ClickException(str(exc)) from None
     log.info("router settings: %s", settings.public_view())
-    with stop_on_signals(f"router {router.consumer}") as stop:
+    with stop_on_signals(f"router {router.consumer}") as stop, \
+            Heartbeat(router.r, settings.keys, router.consumer) as heartbeat:
+        router.loop.on_round = heartbeat.progress
         router.run(stop)

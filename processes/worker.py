@@ -7,6 +7,7 @@ from decimal import Decimal
 import click
 
 from bot.config import ConfigError, Settings, parse_symbols
+from bot.heartbeat import Heartbeat
 from bot.logs import configure_logging, redact_url
 from bot.redisconn import RedisAuthError, connect
 from bot.runtime import probe_redis, stop_on_signals
@@ -115,7 +116,14 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
 
     log.info("worker settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
     with stop_on_signals(f"worker {config.consumer}", "finishing the order in hand, then stopping") as stop:
-        Worker(settings, config).run(stop)
+        worker = Worker(settings, config)
+        beats = connect(settings.redis_url)
+        try:
+            with Heartbeat(beats, settings.keys, config.consumer) as heartbeat:
+                worker.loop.on_round = heartbeat.progress
+                worker.run(stop)
+        finally:
+            beats.close()
 
 
 def _decimal(flag: str, text: str | None) -> Decimal | None:

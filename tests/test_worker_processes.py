@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -180,6 +181,7 @@ def test_worker_command_passes_quote_age_and_stop_grace_to_the_worker(redis_url:
     class RecordingWorker:  # stands in for bot.worker.Worker: records what the command built, runs nothing
         def __init__(self, settings, config) -> None:
             built.append((settings, config))
+            self.loop = types.SimpleNamespace(on_round=None)  # the command hangs its heartbeat here
 
         def run(self, stop) -> None:
             pass

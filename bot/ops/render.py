@@ -27,6 +27,20 @@ def _clock(stamp: Any) -> str:
     return datetime.fromtimestamp(value, timezone.utc).strftime("%H:%M:%S")
 
 
+def _heartbeat_lines(report: StatusReport) -> list[str]:
+    if not report.heartbeats:
+        return ["", "heartbeats  none (no process of this fleet writes to this Redis)"]
+    lines = ["", f"{'heartbeats':<22}{'beat':>7}{'loop':>7}  last error"]
+    for beat in report.heartbeats:
+        loop = "" if beat["progress_age"] is None else f"{beat['progress_age']:.0f}s"
+        error = beat["last_error"]
+        if error and beat["last_error_age"] is not None:
+            error = f"{beat['last_error_age']:.0f}s ago: {error}"
+        flag = "  STALE (gone or frozen)" if beat["stale"] else ""
+        lines.append(f"  {beat['process']:<20}{beat['age']:>6.0f}s{loop:>7}  {error[:100]}{flag}")
+    return lines
+
+
 def _truth_lines(report: StatusReport) -> list[str]:
     """The listener, the last reconciliation (drift shown loudly) and unresolved orders."""
     listener = report.listener
@@ -77,6 +91,7 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"processes  supervisord not running (var dir {fleet['var_dir']})")
     if not report.redis["ok"]:
         return "\n".join(lines)
+    lines += _heartbeat_lines(report)
     lines.append("")
     lines.append(f"{'streams':<22}{'length':>8}  {'group':<18}{'pending':>8}{'lag':>8}  consumers (pending, idle)")
     for stream in report.streams:

@@ -59,6 +59,7 @@ class StatusReport:
     listener: dict[str, Any] = field(default_factory=dict)
     reconcile: dict[str, Any] = field(default_factory=dict)
     unresolved: int = 0  # orders whose POST had an unknown outcome, not resolved yet
+    heartbeats: list[dict[str, Any]] = field(default_factory=list)  # one per living process, with staleness
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))

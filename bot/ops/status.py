@@ -12,6 +12,7 @@ import redis
 from bot.codec import display_fields
 from bot.config import Settings
 from bot.fleet import FleetPaths, process_infos, read_fleet_file, read_pid
+from bot.heartbeat import read_heartbeats
 from bot.logs import redact_url
 from bot.market import POLLED_AT, POSITIONS_POLLED_AT
 from bot.ops.control import halt_reason
@@ -97,6 +98,7 @@ def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, n
     if "drift" in report.reconcile:
         report.reconcile["drift"] = _decode_value(report.reconcile["drift"])
     report.unresolved = int(r.hlen(keys.unresolved))
+    report.heartbeats = [{**asdict(beat), "stale": beat.stale} for beat in read_heartbeats(r, keys, now)]
 
 
 def _hash(r: redis.Redis, key: str) -> dict[str, str]:
