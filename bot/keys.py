@@ -49,6 +49,11 @@ class Keys:
         """Hash: client_order_id -> when a POST of it ended with an unknown outcome (it may exist)."""
         return self._k("unresolved")
 
+    @property
+    def equity(self) -> str:
+        """Stream: account equity and cash at the poller's account cadence, trimmed by age."""
+        return self._k("equity")
+
     def heartbeat(self, process: str) -> str:
         """Hash: a process's last beat, pid, host, loop progress and last error (expires when it stops)."""
         return self._k("heartbeat", process)

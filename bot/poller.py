@@ -32,6 +32,7 @@ import redis
 from bot.alpaca.errors import AlpacaError
 from bot.keys import Keys
 from bot.market import write_account, write_clock, write_positions, write_prices
+from bot.pnl import EQUITY_EVERY, record_equity
 from bot.runtime import capped_backoff
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ class Poller:
         self.max_backoff = max_backoff
         self.refresh_min_interval = refresh_min_interval
         self.stop_event = stop_event  # set by run(); checked between the calls of a tick
-        # when each slower refresh is next due (monotonic); -inf = at the first tick
         self._account_due = -math.inf
+        self._equity_at = -math.inf  # monotonic time of the last equity point
         self._clock_due = -math.inf
         self._skipped_symbols: set[str] = set()
         self._refresh_pending = False  # a worker asked for account+positions and has not had them yet
@@ -148,6 +149,9 @@ class Poller:
         sent = self.now()
         account = self.client.get_account()
         write_account(self.r, self.keys, account, self.now(), as_of=sent)
+        if self.monotonic() - self._equity_at >= EQUITY_EVERY:  # the equity curve, at most every 10 s
+            record_equity(self.r, self.keys, account.equity, account.cash, self.now())
+            self._equity_at = self.monotonic()
         if self.stopping:
             return  # positions at the next start; the account is not marked refreshed
         sent = self.now()

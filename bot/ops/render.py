@@ -27,6 +27,17 @@ def _clock(stamp: Any) -> str:
     return datetime.fromtimestamp(value, timezone.utc).strftime("%H:%M:%S")
 
 
+def pnl_lines(pnl: dict[str, Any]) -> list[str]:
+    """P&L from the journal (average cost), open shares marked at the cached price."""
+    if not pnl or not pnl.get("symbols"):
+        return ["p&l       no fills journaled yet"]
+    lines = [f"p&l       realized {pnl['realized']}  unrealized {pnl['unrealized']}  total {pnl['total']}"]
+    for row in pnl["symbols"]:
+        lines.append(f"  {row['symbol']:<8} qty {row['qty']:<10} avg cost {row['avg_cost']:<12} mark "
+                     f"{row['mark'] or '?':<12} realized {row['realized']:<10} unrealized {row['unrealized']}")
+    return lines
+
+
 def _heartbeat_lines(report: StatusReport) -> list[str]:
     if not report.heartbeats:
         return ["", "heartbeats  none (no process of this fleet writes to this Redis)"]
@@ -140,6 +151,7 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"positions none (flat)  {_fmt_age(report.positions_age_s)}")
     else:
         lines.append("positions not polled yet")
+    lines += pnl_lines(report.pnl)
     lines.append("")
     lines.append(f"last orders (journal {next(s.length for s in report.streams if s.role == 'orders')} entries, "
                  f"DLQ {report.dlq} entries)")

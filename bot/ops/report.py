@@ -60,6 +60,7 @@ class StatusReport:
     reconcile: dict[str, Any] = field(default_factory=dict)
     unresolved: int = 0  # orders whose POST had an unknown outcome, not resolved yet
     heartbeats: list[dict[str, Any]] = field(default_factory=list)  # one per living process, with staleness
+    pnl: dict[str, Any] = field(default_factory=dict)  # realized/unrealized per symbol and in total (bot.pnl)
 
     def to_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))

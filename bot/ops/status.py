@@ -23,6 +23,7 @@ from bot.ops.settings import open_redis
 from bot.ops.stream_status import stream_status
 from bot.ops.times import unix_time
 from bot.order_events import OrderEvents
+from bot.pnl import journal_pnl
 
 
 def collect_status(settings: Settings, var_dir: str | None = None, now: float | None = None) -> StatusReport:
@@ -98,6 +99,7 @@ def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, n
     if "drift" in report.reconcile:
         report.reconcile["drift"] = _decode_value(report.reconcile["drift"])
     report.unresolved = int(r.hlen(keys.unresolved))
+    report.pnl = journal_pnl(r, keys).to_dict()
     report.heartbeats = [{**asdict(beat), "stale": beat.stale} for beat in read_heartbeats(r, keys, now)]
 
 
