@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "router": "processes.signal_router:main",
     "worker": "processes.worker:main",
     "listener": "processes.order_listener:main",
+    "web": "processes.web:main",
     "generate": "processes.signal_generator:main",
 }
 
