@@ -50,6 +50,11 @@ class Keys:
         return self._k("unresolved")
 
     @property
+    def notify(self) -> str:
+        """Hash: the notifier's cursors (the last journal and DLQ entries it has read)."""
+        return self._k("notify")
+
+    @property
     def equity(self) -> str:
         """Stream: account equity and cash at the poller's account cadence, trimmed by age."""
         return self._k("equity")

@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "worker": "processes.worker:main",
     "listener": "processes.order_listener:main",
     "web": "processes.web:main",
+    "notify": "processes.notifier:main",
     "generate": "processes.signal_generator:main",
 }
 

@@ -1,0 +1,48 @@
+"""`tradebot notify`: alerts through apprise URLs (thin: flags -> bot.notify.Notifier)."""
+from __future__ import annotations
+
+import logging
+
+import click
+
+from bot.config import ConfigError, Settings
+from bot.logs import configure_logging, redact_url
+from bot.notify import Notifier, NotifyConfig, apprise_sender
+from bot.redisconn import RedisAuthError, connect
+from bot.runtime import probe_redis, stop_on_signals
+
+log = logging.getLogger(__name__)
+
+
+@click.command(help="Send alerts (fills, rejections, dead letters, halt/resume, stale processes, lost order "
+                    "events, position drift) through the apprise URLs in TRADEBOT_NOTIFY.")
+@click.option("--urls", envvar="TRADEBOT_NOTIFY", default="",
+              help="apprise URLs, comma separated (tgram://, discord://, slack://, mailto://, json://...).")
+@click.option("--redis-url", envvar="REDIS_URL", help="redis:// or rediss:// URL (password allowed).")
+@click.option("--prefix", envvar="TRADEBOT_PREFIX", help="Prefix of the bot's Redis keys (default tradebot).")
+@click.option("--every", type=click.FloatRange(min=0.1), default=2.0, show_default=True, metavar="SECONDS")
+@click.option("--per-minute", type=click.IntRange(min=1), default=20, show_default=True,
+              help="At most this many alerts a minute; the rest are counted in one summary.")
+def main(urls: str, redis_url: str | None, prefix: str | None, every: float, per_minute: int) -> None:
+    targets = [u.strip() for u in urls.split(",") if u.strip()]
+    configure_logging(secrets=targets)
+    try:
+        settings = Settings.from_env(redis_url=redis_url or None, prefix=prefix or None)
+        if not targets:
+            raise ConfigError("no alert channel: set TRADEBOT_NOTIFY (apprise URLs, comma separated) or --urls")
+        send = apprise_sender(targets)
+    except (ConfigError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    r = connect(settings.redis_url)
+    try:
+        probe_redis(r, settings.redis_url)
+    except RedisAuthError as exc:
+        r.close()
+        raise click.ClickException(str(exc)) from None
+    log.info("notifier: %d channel(s) (redis %s)", len(targets), redact_url(settings.redis_url))
+    try:
+        with stop_on_signals("notifier") as stop:
+            config = NotifyConfig(every=every, per_minute=per_minute, secrets=tuple(targets))
+            Notifier(r, settings.keys, send, config).run(stop)
+    finally:
+        r.close()
