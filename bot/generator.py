@@ -56,6 +56,7 @@ class GeneratorConfig:
     count: int | None = None  # stop after this many signals
     always_open: bool = False
     seed: int | None = None
+    first_buy: bool = False  # one buy per ticker as soon as the market is open (the demo trades at once)
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -92,6 +93,7 @@ class SignalGenerator:
         # wait(seconds) -> True when asked to stop; the default sleeps on the stop event
         self.wait = wait or self.stop_event.wait
         self.sent = 0
+        self._first_sent = False
         self._rate_start: float | None = None  # monotonic time the current rate schedule started
         self._rate_sent = 0  # signals sent on the current rate schedule
         self._was_open: bool | None = None
@@ -138,8 +140,10 @@ class SignalGenerator:
             pipe.xadd(self.config.stream, payload)
         ids = [text(i) for i in pipe.execute()]
         self.sent += len(ids)
+        # each signal at INFO in the seed's probability mode (a few a minute); load runs (--rate) at DEBUG
+        level = logging.DEBUG if self.config.rate is not None else logging.INFO
         for fields, entry_id in zip(signals, ids, strict=True):
-            log.debug("signal %s %s -> %s %s", fields["ticker"], fields["direction"], self.config.stream, entry_id)
+            log.log(level, "signal %s %s -> %s %s", fields["ticker"], fields["direction"], self.config.stream, entry_id)
         return ids
 
     # ----------------------------------------------------------------- the loop
@@ -149,6 +153,9 @@ class SignalGenerator:
         if not self.market_open():
             self._rate_start = None
             return CLOSED_POLL_SECONDS
+        if self.config.first_buy and not self._first_sent:
+            self._first_sent = True
+            self.send([{"ticker": symbol, "direction": "b"} for symbol in self.config.symbols])
         if self.config.rate is None:
             self.send(self.draw_tick())
             return TICK_SECONDS

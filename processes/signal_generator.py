@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 @click.option("--count", type=click.IntRange(min=0), default=None, help="Stop after this many signals.")
 @click.option("--seed", type=int, default=None, help="Seed of the random choices (reproducible runs).")
 @click.option("--always-open", is_flag=True, help="Ignore market hours (demo and load tests).")
+@click.option("--first-buy", is_flag=True, help="One buy per ticker as soon as the market is open (the demo).")
 def main(redis_url: str | None, symbols: str | None, stream: str | None, probability: float | None,
-         rate: float | None, count: int | None, seed: int | None, always_open: bool) -> None:
+         rate: float | None, count: int | None, seed: int | None, always_open: bool, first_buy: bool) -> None:
     """Random buy/sell signals (the original project's signal source)."""
     import socket
 
@@ -38,7 +39,8 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
                                      symbols=parse_symbols(symbols) if symbols is not None else None)
         config = GeneratorConfig(symbols=settings.symbols, stream=stream or settings.source_streams[0],
                                  probability=DEFAULT_PROBABILITY if probability is None else probability,
-                                 rate=rate, count=count, always_open=always_open, seed=seed)
+                                 rate=rate, count=count, always_open=always_open, seed=seed,
+                                 first_buy=first_buy)
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     r = connect(settings.redis_url)

@@ -285,3 +285,13 @@ def test_generate_command_reports_a_stream_key_of_the_wrong_type(env: dict, r: r
     result = CliRunner().invoke(cli, ["generate", "--count", "1", "--rate", "1000", "--always-open"])
     assert result.exit_code == 1
     assert "Redis error on stream alpha" in result.output and "WRONGTYPE" in result.output
+
+
+def test_first_buy_sends_one_buy_per_ticker_at_once_and_logs_each_signal(r: redis.Redis, caplog) -> None:
+    clock = FakeClock()
+    gen = make(r, clock, probability=0.0, count=2, always_open=True, seed=1, first_buy=True)
+    with caplog.at_level("INFO", logger="bot.generator"):
+        assert gen.run() == 2
+    assert [(f["ticker"], f["direction"]) for _, f in r.xrange("nvda")] == [("NVDA", "b"), ("AAPL", "b")]
+    assert clock.waits == []  # at once, before any tick
+    assert sum("signal NVDA b -> nvda" in m for m in caplog.messages) == 1
