@@ -101,6 +101,9 @@ def render_status(report: StatusReport) -> str:
     else:
         lines.append(f"processes  supervisord not running (var dir {fleet['var_dir']})")
     if not report.redis["ok"]:
+        if not fleet["running"]:
+            lines.append(f"no fleet is running in {fleet['var_dir']}: start one with `make run` (or `tradebot up`), "
+                         "or point REDIS_URL / --redis-url at a running fleet's Redis")
         return "\n".join(lines)
     lines += _heartbeat_lines(report)
     lines.append("")
