@@ -146,6 +146,34 @@ def down_command(var_dir: str | None, timeout: float) -> None:
     fleet.down(fleet.FleetPaths.of(var_dir), timeout=timeout, echo=click.echo)
 
 
+@cli.command("ctl", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@var_dir_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@expected_errors
+def ctl_command(var_dir: str | None, args: tuple[str, ...]) -> None:
+    """supervisorctl ARGS against the fleet: `tradebot ctl status`, `tradebot ctl restart tradebot:worker-00`
+    (no ARGS: its shell). Options of ctl go before ARGS; the exit code is supervisorctl's."""
+    code = fleet.run_ctl(fleet.FleetPaths.of(var_dir), args)
+    if code:
+        raise SystemExit(code)
+
+
+@cli.command("logs")
+@click.argument("program", required=False)
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=fleet.DEFAULT_LOG_LINES, show_default=True,
+              help="How many of the last lines of each log.")
+@click.option("-f", "--follow", is_flag=True, help="Then print what is appended, until Ctrl-C (like tail -f).")
+@var_dir_option
+@expected_errors
+def logs_command(program: str | None, lines: int, follow: bool, var_dir: str | None) -> None:
+    """The last lines of PROGRAM's log (worker-00, poller, listener, router, paper-broker, redis,
+    generator, supervisord), or of every log, each line prefixed with its program."""
+    import contextlib
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the way to end --follow
+        fleet.show_logs(fleet.FleetPaths.of(var_dir), program, lines=lines, follow=follow, echo=click.echo)
+
+
 @cli.command("embedded-redis")
 @click.option("--port", type=click.IntRange(1, 65535), required=True)
 @click.option("--dir", "data_dir", type=click.Path(file_okay=False), required=True)

@@ -10,15 +10,19 @@ A package with one concept per module: ``commands`` (the command table the CLI a
 share), ``programs`` (supervisord.conf's programs and their env flags), ``paths`` (the var folder),
 ``ports``, ``flags`` (each program's extra flags), ``plan`` (``plan_fleet``: what `tradebot up`
 starts), ``display`` (what it prints), ``supervisord`` (its command line, socket, pidfile, waiting),
-``fleet_file`` (var/fleet.json), ``lifecycle`` (``up``, ``down``), ``redis_server``
+``fleet_file`` (var/fleet.json), ``lock`` (var/up.lock: one `up` at a time), ``lifecycle`` (``up``,
+``down``), ``ctl`` (`tradebot ctl`: supervisorctl), ``logs`` (`tradebot logs`), ``redis_server``
 (`tradebot embedded-redis`) and ``errors``.
 """
 from bot.config import ConfigError
 from bot.fleet.commands import COMMANDS, load_command
+from bot.fleet.ctl import run_ctl
 from bot.fleet.display import public_env, summary_lines
 from bot.fleet.errors import FleetError
 from bot.fleet.fleet_file import read_fleet_file
 from bot.fleet.lifecycle import STOP_TIMEOUT, down, up
+from bot.fleet.logs import DEFAULT_LINES as DEFAULT_LOG_LINES
+from bot.fleet.logs import show_logs
 from bot.fleet.paths import FleetPaths
 from bot.fleet.plan import DEMO_PROBABILITY, MAX_SOCKET_PATH, FleetPlan, default_config_file, plan_fleet
 from bot.fleet.ports import PREFERRED_REDIS_PORTS, choose_redis_port, port_is_free
@@ -37,6 +41,7 @@ from bot.fleet.supervisord import (
 
 __all__ = [
     "COMMANDS",
+    "DEFAULT_LOG_LINES",
     "DEMO_PROBABILITY",
     "GROUP",
     "MAX_SOCKET_PATH",
@@ -63,6 +68,8 @@ __all__ = [
     "read_fleet_file",
     "read_pid",
     "rpc",
+    "run_ctl",
+    "show_logs",
     "start_order",
     "summary_lines",
     "supervisord_command",

@@ -41,8 +41,7 @@ def summary_lines(plan: FleetPlan, pid: int | None, infos: list[dict[str, Any]],
         f"  symbols    {','.join(plan.settings.symbols)}  (source streams: {','.join(plan.settings.source_streams)})",
         f"  processes  {states}",
         f"  logs       {plan.paths.log_dir}",
-        f"  status     tradebot status{var_flag(plan.paths)}"
-        f"   (or: supervisorctl -s {plan.paths.serverurl} status)",
+        f"  status     tradebot status{var_flag(plan.paths)}   (or: tradebot ctl{var_flag(plan.paths)} status)",
         f"  stop       {stop}",
     ]
     if plan.demo:

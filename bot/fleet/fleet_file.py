@@ -24,6 +24,12 @@ def write_fleet_file(plan: FleetPlan, pid: int | None) -> None:
     tmp.replace(target)
 
 
-def remove_fleet_file(paths: FleetPaths) -> None:
+def remove_fleet_file(paths: FleetPaths, supervisord_pid: int | None = None) -> None:
+    """Remove var/fleet.json; with ``supervisord_pid``, only if it describes that supervisord (the
+    fleet this process started), never another fleet's."""
+    if supervisord_pid is not None:
+        described = read_fleet_file(paths.var_dir)
+        if described is None or described.get("supervisord_pid") != supervisord_pid:
+            return
     with contextlib.suppress(FileNotFoundError):
         paths.fleet_file.unlink()

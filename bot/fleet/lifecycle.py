@@ -12,6 +12,7 @@ from collections.abc import Callable
 from bot.fleet.display import summary_lines, var_flag
 from bot.fleet.errors import FleetError
 from bot.fleet.fleet_file import remove_fleet_file, write_fleet_file
+from bot.fleet.lock import UpLock
 from bot.fleet.paths import FleetPaths
 from bot.fleet.plan import FleetPlan
 from bot.fleet.supervisord import (
@@ -31,20 +32,30 @@ STOP_TIMEOUT = 90.0  # workers may take stopwaitsecs (30 s) to finish the order 
 
 def up(plan: FleetPlan, *, detach: bool, echo: Callable[[str], None] = print) -> int:
     """Start supervisord with the plan's environment. Foreground: returns when the fleet stopped
-    (Ctrl-C / SIGTERM stop it gracefully). Detach: returns once every program has started."""
+    (Ctrl-C / SIGTERM stop it gracefully). Detach: returns once every program has started.
+
+    One `up` at a time per var folder: it holds var/up.lock while it starts the fleet (foreground:
+    while it runs), so a second `up` at the same moment is refused before it touches anything."""
     paths = plan.paths
-    running = read_pid(paths)
-    if running or supervisord_state(paths) is not None:
-        raise FleetError(f"a fleet is already running in {paths.var_dir} (supervisord pid {running or '?'}); "
-                         f"stop it with `tradebot down{var_flag(paths)}`")
-    _prepare_dirs(paths)
-    if paths.socket.exists():
-        paths.socket.unlink()  # stale: nothing answered on it
-    command = supervisord_command(plan, detach=detach)
-    log.debug("starting %s", command)
-    if detach:
-        return _up_detached(plan, command, echo)
-    return _up_foreground(plan, command, echo)
+    stop_hint = f"tradebot down{var_flag(paths)}"
+    paths.var_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = UpLock(paths, stop_hint=stop_hint)
+    lock.acquire()  # FleetError "already running" while another `up` starts or runs a fleet here
+    try:
+        running = read_pid(paths)
+        if running or supervisord_state(paths) is not None:
+            raise FleetError(f"a fleet is already running in {paths.var_dir} (supervisord pid {running or '?'}); "
+                             f"stop it with `{stop_hint}`")
+        _prepare_dirs(paths)
+        if paths.socket.exists():
+            paths.socket.unlink()  # stale: nothing answered on it, and no other `up` holds the lock
+        command = supervisord_command(plan, detach=detach)
+        log.debug("starting %s", command)
+        if detach:
+            return _up_detached(plan, command, echo)
+        return _up_foreground(plan, command, echo)
+    finally:
+        lock.release()
 
 
 def _up_detached(plan: FleetPlan, command: list[str], echo: Callable[[str], None]) -> int:
@@ -75,9 +86,11 @@ def _up_foreground(plan: FleetPlan, command: list[str], echo: Callable[[str], No
             process.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    wrote_fleet_file = False
     try:
         wait_supervisord(paths, process, timeout=15.0)
         write_fleet_file(plan, process.pid)
+        wrote_fleet_file = True
         infos = wait_started(paths, plan.process_names(), process=process)
         if process.poll() is None:
             for line in summary_lines(plan, process.pid, infos, detach=False):
@@ -94,7 +107,8 @@ def _up_foreground(plan: FleetPlan, command: list[str], echo: Callable[[str], No
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        remove_fleet_file(paths)
+        if wrote_fleet_file:
+            remove_fleet_file(paths, supervisord_pid=process.pid)  # ours only, never another fleet's
     echo(f"tradebot fleet stopped (supervisord exit code {code})")
     return code
 

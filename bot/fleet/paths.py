@@ -42,6 +42,11 @@ class FleetPaths:
         return self.var_dir / "redis"
 
     @property
+    def up_lock(self) -> Path:
+        """Locked by the `tradebot up` starting or running the fleet (bot.fleet.lock)."""
+        return self.var_dir / "up.lock"
+
+    @property
     def fleet_file(self) -> Path:
         """What `tradebot up` started (no secrets): read by `tradebot status` and the other commands."""
         return self.var_dir / "fleet.json"

@@ -69,6 +69,7 @@ class FleetPlan:
         """The fleet file's content: fit to write to disk (passwords redacted, no keys)."""
         return {
             "var_dir": str(self.paths.var_dir),
+            "config_file": str(self.config_file),  # for `tradebot ctl`
             "supervisord_pid": supervisord_pid,
             "started_at": time.time(),
             # the embedded Redis has no password, so its URL is safe to store and lets
