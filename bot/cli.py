@@ -94,6 +94,8 @@ var_dir_option = click.option("--var-dir", envvar="TRADEBOT_VAR", default=None, 
               help="Start only these programs against a shared REDIS_URL (e.g. more workers on another host).")
 @click.option("--redis-port", type=click.IntRange(1, 65535), envvar="TRADEBOT_REDIS_PORT", default=None,
               help="Port of the embedded Redis [default: first free of 6390-6399].")
+@click.option("--web-port", type=click.IntRange(1, 65535), envvar="TRADEBOT_WEB_PORT", default=None,
+              help="Port of the dashboard [default: 8770 when free, else a free port].")
 @click.option("--paper-port", type=click.IntRange(1, 65535), envvar="TRADEBOT_PAPER_PORT", default=None,
               help="Port of the paper broker [default: a free port].")
 @click.option("--probability", type=float, default=None,
@@ -112,6 +114,7 @@ var_dir_option = click.option("--var-dir", envvar="TRADEBOT_VAR", default=None, 
 @expected_errors
 def up_command(workers: int | None, demo: bool, symbols: str | None, var_dir: str | None, redis_url: str | None,
                detach: bool, only: tuple[str, ...], redis_port: int | None, paper_port: int | None,
+               web_port: int | None,
                probability: float | None, worker_flags: str | None, router_flags: str | None,
                poller_flags: str | None, listener_flags: str | None, paper_flags: str | None,
                generator_flags: str | None, dry_run: bool) -> None:
@@ -122,7 +125,8 @@ def up_command(workers: int | None, demo: bool, symbols: str | None, var_dir: st
 
     configure_logging()
     plan = fleet.plan_fleet(var_dir=var_dir, workers=workers, demo=demo, symbols=symbols, redis_url=redis_url,
-                            only=only, redis_port=redis_port, paper_port=paper_port, probability=probability,
+                            only=only, redis_port=redis_port, paper_port=paper_port, web_port=web_port,
+                            probability=probability,
                             extra_flags={"worker": worker_flags, "router": router_flags, "poller": poller_flags,
                                          "listener": listener_flags, "paper-broker": paper_flags,
                                          "generator": generator_flags})

@@ -28,6 +28,7 @@ def base_env(**extra: str) -> dict[str, str]:
     """This process's environment without any fleet/broker/Redis setting that could leak in."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TRADEBOT_", "ALPACA_", "SUPERVISOR_")) and k != "REDIS_URL"}
+    env["TRADEBOT_WEB_PORT"] = str(free_port())  # never the documented 8770: something else may listen there
     env.update(extra)
     return env
 
@@ -36,15 +37,15 @@ def base_env(**extra: str) -> dict[str, str]:
 
 def test_plan_without_redis_or_credentials_runs_both_locally(tmp_path: Path) -> None:
     plan = fleet.plan_fleet(var_dir=tmp_path / "var", workers=3, redis_port=7001, paper_port=7002, env=base_env())
-    assert plan.programs == ("redis", "paper-broker", "poller", "listener", "router", "worker")
-    assert plan.process_names() == ["redis", "paper-broker", "poller", "listener", "router", "worker-00", "worker-01", "worker-02"]
+    assert plan.programs == ("redis", "paper-broker", "poller", "listener", "router", "worker", "web")
+    assert plan.process_names() == ["redis", "paper-broker", "poller", "listener", "router", "worker-00", "worker-01", "worker-02", "web"]
     env = plan.env
     assert env["REDIS_URL"] == "redis://127.0.0.1:7001/0"
     assert env["ALPACA_BASE_URL"] == env["ALPACA_DATA_URL"] == "http://127.0.0.1:7002"
     assert (env["ALPACA_API_KEY"], env["ALPACA_SECRET_KEY"]) == (DEMO_API_KEY, DEMO_SECRET_KEY)
     assert env["TRADEBOT_WORKERS"] == "3" and env["TRADEBOT_VAR"] == str((tmp_path / "var").resolve())
     assert env["TRADEBOT_PYTHON"] == sys.executable
-    assert [env[f] for f in fleet.PROGRAM_FLAGS.values()] == ["true"] * 6 + ["false"]
+    assert [env[f] for f in fleet.PROGRAM_FLAGS.values()] == ["true"] * 7 + ["false", "false"]
     assert env["TRADEBOT_PAPER_FLAGS"] == "" and env["TRADEBOT_GENERATOR_FLAGS"] == ""
 
 
@@ -52,7 +53,7 @@ def test_plan_with_redis_url_and_alpaca_credentials_starts_neither(tmp_path: Pat
     env = base_env(REDIS_URL="redis://:sekretpw@redis.example:6380/2", ALPACA_API_KEY="AKREALKEY123",
                    ALPACA_SECRET_KEY="real-secret-value")
     plan = fleet.plan_fleet(var_dir=tmp_path, env=env)
-    assert plan.programs == ("poller", "listener", "router", "worker")
+    assert plan.programs == ("poller", "listener", "router", "worker", "web")
     assert not plan.embedded_redis and not plan.paper_broker
     assert plan.env["REDIS_URL"] == "redis://:sekretpw@redis.example:6380/2"
     assert plan.env["ALPACA_BASE_URL"] == "https://paper-api.alpaca.markets"
@@ -69,7 +70,7 @@ def test_plan_demo_turns_the_generator_on_and_the_clock_open(tmp_path: Path) -> 
     plan = fleet.plan_fleet(var_dir=tmp_path, demo=True, symbols="NVDA,AAPL", env=base_env())
     assert plan.programs[-1] == "generator"
     assert plan.env["TRADEBOT_PAPER_FLAGS"] == "--always-open"
-    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == f"--always-open --probability {fleet.DEMO_PROBABILITY!r}"
+    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == f"--always-open --first-buy --probability {fleet.DEMO_PROBABILITY!r}"
     assert plan.env["TRADEBOT_SYMBOLS"] == "NVDA,AAPL" and plan.settings.symbols == ("NVDA", "AAPL")
 
 
@@ -138,9 +139,10 @@ def test_supervisord_conf_as_supervisord_reads_it(tmp_path: Path, monkeypatch: p
     assert groups["redis"].priority < groups["paper-broker"].priority < groups["tradebot"].priority
     procs = {p.name: p for g in options.process_group_configs for p in g.process_configs}
     assert sorted(procs, key=lambda n: procs[n].priority) == [
-        "redis", "paper-broker", "poller", "listener", "router", "worker-00", "worker-01", "worker-02", "generator"]
+        "redis", "paper-broker", "poller", "listener", "router", "worker-00", "worker-01", "worker-02", "web", "notify", "generator"]
     for name, proc in procs.items():
-        assert proc.autostart and proc.stopasgroup and proc.killasgroup
+        # every program of this plan autostarts; the notifier only with TRADEBOT_NOTIFY set
+        assert proc.autostart == (name != "notify") and proc.stopasgroup and proc.killasgroup
         assert proc.stopsignal == signal.SIGTERM
         assert proc.stdout_logfile == str(plan.paths.log_dir / f"{name}.log")
         assert proc.startretries >= 10
@@ -292,7 +294,7 @@ def test_the_fleet_end_to_end(fleet_env: tuple[Path, dict[str, str]], tmp_path: 
         assert status_run.returncode == 0, status_run.stderr
         status = json.loads(status_run.stdout)
         processes = {p["name"]: p for p in status["fleet"]["processes"]}
-        assert set(processes) == {"redis", "paper-broker", "poller", "listener", "router", "worker-00", "worker-01", "worker-02"}
+        assert set(processes) == {"redis", "paper-broker", "poller", "listener", "router", "worker-00", "worker-01", "worker-02", "web"}
         assert {p["state"] for p in processes.values()} == {"RUNNING"}
         assert status["fleet"]["supervisord_pid"] == supervisord_pid
         assert status["redis"]["url"] == redis_url  # found through var/fleet.json: REDIS_URL is not set
@@ -388,4 +390,4 @@ def test_dry_run_view_masks_secrets_given_in_extra_flags(tmp_path: Path) -> None
 def test_demo_keeps_a_probability_given_with_an_equals_sign(tmp_path: Path) -> None:
     env = base_env(TRADEBOT_GENERATOR_FLAGS="--probability=0.2")
     plan = fleet.plan_fleet(var_dir=tmp_path, demo=True, env=env)
-    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == "--always-open --probability=0.2"
+    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == "--always-open --first-buy --probability=0.2"

@@ -93,7 +93,7 @@ def test_a_token_guards_every_page(r: redis.Redis, redis_url: str) -> None:
 
 
 def test_the_status_page_shows_the_fleet(r: redis.Redis, redis_url: str) -> None:
-    page = TestClient(create_app(settings(redis_url), r)).get("/")
+    page = TestClient(create_app(settings(redis_url), r)).get("/text")
     assert page.status_code == 200 and "tradebot status" in page.text and "<pre" in page.text
 
 

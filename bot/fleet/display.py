@@ -40,6 +40,8 @@ def summary_lines(plan: FleetPlan, pid: int | None, infos: list[dict[str, Any]],
         f"  workers    {plan.workers if 'worker' in plan.programs else 0}",
         f"  symbols    {','.join(plan.settings.symbols)}  (source streams: {','.join(plan.settings.source_streams)})",
         f"  processes  {states}",
+        *([f"  dashboard  {plan.web_url}   (metrics {plan.web_url}metrics, health {plan.web_url}healthz)"]
+          if plan.web_url else []),
         f"  logs       {plan.paths.log_dir}",
         f"  status     tradebot status{var_flag(plan.paths)}   (or: tradebot ctl{var_flag(plan.paths)} status)",
         f"  stop       {stop}",

@@ -21,10 +21,11 @@ from bot.embedded_redis import RedisServerNotFound, find_redis_server, free_port
 from bot.fleet.errors import FleetError
 from bot.fleet.flags import check_flags, split_flags
 from bot.fleet.paths import FleetPaths
-from bot.fleet.ports import choose_redis_port
+from bot.fleet.ports import choose_redis_port, port_is_free
 from bot.fleet.programs import ONLY_CHOICES, PROGRAM_EXTRA_FLAGS, PROGRAM_FLAGS
 from bot.logs import redact_url
 
+WEB_PORT = 8770  # the dashboard's documented port (DESIGN.md), used when free
 DEMO_PROBABILITY = 0.05  # a signal every ~20 s per ticker, so the demo shows something soon
 MAX_SOCKET_PATH = 100  # AF_UNIX paths are limited to ~108 bytes
 
@@ -41,6 +42,7 @@ class FleetPlan:
     redis_port: int | None
     paper_broker: bool
     paper_port: int | None
+    web_port: int | None
     workers: int
     programs: tuple[str, ...]  # the programs that autostart
     demo: bool
@@ -52,6 +54,10 @@ class FleetPlan:
     @property
     def broker_url(self) -> str:
         return self.settings.alpaca_base_url
+
+    @property
+    def web_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.web_port}/" if self.web_port and "web" in self.programs else None
 
     def process_names(self) -> list[str]:
         """supervisord names of the processes that autostart, in start order."""
@@ -79,6 +85,7 @@ class FleetPlan:
             "embedded_redis": self.embedded_redis,
             "broker_url": self.broker_url,
             "paper_broker": self.paper_broker,
+            "web_url": self.web_url,
             "workers": self.workers,
             "programs": list(self.programs),
             "processes": self.process_names(),
@@ -109,6 +116,7 @@ def plan_fleet(
     only: Iterable[str] = (),
     redis_port: int | None = None,
     paper_port: int | None = None,
+    web_port: int | None = None,
     probability: float | None = None,
     extra_flags: Mapping[str, str | None] | None = None,
     config_file: str | os.PathLike[str] | None = None,
@@ -165,9 +173,10 @@ def plan_fleet(
             _use_demo_keys(child_env)
     else:
         paper = not key
+        notify = bool(child_env.get("TRADEBOT_NOTIFY"))  # alerts only where a channel is configured
         programs = tuple(p for p in PROGRAM_FLAGS
                          if (p != "redis" or embedded) and (p != "paper-broker" or paper)
-                         and (p != "generator" or demo))
+                         and (p != "generator" or demo) and (p != "notify" or notify))
 
     chosen_redis_port = None
     if embedded:
@@ -187,12 +196,15 @@ def plan_fleet(
     elif not child_env.get("ALPACA_BASE_URL"):
         child_env["ALPACA_BASE_URL"] = ALPACA_PAPER_URL
 
+    chosen_web_port = None
+    if "web" in programs:
+        chosen_web_port = web_port or _web_port(child_env)
     settings = Settings.from_env(child_env)  # ConfigError for a bad TRADEBOT_* value, before anything starts
     flags = {program: split_flags(child_env.get(variable, ""), variable)
              for program, (variable, _command) in PROGRAM_EXTRA_FLAGS.items()}
     if demo:
         flags["paper-broker"] = ["--always-open", *flags["paper-broker"]]
-        flags["generator"] = ["--always-open", *flags["generator"]]
+        flags["generator"] = ["--always-open", "--first-buy", *flags["generator"]]
         if probability is None and not any(f == "--probability" or f.startswith("--probability=")
                                             for f in flags["generator"]):
             probability = DEMO_PROBABILITY
@@ -206,6 +218,7 @@ def plan_fleet(
         "TRADEBOT_WORKERS": str(settings.workers),
         "TRADEBOT_REDIS_PORT": str(chosen_redis_port or 0),
         "TRADEBOT_PAPER_PORT": str(chosen_paper_port or 0),
+        "TRADEBOT_WEB_PORT": str(chosen_web_port or 0),
         "PYTHONUNBUFFERED": "1",
     })
     for program, flag in PROGRAM_FLAGS.items():
@@ -213,7 +226,22 @@ def plan_fleet(
     check_flags(flags, programs)
     return FleetPlan(paths=paths, config_file=config, env=child_env, settings=settings,
                      embedded_redis=embedded, redis_port=chosen_redis_port, paper_broker=paper,
-                     paper_port=chosen_paper_port, workers=settings.workers, programs=programs, demo=demo)
+                     paper_port=chosen_paper_port, web_port=chosen_web_port, workers=settings.workers,
+                     programs=programs, demo=demo)
+
+
+def _web_port(env: Mapping[str, str]) -> int:
+    """TRADEBOT_WEB_PORT, else 8770 (the documented port) when free on 127.0.0.1, else a free port."""
+    given = env.get("TRADEBOT_WEB_PORT")
+    if given:
+        try:
+            port = int(given)
+        except ValueError:
+            raise FleetError(f"TRADEBOT_WEB_PORT={given!r} is not a port number") from None
+        if not 0 < port < 65536:
+            raise FleetError(f"TRADEBOT_WEB_PORT={given!r} is not a port number")
+        return port
+    return WEB_PORT if port_is_free(WEB_PORT) else free_port()
 
 
 def _use_demo_keys(env: dict[str, str]) -> None:

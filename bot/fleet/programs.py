@@ -10,9 +10,11 @@ PROGRAM_FLAGS: dict[str, str] = {
     "listener": "TRADEBOT_START_LISTENER",
     "router": "TRADEBOT_START_ROUTER",
     "worker": "TRADEBOT_START_WORKERS",
+    "web": "TRADEBOT_START_WEB",
+    "notify": "TRADEBOT_START_NOTIFY",
     "generator": "TRADEBOT_START_GENERATOR",
 }
-ONLY_CHOICES = ("worker", "router", "poller", "listener", "generator")
+ONLY_CHOICES = ("worker", "router", "poller", "listener", "web", "notify", "generator")
 # program name -> (the env variable with its extra command-line flags, its `tradebot` command)
 PROGRAM_EXTRA_FLAGS: dict[str, tuple[str, str]] = {
     "paper-broker": ("TRADEBOT_PAPER_FLAGS", "paper-broker"),
@@ -20,6 +22,8 @@ PROGRAM_EXTRA_FLAGS: dict[str, tuple[str, str]] = {
     "listener": ("TRADEBOT_LISTENER_FLAGS", "listener"),
     "router": ("TRADEBOT_ROUTER_FLAGS", "router"),
     "worker": ("TRADEBOT_WORKER_FLAGS", "worker"),
+    "web": ("TRADEBOT_WEB_FLAGS", "web"),
+    "notify": ("TRADEBOT_NOTIFY_FLAGS", "notify"),
     "generator": ("TRADEBOT_GENERATOR_FLAGS", "generate"),
 }
 
