@@ -280,6 +280,28 @@ def resume_command(redis_url: str | None, var_dir: str | None) -> None:
     click.echo("resumed: orders allowed" + (f" (was halted: {previous})" if previous else " (was not halted)"))
 
 
+@cli.command("pnl")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def pnl_command(as_json: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """Realized and unrealized P&L per symbol and in total (average cost from the journal)."""
+    import json
+
+    from bot import ops
+    from bot.ops.render import pnl_lines
+    from bot.pnl import journal_pnl
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    r = ops.open_redis(settings)
+    try:
+        report = journal_pnl(r, settings.keys).to_dict()
+    finally:
+        r.close()
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(pnl_lines(report)))
+
+
 @cli.command("reconcile")
 @click.option("--apply", is_flag=True,
               help="Fix what is found: adopt, record external orders, release, correct the cache.")

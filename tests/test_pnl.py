@@ -62,3 +62,21 @@ def test_the_equity_curve_is_recorded_and_trimmed_by_age(r: redis.Redis) -> None
     curve = equity_curve(r, KEYS, since=now - 60)
     assert curve == [{"equity": "100000.5", "cash": "90000", "at": repr(now)}]
     assert r.xlen(KEYS.equity) < 100  # the old points trimmed (~: whole nodes)
+
+
+def test_the_pnl_command(r: redis.Redis, redis_url: str) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from bot.cli import cli
+
+    r.xgroup_create(KEYS.signals, KEYS.workers_group, id="0", mkstream=True)
+    assert record_outcome(r, KEYS, fill("buy", "3", "10"), ack_stream=KEYS.signals, group=KEYS.workers_group,
+                          entry_id="0-1")
+    r.hset(KEYS.prices("NVDA"), mapping={"bid": "11", "ask": "11"})
+    env = {"REDIS_URL": redis_url, "TRADEBOT_PREFIX": KEYS.prefix}
+    result = CliRunner().invoke(cli, ["pnl", "--json"], env=env)
+    assert result.exit_code == 0 and json.loads(result.output)["unrealized"] == "3"
+    text = CliRunner().invoke(cli, ["pnl"], env=env)
+    assert "unrealized 3" in text.output and "NVDA" in text.output
