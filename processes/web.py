@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 
 import click
 
 from bot.config import ConfigError, Settings, parse_symbols
+from bot.heartbeat import Heartbeat
 from bot.logs import configure_logging, redact_url
 from bot.redisconn import connect
 
@@ -50,7 +52,8 @@ def main(host: str, port: int, token: str | None, redis_url: str | None, prefix:
     log.info("web on http://%s:%d  (metrics /metrics, health /healthz; redis %s)", host, port,
              redact_url(settings.redis_url))
     try:
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                      timeout_graceful_shutdown=2)).run()
+        with Heartbeat(r, settings.keys, f"web@{socket.gethostname()}"):
+            uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                          timeout_graceful_shutdown=2)).run()
     finally:
         r.close()
