@@ -23,7 +23,8 @@ def public_env(plan: FleetPlan) -> dict[str, str]:
     return dict(sorted(shown.items()))
 
 
-def summary_lines(plan: FleetPlan, pid: int | None, infos: list[dict[str, Any]], *, detach: bool) -> list[str]:
+def summary_lines(plan: FleetPlan, pid: int | None, infos: list[dict[str, Any]], *, detach: bool,
+                  problems: list[str] | None = None) -> list[str]:
     """What `tradebot up` prints once the fleet is up: where everything is, no secrets."""
     redis_note = (f"embedded redis-server, data in {plan.paths.redis_dir}" if plan.embedded_redis
                   else "external")
@@ -33,8 +34,11 @@ def summary_lines(plan: FleetPlan, pid: int | None, infos: list[dict[str, Any]],
         broker_note = "Alpaca, keys from ALPACA_API_KEY/ALPACA_SECRET_KEY"
     states = ", ".join(f"{i['name']} {i['statename']}" for i in infos) or "(none)"
     stop = "tradebot down" + var_flag(plan.paths) if detach else "Ctrl-C (stops every process gracefully)"
+    headline = (f"tradebot fleet is up (supervisord pid {pid if pid else '?'})" if not problems else
+                f"tradebot fleet started but is NOT healthy (supervisord pid {pid if pid else '?'}): "
+                + "; ".join(problems))
     lines = [
-        f"tradebot fleet is up (supervisord pid {pid if pid else '?'})",
+        headline,
         f"  redis      {plan.redis_url_shown}  ({redis_note})",
         f"  broker     {plan.broker_url}  ({broker_note})",
         f"  workers    {plan.workers if 'worker' in plan.programs else 0}",
@@ -49,7 +53,7 @@ def summary_lines(plan: FleetPlan, pid: int | None, infos: list[dict[str, Any]],
     if plan.demo:
         lines.append("  demo       generator on: random signals now; inject your own with `tradebot signal NVDA b`")
     not_running = [i["name"] for i in infos if i["statename"] != "RUNNING"]
-    if not_running:
+    if not_running and not problems:
         lines.append(f"  WARNING    not running: {', '.join(not_running)}; see their logs in {plan.paths.log_dir}")
     return lines
 

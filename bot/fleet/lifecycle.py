@@ -15,6 +15,7 @@ from bot.fleet.fleet_file import remove_fleet_file, write_fleet_file
 from bot.fleet.lock import UpLock
 from bot.fleet.paths import FleetPaths
 from bot.fleet.plan import FleetPlan
+from bot.fleet.preflight import preflight, unhealthy
 from bot.fleet.supervisord import (
     is_supervisord,
     read_pid,
@@ -46,6 +47,7 @@ def up(plan: FleetPlan, *, detach: bool, echo: Callable[[str], None] = print) ->
         if running or supervisord_state(paths) is not None:
             raise FleetError(f"a fleet is already running in {paths.var_dir} (supervisord pid {running or '?'}); "
                              f"stop it with `{stop_hint}`")
+        preflight(plan)  # an external Redis or a real broker that refuses: one line, nothing started
         _prepare_dirs(paths)
         if paths.socket.exists():
             paths.socket.unlink()  # stale: nothing answered on it, and no other `up` holds the lock
@@ -69,9 +71,10 @@ def _up_detached(plan: FleetPlan, command: list[str], echo: Callable[[str], None
     pid = read_pid(paths)
     write_fleet_file(plan, pid)
     infos = wait_started(paths, plan.process_names())
-    for line in summary_lines(plan, pid, infos, detach=True):
+    problems = unhealthy(plan, infos)
+    for line in summary_lines(plan, pid, infos, detach=True, problems=problems):
         echo(line)
-    return 0
+    return 1 if problems else 0
 
 
 def _up_foreground(plan: FleetPlan, command: list[str], echo: Callable[[str], None]) -> int:
@@ -93,7 +96,8 @@ def _up_foreground(plan: FleetPlan, command: list[str], echo: Callable[[str], No
         wrote_fleet_file = True
         infos = wait_started(paths, plan.process_names(), process=process)
         if process.poll() is None:
-            for line in summary_lines(plan, process.pid, infos, detach=False):
+            problems = unhealthy(plan, infos)
+            for line in summary_lines(plan, process.pid, infos, detach=False, problems=problems):
                 echo(line)
         code = process.wait()
     except BaseException:
