@@ -191,16 +191,25 @@ def embedded_redis_command(port: int, data_dir: str) -> None:
 
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--watch", is_flag=True, help="A live view, refreshed every --every seconds (Ctrl-C stops).")
+@click.option("--every", type=click.FloatRange(min=0.2), default=2.0, show_default=True, metavar="SECONDS")
+@click.option("--times", type=click.IntRange(min=1), default=None, hidden=True, help="Stop --watch after N views.")
 @redis_url_option
 @var_dir_option
 @expected_errors
-def status_command(as_json: bool, redis_url: str | None, var_dir: str | None) -> None:
-    """Processes, streams, groups, consumers, prices, account, positions, last orders, DLQ, halt."""
+def status_command(as_json: bool, watch: bool, every: float, times: int | None, redis_url: str | None,
+                   var_dir: str | None) -> None:
+    """Processes, heartbeats, streams, groups, prices, account, positions, P&L, last orders, DLQ, halt."""
     import json
 
     from bot import ops
 
     settings = ops.operator_settings(redis_url, var_dir)
+    if watch:
+        from bot.ops.watch import watch_status
+
+        watch_status(lambda: ops.render_status(ops.collect_status(settings, var_dir)), every, times)
+        return
     report = ops.collect_status(settings, var_dir)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -335,13 +344,15 @@ def reconcile_command(apply: bool, as_json: bool, since_seconds: float | None, s
 @cli.command("orders")
 @click.option("--last", "last", type=click.IntRange(1, 10000), default=10, show_default=True,
               help="How many journal entries, newest first.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines with --follow).")
+@click.option("--follow", "-f", is_flag=True, help="Then print each new journal entry as it is written (Ctrl-C stops).")
 @redis_url_option
 @var_dir_option
 @expected_errors
-def orders_command(last: int, as_json: bool, redis_url: str | None, var_dir: str | None) -> None:
-    """The last journal entries (one per handled signal)."""
+def orders_command(last: int, as_json: bool, follow: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """The last journal entries (one per handled signal), newest first; --follow: then the new ones."""
     import json
+    import time
 
     from bot import ops
 
@@ -349,9 +360,24 @@ def orders_command(last: int, as_json: bool, redis_url: str | None, var_dir: str
     r = ops.open_redis(settings)
     try:
         entries = ops.last_orders(r, settings.keys, last)
+        if not follow:
+            click.echo(json.dumps(entries, indent=2) if as_json else ops.render_orders(entries))
+            return
+        for entry in reversed(entries):  # oldest first, then what comes
+            click.echo(json.dumps(entry) if as_json else ops.render_orders([entry]))
+        after = entries[0]["id"] if entries else "0-0"
+        try:
+            while True:
+                fresh = ops.orders_after(r, settings.keys, after)
+                for entry in fresh:
+                    click.echo(json.dumps(entry) if as_json else ops.render_orders([entry]))
+                    after = entry["id"]
+                if not fresh:
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            return
     finally:
         r.close()
-    click.echo(json.dumps(entries, indent=2) if as_json else ops.render_orders(entries))
 
 
 @cli.group("dlq")

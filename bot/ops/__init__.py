@@ -13,7 +13,7 @@ lag, consumers), ``render`` (the text) and ``times`` (the lenient Unix-time read
 from bot.ops.control import add_signal, build_signal, halt, halt_reason, resume
 from bot.ops.dlq import DlqEntry, check_entry_id, dlq_entries, dlq_newest_id, dlq_purge, dlq_replay
 from bot.ops.errors import OpsError, OpsInputError
-from bot.ops.orders import LAST_ORDERS, last_orders
+from bot.ops.orders import LAST_ORDERS, last_orders, orders_after
 from bot.ops.render import render_dlq, render_orders, render_status
 from bot.ops.report import ConsumerStatus, GroupStatus, ProcessStatus, StatusReport, StreamStatus
 from bot.ops.settings import open_redis, operator_settings
@@ -46,6 +46,7 @@ __all__ = [
     "last_orders",
     "open_redis",
     "operator_settings",
+    "orders_after",
     "render_dlq",
     "render_orders",
     "render_status",

@@ -20,6 +20,13 @@ def _fmt_age(age: float | None) -> str:
     return f"age {age / 3600:.1f}h"
 
 
+def _when(stamp: Any) -> str:
+    value = unix_time(stamp)
+    if value is None:
+        return "----------  --:--:--"
+    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _clock(stamp: Any) -> str:
     value = unix_time(stamp)
     if value is None:
@@ -174,7 +181,7 @@ def render_orders(entries: Iterable[Mapping[str, str]]) -> str:
     rows = []
     for entry in entries:
         filled = f"{entry.get('filled_qty', '-')} @ {entry.get('filled_avg_price', '-')}"
-        rows.append(f"{entry['id']:<16} {_clock(entry.get('final_at'))}  {entry.get('ticker', '?'):<6} "
+        rows.append(f"{entry['id']:<16} {_when(entry.get('final_at'))}  {entry.get('ticker', '?'):<6} "
                     f"{entry.get('side', '?'):<4} {entry.get('outcome', '?'):<16} qty {entry.get('qty', '-'):<8} "
                     f"filled {filled:<20} {entry.get('client_order_id', '')}"
                     + (f"  ({entry['reason']})" if entry.get("reason") else ""))
