@@ -46,3 +46,12 @@ def test_a_broker_refusing_the_keys_stops_up(tmp_path: Path) -> None:
         good = fleet.plan_fleet(var_dir=tmp_path / "var",
                                 env={**env, "ALPACA_API_KEY": "PKREALKEY1", "ALPACA_SECRET_KEY": "real-secret-1"})
         preflight(good)  # the right pair passes
+
+
+def test_more_workers_than_memory_holds_is_refused_unless_overridden(tmp_path: Path) -> None:
+    with pytest.raises(FleetError, match="at most .* fit .*TRADEBOT_MAX_WORKERS"):
+        fleet.plan_fleet(var_dir=tmp_path / "var", workers=1_000_000, env=base_env())
+    plan = fleet.plan_fleet(var_dir=tmp_path / "var", workers=3, env=base_env(TRADEBOT_MAX_WORKERS="3"))
+    assert plan.workers == 3
+    with pytest.raises(FleetError, match="at most 2 fit"):
+        fleet.plan_fleet(var_dir=tmp_path / "var", workers=3, env=base_env(TRADEBOT_MAX_WORKERS="2"))

@@ -62,6 +62,8 @@ def test_metrics_count_the_journal_incrementally_and_parse(r: redis.Redis, redis
     assert first["tradebot_price_age_seconds"][(("symbol", "NVDA"),)] < 60
     assert first["tradebot_equity_dollars"][()] == 100000
     assert first["tradebot_pnl_dollars"][(("kind", "unrealized"),)] == 0  # bought at 100, marked at 100
+    assert first["tradebot_ledger_reserved_dollars"][()] == 0
+    assert first["tradebot_ratelimit_paused_seconds"][(("bucket", "trading"),)] == 0
     journal(r, 3, adopted=True)
     second = scrape(client)
     assert second["tradebot_orders_total"][(("outcome", "filled"),)] == 2  # only the new entry was counted

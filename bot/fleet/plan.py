@@ -85,6 +85,7 @@ class FleetPlan:
             "embedded_redis": self.embedded_redis,
             "broker_url": self.broker_url,
             "paper_broker": self.paper_broker,
+            "alpaca_credentials": "demo pair" if self.paper_broker else "set",
             "web_url": self.web_url,
             "workers": self.workers,
             "programs": list(self.programs),
@@ -143,6 +144,7 @@ def plan_fleet(
     if workers is not None:
         if workers < 1:
             raise FleetError(f"--workers {workers}: at least 1 worker is needed")
+        _check_memory(workers, child_env)
         child_env["TRADEBOT_WORKERS"] = str(workers)
     if probability is not None and not 0 < probability <= 1:
         raise FleetError(f"--probability {probability}: must be in (0, 1]")
@@ -228,6 +230,41 @@ def plan_fleet(
                      embedded_redis=embedded, redis_port=chosen_redis_port, paper_broker=paper,
                      paper_port=chosen_paper_port, web_port=chosen_web_port, workers=settings.workers,
                      programs=programs, demo=demo)
+
+
+WORKER_MB = 64  # a worker's resident memory under load is ~45 MB (docs/benchmarks.md); with headroom
+
+
+def _available_mb() -> int | None:
+    """MemAvailable of /proc/meminfo in MB (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _check_memory(workers: int, env: Mapping[str, str]) -> None:
+    """Refuse a worker count this machine's free memory cannot hold (TRADEBOT_MAX_WORKERS overrides)."""
+    override = env.get("TRADEBOT_MAX_WORKERS")
+    if override:
+        try:
+            limit = int(override)
+        except ValueError:
+            raise FleetError(f"TRADEBOT_MAX_WORKERS={override!r} is not a whole number") from None
+        source = f"TRADEBOT_MAX_WORKERS={limit}"
+    else:
+        available = _available_mb()
+        if available is None:
+            return
+        limit = max(1, available // WORKER_MB)
+        source = f"{available} MB available, about {WORKER_MB} MB a worker"
+    if workers > limit:
+        raise FleetError(f"--workers {workers}: at most {limit} fit ({source}); "
+                         "set TRADEBOT_MAX_WORKERS to override")
 
 
 def _web_port(env: Mapping[str, str]) -> int:

@@ -93,8 +93,9 @@ def render_status(report: StatusReport) -> str:
     if report.fleet.get("paper_broker"):
         lines.append(f"  broker  {report.fleet.get('broker_url')}  (the fleet's paper broker, demo key pair)")
     else:
+        credentials = report.fleet.get("alpaca_credentials") or settings.get("alpaca_credentials")
         lines.append(f"  broker  {report.fleet.get('broker_url') or settings.get('alpaca_base_url')}"
-                     f"  (credentials: {settings.get('alpaca_credentials')})")
+                     f"  (credentials: {credentials})")
     halt_state = report.halt
     lines.append("  HALTED: " + str(halt_state["reason"]) if halt_state["on"] else "  halt    off (orders allowed)")
     if report.redis["ok"]:

@@ -55,6 +55,8 @@ def fleet_status(var_dir: str | None = None) -> dict[str, Any]:
         "supervisord_pid": read_pid(paths) if infos is not None else None,
         "broker_url": description.get("broker_url") if infos is not None else None,
         "paper_broker": bool(description.get("paper_broker")) if infos is not None else None,
+        # the running fleet's own credential mode, not the caller's environment
+        "alpaca_credentials": description.get("alpaca_credentials") if infos is not None else None,
         "processes": [],
     }
     for info in infos or []:

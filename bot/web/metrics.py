@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import redis
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 from bot.config import Settings
 from bot.heartbeat import read_heartbeats
 from bot.journal import OUTCOMES, JournalEntry
+from bot.ledger import Ledger
 from bot.order_events import OrderEvents
 from bot.pnl import journal_pnl
 
@@ -176,6 +178,22 @@ class FleetCollector(Collector):
         drift_json = self.r.hget(self.keys.reconcile, "drift")
         drift.add_metric([], len(json.loads(drift_json)) if drift_json else 0)
         yield drift
+        tokens = GaugeMetricFamily("tradebot_ratelimit_tokens", "Tokens left in the fleet-wide bucket (as of its "
+                                   "last use)", labels=["bucket"])
+        paused = GaugeMetricFamily("tradebot_ratelimit_paused_seconds", "Seconds the bucket stays paused (the "
+                                   "broker reported its quota spent)", labels=["bucket"])
+        for bucket in ("trading", "data"):
+            state = self.r.hgetall(self.keys.ratelimit(bucket)) or {}
+            if state.get("tokens"):
+                tokens.add_metric([bucket], float(state["tokens"]))
+            paused.add_metric([bucket], max(0.0, float(state.get("paused_until") or 0) - now))
+        yield tokens
+        yield paused
+        reserved = GaugeMetricFamily("tradebot_ledger_reserved_dollars", "Cash committed to orders in flight "
+                                     "(the ledger)")
+        reserved.add_metric([], float(sum((res.cash for res in Ledger(self.r, self.keys).reservations()
+                                           if res.side == "buy" and not res.settled), Decimal(0))))
+        yield reserved
         halted = GaugeMetricFamily("tradebot_halted", "1 while the kill switch is on")
         halted.add_metric([], int(bool(self.r.exists(self.keys.halt))))
         yield halted
