@@ -103,3 +103,19 @@ def test_binding_beyond_loopback_needs_a_token() -> None:
     done = subprocess.run([sys.executable, "-m", "bot.cli", "web", "--host", "0.0.0.0", "--port", "1"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--token" in done.stderr
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist(r: redis.Redis, redis_url: str) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    journal(r, 1)  # and one of everything a gauge reads: account, heartbeat, rate-limit bucket
+    r.hset(KEYS.account, mapping={"equity": "1", "cash": "1"})
+    Heartbeat(r, KEYS, "worker-00@host").beat()
+    r.hset(KEYS.ratelimit("trading"), mapping={"tokens": "10", "ts": "0"})
+    served = set(scrape(TestClient(create_app(settings(redis_url), r))))
+    dashboard = json.loads((Path(__file__).parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"tradebot_[a-z_]+", target["expr"])}
+    assert used and used <= served, used - served
