@@ -351,7 +351,7 @@ class Ledger:
         detail = (f"available {_money(available)} (min(cash {_money(cash('cash'))}, buying power "
                   f"{_money(cash('buying_power'))}) - {_money(cash('committed'))} committed to other orders)")
         if max_cash is not None and cash("cap") < available:
-            detail += f", capped at {_money(cash('cap'))}"
+            detail += f", capped at {_money(cash('cap'))} (the order's budget)"
         message = (f"insufficient cash to buy {symbol}: need {_money(need)} ({what} {decimal_text(price)} plus "
                    f"{self.cash_buffer_bps} bps buffer), {detail}")
         return InsufficientCash(message, available, need)

@@ -55,12 +55,15 @@ class _State:
     listener_live: bool | None = None
     drift: str = ""
     unresolved: int = 0
+    process_states: dict[str, str] = field(default_factory=dict)
 
 
 class Notifier:
     def __init__(self, r: redis.Redis, keys: Keys, send: Callable[[Alert], bool],
-                 config: NotifyConfig | None = None, now: Callable[[], float] = time.time) -> None:
+                 config: NotifyConfig | None = None, now: Callable[[], float] = time.time,
+                 processes: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.r, self.keys, self.send, self.now = r, keys, send, now
+        self.processes = processes  # supervisord's view of the fleet's programs (None: not under supervisord)
         self.config = config or NotifyConfig()
         self._secrets = [s for s in (*self.config.secrets, *secrets_from_env()) if s and len(s) >= 4]
         self._state = _State()
@@ -81,7 +84,7 @@ class Notifier:
             stop.wait(self.config.every)
 
     def round(self) -> list[Alert]:
-        alerts = [*self._journal(), *self._dead_letters(), *self._states()]
+        alerts = [*self._journal(), *self._dead_letters(), *self._states(), *self._supervised()]
         return [alert for alert in alerts if self._deliver(alert)]
 
     # ------------------------------------------------------------------ sources
@@ -138,6 +141,24 @@ class Notifier:
             yield Alert("tradebot: order outcome unknown", f"{unresolved} order(s) whose POST had an unknown "
                         "outcome; the workers wait for the broker to show them", "warning")
         state.unresolved = unresolved
+
+    def _supervised(self) -> Iterable[Alert]:
+        """A program that supervisord reports FATAL, BACKOFF or EXITED (a crash loop, given up)."""
+        if self.processes is None:
+            return
+        try:
+            infos = self.processes()
+        except OSError:
+            return  # supervisord is going away with the fleet
+        states = {str(i.get("name")): str(i.get("statename")) for i in infos}
+        for name, state in sorted(states.items()):
+            before = self._state.process_states.get(name)
+            if state in ("FATAL", "BACKOFF", "EXITED") and state != before:
+                yield Alert(f"tradebot: {name} is {state}", f"supervisord reports {name} {state}; "
+                            f"see `tradebot logs {name}`", "failure")
+            elif before in ("FATAL", "BACKOFF", "EXITED") and state == "RUNNING":
+                yield Alert(f"tradebot: {name} is running again", f"{name} was {before}")
+        self._state.process_states = states
 
     def _new(self, stream: str, cursor: str) -> list[tuple[Any, Any]]:
         """Entries of ``stream`` after the stored cursor; the first round starts at the newest entry."""

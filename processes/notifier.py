@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 @click.option("--every", type=click.FloatRange(min=0.1), default=2.0, show_default=True, metavar="SECONDS")
 @click.option("--per-minute", type=click.IntRange(min=1), default=20, show_default=True,
               help="At most this many alerts a minute; the rest are counted in one summary.")
-def main(urls: str, redis_url: str | None, prefix: str | None, every: float, per_minute: int) -> None:
+@click.option("--var-dir", envvar="TRADEBOT_VAR", default=None,
+              help="The fleet's var folder: programs supervisord reports FATAL are alerted too.")
+def main(urls: str, redis_url: str | None, prefix: str | None, every: float, per_minute: int,
+         var_dir: str | None) -> None:
     targets = [u.strip() for u in urls.split(",") if u.strip()]
     configure_logging(secrets=targets)
     try:
@@ -43,6 +46,12 @@ def main(urls: str, redis_url: str | None, prefix: str | None, every: float, per
     try:
         with stop_on_signals("notifier") as stop:
             config = NotifyConfig(every=every, per_minute=per_minute, secrets=tuple(targets))
-            Notifier(r, settings.keys, send, config).run(stop)
+            processes = None
+            if var_dir:
+                from bot.fleet import FleetPaths, process_infos
+
+                paths = FleetPaths.of(var_dir)
+                processes = lambda: process_infos(paths) or []  # noqa: E731
+            Notifier(r, settings.keys, send, config, processes=processes).run(stop)
     finally:
         r.close()

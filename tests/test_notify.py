@@ -122,3 +122,15 @@ def test_a_process_that_stops_beating_is_reported(r: redis.Redis) -> None:
     clock[0] += 20  # no beat for 20 s
     notifier.round()
     assert [a.title for a in sent] == ["tradebot: worker-01@host is not beating"]
+
+
+def test_a_program_supervisord_reports_fatal_is_alerted(r: redis.Redis) -> None:
+    states = [{"name": "worker-00", "statename": "RUNNING"}]
+    sent: list[Alert] = []
+    notifier = Notifier(r, KEYS, lambda a: sent.append(a) or True, processes=lambda: states)
+    notifier.round()
+    states[0] = {"name": "worker-00", "statename": "FATAL"}
+    notifier.round()
+    states[0] = {"name": "worker-00", "statename": "RUNNING"}
+    notifier.round()
+    assert [a.title for a in sent] == ["tradebot: worker-00 is FATAL", "tradebot: worker-00 is running again"]

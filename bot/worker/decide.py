@@ -6,6 +6,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from bot.alpaca.models import OrderRequest
+from bot.codec import decimal_text
 from bot.keys import Keys
 from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError, Reservation
 from bot.market import MarketDataError, MarketSnapshot, Price
@@ -133,7 +134,9 @@ class Decider:
             reservation = self.ledger.reserve_buy(job.coid, signal.ticker, price, qty=qty, max_cash=max_cash,
                                                   max_position_qty=target / price)
         except InsufficientCash as exc:
-            raise Refused(f"no cash left to buy {signal.ticker}: {exc}") from None
+            budget = (f" (all-in: weight {decimal_text(weight)} x equity {decimal_text(account.equity)}, less the "
+                      f"{decimal_text((held * ask).quantize(Decimal('0.01')))} held)" if all_in else "")
+            raise Refused(f"no cash left to buy {signal.ticker}{budget}: {exc}") from None
         except LedgerError as exc:  # the position limit, no cached account, a corrupt cache entry
             raise Refused(str(exc)) from None
         if reservation.side != "buy" or reservation.qty <= 0:
