@@ -660,3 +660,12 @@ def test_measure_submit_cpu_with_3000_closed_orders() -> None:
     assert exchange.order_counts() == {"filled": 3200} and open_index(exchange) == []
     print(f"\nsubmit CPU per order, 20 symbols: {empty:.3f} ms with an empty book, {full:.3f} ms with 3000 "
           f"closed orders in it")
+
+
+def test_the_always_open_clock_closes_before_it_opens_again() -> None:
+    from datetime import datetime, timezone
+
+    from bot.paper.clock import always_open_state
+
+    state = always_open_state(datetime(2026, 12, 1, 15, 0, tzinfo=timezone.utc))
+    assert state.is_open and state.next_close < state.next_open  # as Alpaca's clock reads while open

@@ -15,6 +15,7 @@ from bot.logs import redact_url
 # programs that write a heartbeat (redis, the paper broker and the notifier do not)
 BEATING = ("poller", "listener", "router", "worker", "web", "generator")
 HEALTH_TIMEOUT = 30.0
+MIN_REDIS = (6, 2)  # XAUTOCLAIM arrived in 6.2
 
 
 def preflight(plan: FleetPlan) -> None:
@@ -32,6 +33,10 @@ def _check_redis(url: str) -> None:
     client = connect(url, socket_timeout=5.0)
     try:
         check(client, url)
+        version = str(client.info("server").get("redis_version", "0"))
+        if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < MIN_REDIS:
+            raise FleetError(f"not starting: Redis at {redact_url(url)} is {version}; the fleet needs "
+                             f"{'.'.join(map(str, MIN_REDIS))} or newer (XAUTOCLAIM, streams with consumer groups)")
     except RedisUnavailable as exc:
         raise FleetError(f"not starting: {exc}") from None
     except redis.RedisError as exc:

@@ -75,9 +75,11 @@ def regular_hours_state(at: datetime) -> ClockState:
 
 def always_open_state(at: datetime) -> ClockState:
     # No session boundaries. next_close is a day past the next New York midnight, so a clock cached
-    # by the poller (up to its clock interval) never shows a close that has already passed.
+    # by the poller (up to its clock interval) never shows a close that has already passed; as on
+    # Alpaca while the market is open, the next open comes after that close (a minute after it).
     midnight = datetime.combine(at.astimezone(NEW_YORK).date() + timedelta(days=1), time(0), tzinfo=NEW_YORK)
-    return ClockState(at, True, midnight, midnight + timedelta(days=1))
+    close = midnight + timedelta(days=1)
+    return ClockState(at, True, close + timedelta(minutes=1), close)
 
 
 def always_closed_state(at: datetime) -> ClockState:
