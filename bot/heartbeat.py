@@ -9,12 +9,13 @@ the hot path). The last WARNING/ERROR record of the process, scrubbed of secrets
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,12 +50,14 @@ class LastError(logging.Handler):
 
 class Heartbeat:
     def __init__(self, r: redis.Redis, keys: Keys, process: str, *, every: float = BEAT_EVERY,
-                 ttl: float = BEAT_TTL, secrets: Iterable[str] = ()) -> None:
+                 ttl: float = BEAT_TTL, secrets: Iterable[str] = (),
+                 extra: Callable[[], Mapping[str, str]] | None = None) -> None:
         self.r, self.key, self.process = r, keys.heartbeat(process), process
         self.every, self.ttl = every, ttl
         self.started_at = time.time()
         self._progress = self.started_at
         self.errors = LastError(secrets)
+        self.extra = extra  # more fields to beat (e.g. the broker requests the process sent, by route)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,6 +71,8 @@ class Heartbeat:
                                   "started_at": repr(self.started_at), "progress_at": repr(self._progress)}
         if self.errors.message is not None:
             fields.update(last_error=self.errors.message, last_error_at=repr(self.errors.at))
+        if self.extra is not None:
+            fields.update(self.extra())
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self.key, mapping={k: str(v) for k, v in fields.items()})
         pipe.pexpire(self.key, int(self.ttl * 1000))
@@ -115,6 +120,11 @@ class HeartbeatInfo:
     @property
     def stale(self) -> bool:
         return self.age > STALE_AFTER
+
+
+def broker_requests_extra(client: Any) -> Callable[[], Mapping[str, str]]:
+    """A heartbeat's ``extra``: the requests ``client`` (an AlpacaClient) sent, by route and answer."""
+    return lambda: {"broker_requests": json.dumps(client.requests_by_route(), separators=(",", ":"))}
 
 
 def read_heartbeats(r: redis.Redis, keys: Keys, now: float | None = None) -> list[HeartbeatInfo]:

@@ -8,7 +8,7 @@ import click
 
 from bot.alpaca.client import AlpacaClient
 from bot.config import ConfigError, Settings
-from bot.heartbeat import Heartbeat
+from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.listener import Listener, ListenerConfig, stream_url
 from bot.logs import configure_logging, redact_url
 from bot.order_events import OrderEvents
@@ -81,7 +81,7 @@ def main(redis_url: str | None, prefix: str | None, holder: str | None, url: str
             listener = Listener(url=target, api_key=settings.alpaca_api_key, secret_key=settings.alpaca_secret_key,
                                 r=r, events=OrderEvents(r, settings.keys), client=client, config=config,
                                 reconciler=Reconciler(r, settings.keys, client) if reconcile else None)
-            with Heartbeat(r, settings.keys, config.holder) as heartbeat:
+            with Heartbeat(r, settings.keys, config.holder, extra=broker_requests_extra(client)) as heartbeat:
                 listener.on_progress = heartbeat.progress
                 listener.run(stop)
     finally:

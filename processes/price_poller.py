@@ -11,7 +11,7 @@ import redis
 
 from bot.alpaca.client import AlpacaClient
 from bot.config import ConfigError, Settings, parse_symbols
-from bot.heartbeat import Heartbeat
+from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.logs import configure_logging, redact_url
 from bot.poller import Poller
 from bot.ratelimit import RateLimiter
@@ -86,7 +86,8 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
     log.info("price poller settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
     try:
         with stop_on_signals("price poller") as stop, poller_client(settings, r, stop) as client, \
-                Heartbeat(r, settings.keys, f"poller@{socket.gethostname()}") as heartbeat:
+                Heartbeat(r, settings.keys, f"poller@{socket.gethostname()}",
+                          extra=broker_requests_extra(client)) as heartbeat:
             poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
                             account_interval=account_interval, clock_interval=clock_interval,
                             max_backoff=max_backoff, refresh_min_interval=refresh_min_interval)

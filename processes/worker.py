@@ -7,7 +7,7 @@ from decimal import Decimal
 import click
 
 from bot.config import ConfigError, Settings, parse_symbols
-from bot.heartbeat import Heartbeat
+from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.logs import configure_logging, redact_url
 from bot.redisconn import RedisAuthError, connect
 from bot.runtime import probe_redis, stop_on_signals
@@ -119,7 +119,8 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
         worker = Worker(settings, config)
         beats = connect(settings.redis_url)
         try:
-            with Heartbeat(beats, settings.keys, config.consumer) as heartbeat:
+            with Heartbeat(beats, settings.keys, config.consumer,
+                           extra=broker_requests_extra(worker.client)) as heartbeat:
                 worker.loop.on_round = heartbeat.progress
                 worker.run(stop)
         finally:

@@ -119,3 +119,28 @@ def test_the_grafana_dashboard_uses_only_metrics_that_exist(r: redis.Redis, redi
     used = {name for panel in dashboard["panels"] for target in panel["targets"]
             for name in re.findall(r"tradebot_[a-z_]+", target["expr"])}
     assert used and used <= served, used - served
+
+
+def test_broker_requests_by_route_come_from_the_processes_heartbeats(r: redis.Redis, redis_url: str) -> None:
+    import httpx
+
+    from bot.alpaca.client import AlpacaClient
+    from bot.heartbeat import broker_requests_extra
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/v2/orders/"):
+            return httpx.Response(404, json={"code": 40410000, "message": "order not found"})
+        return httpx.Response(200, json={"cash": "1", "equity": "1", "buying_power": "1", "status": "ACTIVE"})
+
+    client = AlpacaClient(api_key="k", secret_key="s", base_url="http://broker", data_url="http://broker",
+                          transport=httpx.MockTransport(answer), max_retries=0)
+    client.get_account()
+    try:
+        client.get_order("904837e3-3b76-47ec-b432-046db621571b")
+    except Exception:  # noqa: BLE001 - the 404 is the point
+        pass
+    Heartbeat(r, KEYS, "worker-00@host", extra=broker_requests_extra(client)).beat()
+    samples = scrape(TestClient(create_app(settings(redis_url), r)))["tradebot_broker_requests_total"]
+    assert samples[(("process", "worker-00@host"), ("route", "GET /v2/account"), ("status", "200"))] == 1
+    assert samples[(("process", "worker-00@host"), ("route", "GET /v2/orders/{id}"), ("status", "404"))] == 1
+    client.close()

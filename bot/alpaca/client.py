@@ -42,6 +42,7 @@ import functools
 import inspect
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -189,6 +190,7 @@ class AlpacaClient:
         self._clock = clock
         self._lock = threading.Lock()
         self.request_count = 0
+        self.route_counts: dict[tuple[str, str], int] = {}  # (route, status) -> requests
         # X-RateLimit-Remaining / -Reset of the last response that carried them, and per bucket
         self.rate_limit_remaining: int | None = None
         self.rate_limit_reset: float | None = None
@@ -518,9 +520,26 @@ class AlpacaClient:
         self._acquire(api.bucket, not_after)
         with self._lock:
             self.request_count += 1
-        response = self._http.request(method, api.base_url + path, params=params, json=json)
+        route = f"{method} {route_of(path)}"
+        try:
+            response = self._http.request(method, api.base_url + path, params=params, json=json)
+        except httpx.RequestError:
+            self._count(route, "error")
+            raise
+        self._count(route, str(response.status_code))
         self._observe_rate_headers(api.bucket, response)
         return response
+
+    def _count(self, route: str, status: str) -> None:
+        with self._lock:
+            key = (route, status)
+            self.route_counts[key] = self.route_counts.get(key, 0) + 1
+
+    def requests_by_route(self) -> list[dict[str, Any]]:
+        """Requests sent so far, by route and answer (``error``: no answer), for metrics."""
+        with self._lock:
+            return [{"route": route, "status": status, "count": count}
+                    for (route, status), count in sorted(self.route_counts.items())]
 
     def _acquire(self, bucket: str, not_after: float | None) -> None:
         """A request token from the limiter; RateLimited (nothing sent) when none comes by ``not_after``."""
@@ -632,6 +651,18 @@ class AlpacaClient:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+_ROUTE_IDS = re.compile(r"/(v2/orders|v2/positions|v2/assets)/[^/]+")
+
+
+def route_of(path: str) -> str:
+    """``path`` with its ids and symbols replaced (/v2/orders/<uuid> -> /v2/orders/{id}), so routes
+    can be counted without one series per order."""
+    path = re.sub(r"/v2/stocks/[^/]+/", "/v2/stocks/{symbol}/", path) if "/v2/stocks/" in path \
+        and not path.startswith(("/v2/stocks/snapshots", "/v2/stocks/quotes", "/v2/stocks/trades",
+                                 "/v2/stocks/bars")) else path
+    return _ROUTE_IDS.sub(lambda m: f"/{m.group(1)}/{{id}}", path)
 
 
 def _check_header_value(name: str, value: str) -> None:

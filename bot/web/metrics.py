@@ -164,9 +164,16 @@ class FleetCollector(Collector):
     def _health(self, now: float) -> Iterator[Metric]:
         beats = GaugeMetricFamily("tradebot_heartbeat_age_seconds", "Seconds since the process's last heartbeat",
                                   labels=["process"])
+        requests = CounterMetricFamily("tradebot_broker_requests", "Broker requests each process sent since it "
+                                       "started, by route and answer (HTTP status, or error: no answer)",
+                                       labels=["process", "route", "status"])
         for beat in read_heartbeats(self.r, self.keys, now):
             beats.add_metric([beat.process], beat.age)
+            for row in _json_list(self.r.hget(self.keys.heartbeat(beat.process), "broker_requests")):
+                requests.add_metric([beat.process, str(row.get("route")), str(row.get("status"))],
+                                    float(row.get("count") or 0))
         yield beats
+        yield requests
         listener = GaugeMetricFamily("tradebot_listener_live", "1 while the order-updates stream is live")
         listener.add_metric([], int(OrderEvents(self.r, self.keys, now=lambda: now).listener_health().live))
         yield listener
@@ -197,6 +204,14 @@ class FleetCollector(Collector):
         halted = GaugeMetricFamily("tradebot_halted", "1 while the kill switch is on")
         halted.add_metric([], int(bool(self.r.exists(self.keys.halt))))
         yield halted
+
+
+def _json_list(raw: Any) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
 
 
 def _lag(r: redis.Redis, stream: str, group: dict[str, Any]) -> int:
