@@ -55,3 +55,24 @@ def test_more_workers_than_memory_holds_is_refused_unless_overridden(tmp_path: P
     assert plan.workers == 3
     with pytest.raises(FleetError, match="at most 2 fit"):
         fleet.plan_fleet(var_dir=tmp_path / "var", workers=3, env=base_env(TRADEBOT_MAX_WORKERS="2"))
+
+
+@pytest.mark.parametrize("case", ["wrong-password", "closed-redis", "broker-unreachable"])
+def test_up_refuses_with_one_line_and_starts_nothing(tmp_path: Path, case: str) -> None:
+    from click.testing import CliRunner
+
+    from bot.cli import cli
+
+    with EmbeddedRedis(tmp_path / "redis", password=PASSWORD, appendonly=False) as server:
+        good_redis = f"redis://:{PASSWORD}@127.0.0.1:{server.port}/0"
+        env = {"REDIS_URL": {"wrong-password": f"redis://:nope@127.0.0.1:{server.port}/0",
+                             "closed-redis": f"redis://127.0.0.1:{free_port()}/0"}.get(case, good_redis)}
+        if case == "broker-unreachable":  # keys set, the broker's port closed
+            env.update(ALPACA_API_KEY="PKKEY1234", ALPACA_SECRET_KEY="secret-1234",
+                       ALPACA_BASE_URL=f"http://127.0.0.1:{free_port()}")
+        var = tmp_path / "var"
+        result = CliRunner().invoke(cli, ["up", "--detach", "--var-dir", str(var)], env={**base_env(), **env})
+    assert result.exit_code == 1, result.output
+    assert "not starting" in result.output and len(result.output.strip().splitlines()) == 1
+    assert PASSWORD not in result.output and "secret-1234" not in result.output
+    assert not (var / "supervisord.pid").exists() and not (var / "fleet.json").exists()

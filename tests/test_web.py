@@ -144,3 +144,16 @@ def test_broker_requests_by_route_come_from_the_processes_heartbeats(r: redis.Re
     assert samples[(("process", "worker-00@host"), ("route", "GET /v2/account"), ("status", "200"))] == 1
     assert samples[(("process", "worker-00@host"), ("route", "GET /v2/orders/{id}"), ("status", "404"))] == 1
     client.close()
+
+
+def test_the_dashboards_data_has_the_newest_dead_letters(r: redis.Redis, redis_url: str) -> None:
+    from bot.streams import dead_letter
+
+    r.xgroup_create(KEYS.signals, KEYS.workers_group, id="0", mkstream=True)
+    for n in range(12):
+        dead_letter(r, KEYS, ack_stream=KEYS.signals, group=KEYS.workers_group, entry_id=f"0-{n + 1}",
+                    source_stream="nvda", source_id=f"{2000 + n}-0", reason=f"bad {n}", deliveries=1,
+                    raw_fields={"x": "1"})
+    data = TestClient(create_app(settings(redis_url), r)).get("/api/status").json()
+    assert [d["reason"] for d in data["dead_letters"]] == [f"bad {n}" for n in range(11, 1, -1)]
+    assert data["dlq"] == 12 and "healthy" in data["health"]

@@ -51,7 +51,7 @@ def _check_broker(plan: FleetPlan) -> None:
 
     settings = plan.settings
     try:
-        with AlpacaClient.from_settings(settings, max_retries=1, timeout=5.0) as client:
+        with AlpacaClient.from_settings(settings, max_retries=0, timeout=5.0) as client:  # one request, no retry noise
             client.get_account()
     except Unauthorized:
         raise FleetError(f"not starting: the broker at {settings.alpaca_base_url} refused the key pair in "

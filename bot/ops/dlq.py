@@ -41,6 +41,11 @@ def dlq_entries(rb: redis.Redis, keys: Keys, limit: int | None = None) -> list[D
     return [_dlq_entry(entry_id, fields or {}) for entry_id, fields in rb.xrange(keys.dlq, count=limit) or []]
 
 
+def newest_dlq_entries(rb: redis.Redis, keys: Keys, n: int) -> list[DlqEntry]:
+    """The newest ``n`` DLQ entries, newest first."""
+    return [_dlq_entry(entry_id, fields or {}) for entry_id, fields in rb.xrevrange(keys.dlq, count=n) or []]
+
+
 def _dlq_entry(entry_id: Any, fields: Mapping[Any, Any]) -> DlqEntry:
     text = display_fields(fields)
     try:

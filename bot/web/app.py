@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from bot.config import Settings
 from bot.ops.control import halt, resume
+from bot.ops.dlq import newest_dlq_entries
 from bot.ops.orders import last_orders
 from bot.ops.render import render_status
 from bot.ops.status import collect_status
@@ -33,6 +34,7 @@ from bot.web.metrics import FleetCollector
 
 REFRESH_SECONDS = 1.0  # how often the dashboard's stream sends a new snapshot
 DASHBOARD_ORDERS = 30
+DASHBOARD_DLQ = 10
 MAX_REASON = 200
 
 
@@ -43,6 +45,10 @@ def snapshot(r: redis.Redis, settings: Settings, var_dir: str | None) -> dict[st
     reasons = health_reasons(r, settings)
     report["health"] = {"healthy": not reasons, "reasons": reasons}
     report["equity"] = equity_curve(r, settings.keys, limit=2000) if report["redis"]["ok"] else []
+    report["dead_letters"] = ([{"id": d.id, "source": f"{d.source_stream} {d.source_id}", "reason": d.reason,
+                                "deliveries": d.deliveries}
+                               for d in newest_dlq_entries(r, settings.keys, DASHBOARD_DLQ)]
+                              if report["redis"]["ok"] else [])
     return report
 
 
