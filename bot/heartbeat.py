@@ -98,6 +98,8 @@ class Heartbeat:
                 self.beat()
             except redis.RedisError as exc:  # Redis away: the next beat tries again
                 log.debug("heartbeat %s: %s", self.process, exc)
+            except Exception:  # a bug in an extra field must not end the heartbeats
+                log.debug("heartbeat %s: beat failed", self.process, exc_info=True)
             self._stop.wait(self.every)
 
     def __enter__(self) -> Heartbeat:

@@ -182,6 +182,7 @@ def test_worker_command_passes_quote_age_and_stop_grace_to_the_worker(redis_url:
         def __init__(self, settings, config) -> None:
             built.append((settings, config))
             self.loop = types.SimpleNamespace(on_round=None)  # the command hangs its heartbeat here
+            self.client = types.SimpleNamespace(requests_by_route=lambda: [])  # ... and reads its requests
 
         def run(self, stop) -> None:
             pass
