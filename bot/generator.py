@@ -34,6 +34,7 @@ MARKET_OPEN = dtime(9, 30)
 MARKET_CLOSE = dtime(16, 0)
 DEFAULT_PROBABILITY = 0.005
 TICK_SECONDS = 1.0  # probability mode draws once per ticker per tick
+GROUP_POLL_SECONDS = 0.25  # while waiting for the router's consumer group
 CLOSED_POLL_SECONDS = 30.0  # how often a closed market is looked at again
 MAX_BATCH = 1000  # signals sent in one pipeline at most (rate mode catching up)
 RETRY_SECONDS = 1.0  # pause after a Redis error
@@ -57,6 +58,9 @@ class GeneratorConfig:
     always_open: bool = False
     seed: int | None = None
     first_buy: bool = False  # one buy per ticker as soon as the market is open (the demo trades at once)
+    # send nothing until this consumer group exists on the stream: the router creates its group at
+    # "$" (new entries only), so a signal sent before it would never be routed (a fleet starting up)
+    wait_for_group: str | None = None
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -94,6 +98,8 @@ class SignalGenerator:
         self.wait = wait or self.stop_event.wait
         self.sent = 0
         self._first_sent = False
+        self._group_seen = self.config.wait_for_group is None
+        self._waiting_logged = False
         self._rate_start: float | None = None  # monotonic time the current rate schedule started
         self._rate_sent = 0  # signals sent on the current rate schedule
         self._was_open: bool | None = None
@@ -148,8 +154,24 @@ class SignalGenerator:
 
     # ----------------------------------------------------------------- the loop
 
+    def group_ready(self) -> bool:
+        if self._group_seen:
+            return True
+        try:
+            groups = self.r.xinfo_groups(self.config.stream)
+        except redis.ResponseError:  # no such stream yet
+            groups = []
+        self._group_seen = any(text(g.get("name", "")) == self.config.wait_for_group for g in groups)
+        if not self._group_seen and self._waiting_logged is False:
+            log.info("waiting for the router's group %s on %s before sending", self.config.wait_for_group,
+                     self.config.stream)
+            self._waiting_logged = True
+        return self._group_seen
+
     def step(self) -> float:
         """Send what is due now; return how long to wait before the next step."""
+        if not self.group_ready():
+            return GROUP_POLL_SECONDS
         if not self.market_open():
             self._rate_start = None
             return CLOSED_POLL_SECONDS

@@ -22,8 +22,11 @@ log = logging.getLogger(__name__)
 @click.option("--seed", type=int, default=None, help="Seed of the random choices (reproducible runs).")
 @click.option("--always-open", is_flag=True, help="Ignore market hours (demo and load tests).")
 @click.option("--first-buy", is_flag=True, help="One buy per ticker as soon as the market is open (the demo).")
+@click.option("--wait-for-router", is_flag=True,
+              help="Send nothing before the router's consumer group exists on the stream (a fleet starting).")
 def main(redis_url: str | None, symbols: str | None, stream: str | None, probability: float | None,
-         rate: float | None, count: int | None, seed: int | None, always_open: bool, first_buy: bool) -> None:
+         rate: float | None, count: int | None, seed: int | None, always_open: bool, first_buy: bool,
+         wait_for_router: bool) -> None:
     """Random buy/sell signals (the original project's signal source)."""
     import socket
 
@@ -40,7 +43,8 @@ def main(redis_url: str | None, symbols: str | None, stream: str | None, probabi
         config = GeneratorConfig(symbols=settings.symbols, stream=stream or settings.source_streams[0],
                                  probability=DEFAULT_PROBABILITY if probability is None else probability,
                                  rate=rate, count=count, always_open=always_open, seed=seed,
-                                 first_buy=first_buy)
+                                 first_buy=first_buy,
+                                 wait_for_group=settings.keys.router_group if wait_for_router else None)
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     r = connect(settings.redis_url)

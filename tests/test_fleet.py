@@ -70,7 +70,7 @@ def test_plan_demo_turns_the_generator_on_and_the_clock_open(tmp_path: Path) -> 
     plan = fleet.plan_fleet(var_dir=tmp_path, demo=True, symbols="NVDA,AAPL", env=base_env())
     assert plan.programs[-1] == "generator"
     assert plan.env["TRADEBOT_PAPER_FLAGS"] == "--always-open"
-    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == f"--always-open --first-buy --probability {fleet.DEMO_PROBABILITY!r}"
+    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == f"--always-open --first-buy --wait-for-router --probability {fleet.DEMO_PROBABILITY!r}"
     assert plan.env["TRADEBOT_SYMBOLS"] == "NVDA,AAPL" and plan.settings.symbols == ("NVDA", "AAPL")
 
 
@@ -390,4 +390,4 @@ def test_dry_run_view_masks_secrets_given_in_extra_flags(tmp_path: Path) -> None
 def test_demo_keeps_a_probability_given_with_an_equals_sign(tmp_path: Path) -> None:
     env = base_env(TRADEBOT_GENERATOR_FLAGS="--probability=0.2")
     plan = fleet.plan_fleet(var_dir=tmp_path, demo=True, env=env)
-    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == "--always-open --first-buy --probability=0.2"
+    assert plan.env["TRADEBOT_GENERATOR_FLAGS"] == "--always-open --first-buy --wait-for-router --probability=0.2"

@@ -295,3 +295,13 @@ def test_first_buy_sends_one_buy_per_ticker_at_once_and_logs_each_signal(r: redi
     assert [(f["ticker"], f["direction"]) for _, f in r.xrange("nvda")] == [("NVDA", "b"), ("AAPL", "b")]
     assert clock.waits == []  # at once, before any tick
     assert sum("signal NVDA b -> nvda" in m for m in caplog.messages) == 1
+
+
+def test_wait_for_group_sends_nothing_before_the_routers_group_exists(r: redis.Redis) -> None:
+    clock = FakeClock()
+    gen = make(r, clock, probability=0.0, count=1, always_open=True, seed=1, first_buy=True,
+               wait_for_group="tradebot:router")
+    assert gen.step() > 0 and r.xlen("nvda") == 0  # no group yet (no stream even): nothing sent
+    r.xgroup_create("nvda", "tradebot:router", id="$", mkstream=True)
+    gen.step()
+    assert [f["direction"] for _, f in r.xrange("nvda")] == ["b"]  # now the first buy goes

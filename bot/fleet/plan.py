@@ -206,7 +206,7 @@ def plan_fleet(
              for program, (variable, _command) in PROGRAM_EXTRA_FLAGS.items()}
     if demo:
         flags["paper-broker"] = ["--always-open", *flags["paper-broker"]]
-        flags["generator"] = ["--always-open", "--first-buy", *flags["generator"]]
+        flags["generator"] = ["--always-open", "--first-buy", "--wait-for-router", *flags["generator"]]
         if probability is None and not any(f == "--probability" or f.startswith("--probability=")
                                             for f in flags["generator"]):
             probability = DEMO_PROBABILITY
