@@ -190,11 +190,17 @@ def _check_redis_url(url: str) -> None:
     from redis.connection import parse_url
 
     from bot.logs import redact_url
+    from bot.redisconn import is_sentinel_url, parse_sentinel_url
 
     try:
-        parse_url(url)
-    except (ValueError, TypeError):
-        raise ConfigError(f"REDIS_URL {redact_url(url)!r} is not a valid redis:// or rediss:// URL") from None
+        if is_sentinel_url(url):
+            parse_sentinel_url(url)
+        else:
+            parse_url(url)
+    except (ValueError, TypeError) as exc:
+        kind = "redis+sentinel://" if is_sentinel_url(url) else "redis:// or rediss://"
+        raise ConfigError(f"REDIS_URL {redact_url(url)!r} is not a valid {kind} URL"
+                          + (f" ({exc})" if is_sentinel_url(url) else "")) from None
 
 
 def _default_data_url(base_url: str) -> str:

@@ -10,9 +10,9 @@ from collections.abc import Iterable
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 
 # the password runs to the LAST "@" before the host: redis-py reads "redis://:p@ss@host" that way
-_URL_PASSWORD = re.compile(r"(rediss?://[^:/@\s]*:)(\S+)(@)")
+_URL_PASSWORD = re.compile(r"(rediss?(?:\+sentinel|\+cluster)?://[^:/@\s]*:)(\S+)(@)")
 # redis-py also takes the password as a query parameter: redis://host:6379/0?password=...
-_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#\s]+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"([?&](?:sentinel_)?password=)([^&#\s]+)", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:

@@ -1,9 +1,14 @@
 """Redis connections: one way to open them, with timeouts and reconnect backoff."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from bot.errors import TradebotError
 from bot.logs import redact_url
@@ -15,13 +20,65 @@ from bot.logs import redact_url
 RETRIED_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError,)
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """``redis+sentinel://[user:pass@]host1:26379,host2:26379/service[/db][?sentinel_password=...]``."""
+
+    hosts: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    sentinel_username: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """ValueError (without the password) for anything but a well-formed Sentinel URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        raise ValueError("not a redis+sentinel:// URL")
+    rest, _, query = rest.partition("?")
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        userinfo, location = "", rest
+    hosts_part, _, path = location.partition("/")
+    hosts = []
+    for item in hosts_part.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "26379"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("each sentinel must be host:port")
+        hosts.append((host, int(port)))
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("the path must be /service_name or /service_name/db")
+    params = dict(item.split("=", 1) for item in query.split("&") if "=" in item)
+    username, _, password = userinfo.partition(":") if ":" in userinfo else (userinfo, "", "")
+    return SentinelUrl(tuple(hosts), unquote(parts[0]), int(parts[1]) if len(parts) == 2 else 0,
+                       unquote(username) or None, unquote(password) or None,
+                       unquote(params["sentinel_username"]) if "sentinel_username" in params else None,
+                       unquote(params["sentinel_password"]) if "sentinel_password" in params else None,
+                       scheme.startswith("rediss"))
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.split("://", 1)[0] in SENTINEL_SCHEMES
+
+
 def connect(url: str, *, decode: bool = True, socket_timeout: float | None = 10.0) -> redis.Redis:
     """A client for ``url``. ``decode=False`` gives bytes, for reading untrusted stream payloads.
 
-    ``socket_timeout`` must exceed any BLOCK time used with this client.
+    ``socket_timeout`` must exceed any BLOCK time used with this client. A ``redis+sentinel://``
+    URL gives a client of the service's current master: after a failover its next connection goes
+    to the promoted replica (a connection error on the way is retried like any other).
     """
-    return redis.Redis.from_url(
-        url,
+    options: dict[str, Any] = dict(
         decode_responses=decode,
         socket_connect_timeout=5.0,
         socket_timeout=socket_timeout,
@@ -29,6 +86,16 @@ def connect(url: str, *, decode: bool = True, socket_timeout: float | None = 10.
         retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries=3, supported_errors=RETRIED_ERRORS),
         retry_on_error=list(RETRIED_ERRORS),
     )
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **options)
+    target = parse_sentinel_url(url)
+    sentinel_auth = {k: v for k, v in (("username", target.sentinel_username),
+                                       ("password", target.sentinel_password)) if v}
+    sentinel = Sentinel(list(target.hosts), sentinel_kwargs={"socket_timeout": 2.0, "ssl": target.ssl,
+                                                             **sentinel_auth},
+                        socket_connect_timeout=5.0)
+    return sentinel.master_for(target.service, redis_class=redis.Redis, db=target.db, username=target.username,
+                               password=target.password, ssl=target.ssl, **options)
 
 
 def check(client: redis.Redis, url: str) -> None:
