@@ -346,19 +346,38 @@ def reconcile_command(apply: bool, as_json: bool, since_seconds: float | None, s
               help="How many journal entries, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines with --follow).")
 @click.option("--follow", "-f", is_flag=True, help="Then print each new journal entry as it is written (Ctrl-C stops).")
+@click.option("--since", default=None, metavar="TIME",
+              help="Every entry since TIME, oldest first (ISO time, Unix seconds, or 30m / 12h / 7d ago).")
+@click.option("--format", "fmt", type=click.Choice(("table", "json", "csv", "jsonl")), default=None,
+              help="Output format [default: table; json with --json].")
 @redis_url_option
 @var_dir_option
 @expected_errors
-def orders_command(last: int, as_json: bool, follow: bool, redis_url: str | None, var_dir: str | None) -> None:
-    """The last journal entries (one per handled signal), newest first; --follow: then the new ones."""
+def orders_command(last: int, as_json: bool, follow: bool, since: str | None, fmt: str | None,
+                   redis_url: str | None, var_dir: str | None) -> None:
+    """The last journal entries (one per handled signal), newest first; --follow: then the new ones;
+    --since: every entry since then, to export (--format csv|jsonl) before the journal is trimmed."""
     import json
     import time
 
     from bot import ops
+    from bot.ops.orders import export_orders, orders_since, parse_since
 
     settings = ops.operator_settings(redis_url, var_dir)
+    if since is not None:
+        start = parse_since(since)  # bad input: one line, exit 2, before Redis is asked
     r = ops.open_redis(settings)
     try:
+        if since is not None:
+            rows = list(orders_since(r, settings.keys, start))
+            chosen = fmt or ("json" if as_json else "table")
+            click.echo(ops.render_orders(reversed(rows)) if chosen == "table" else export_orders(rows, chosen))
+            return
+        if fmt not in (None, "table", "json") and not follow:
+            entries = ops.last_orders(r, settings.keys, last)
+            click.echo(export_orders(list(reversed(entries)), fmt))
+            return
+        as_json = as_json or fmt in ("json", "jsonl")
         entries = ops.last_orders(r, settings.keys, last)
         if not follow:
             click.echo(json.dumps(entries, indent=2) if as_json else ops.render_orders(entries))
