@@ -8,6 +8,7 @@ has no lag) and works on 7+.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 DONE_TTL_SECONDS = 7 * 24 * 3600  # how long a done/routed marker guards against a second record
 MAX_RAW_FIELDS = 100  # more original fields than this go to the DLQ as one JSON field
 MAX_RAW_NAME_CHARS = 64
+# A dead letter keeps at most this much of one original value (a 1 MB poison payload would otherwise
+# be copied whole into the DLQ): the rest is dropped, its size and SHA-256 recorded in `truncated`.
+MAX_DLQ_VALUE_BYTES = 4096
+KEPT_OF_TRUNCATED = 256
 TRIM_CHUNK = 10_000  # entries removed per trim call at most when trimming to a MAXLEN
 
 StreamId = tuple[int, int]
@@ -241,8 +246,23 @@ def record_once(r: redis.Redis, *, marker: str, stream: str, fields: Mapping[Any
 
 def raw_fields_for_dlq(raw_fields: Mapping[bytes | str, bytes | str]) -> dict[str, bytes | str]:
     """The original fields as ``raw_<name>`` — or one ``raw`` JSON field when a name or value is not
-    UTF-8, a name is empty/unprintable/over 64 chars, or there are more than 100 fields."""
-    items = [(_b(name), _b(value)) for name, value in raw_fields.items()]
+    UTF-8, a name is empty/unprintable/over 64 chars, or there are more than 100 fields. A value over
+    MAX_DLQ_VALUE_BYTES keeps its first KEPT_OF_TRUNCATED bytes; ``truncated`` (JSON) names it with
+    its size and SHA-256 (such an entry is for inspection, not replay)."""
+    items, truncated = [], []
+    for name, value in ((_b(name), _b(value)) for name, value in raw_fields.items()):
+        if len(value) > MAX_DLQ_VALUE_BYTES:
+            truncated.append({"name": name.decode("utf-8", "replace"), "size": len(value),
+                              "sha256": hashlib.sha256(value).hexdigest()})
+            value = value[:KEPT_OF_TRUNCATED]
+        items.append((name, value))
+    kept = _raw_fields(items)
+    if truncated:
+        kept["truncated"] = json.dumps(truncated)
+    return kept
+
+
+def _raw_fields(items: list[tuple[bytes, bytes]]) -> dict[str, bytes | str]:
     texts: list[tuple[str, str]] = []
     for name, value in items:
         try:

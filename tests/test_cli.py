@@ -417,3 +417,17 @@ def test_a_malformed_redis_url_is_one_line_without_the_password(env: Path, monke
     result = run("status")
     assert result.exit_code != 0 and "not a valid" in result.output
     assert "S3cret" not in result.output and "pw9xq" not in result.output
+
+
+def test_a_truncated_dead_letter_is_not_replayed(env: Path, r: redis.Redis, rb: redis.Redis) -> None:
+    from bot.streams import dead_letter
+
+    rb.xgroup_create("nvda", "g", id="0", mkstream=True)
+    assert dead_letter(rb, KEYS, ack_stream="nvda", group="g", entry_id="0-1", source_stream="nvda",
+                       source_id="1700000000000-0", reason="field 'blob' is 1000000 bytes", deliveries=1,
+                       raw_fields={b"ticker": b"NVDA", b"blob": b"y" * 1_000_000})
+    (dlq_id, fields), = r.xrange(KEYS.dlq)
+    assert len(fields["raw_blob"]) < 1000  # stored truncated, not whole
+    result = run("dlq", "replay", dlq_id)
+    assert result.exit_code == 1 and "cannot be replayed" in result.output
+    assert r.xlen(KEYS.dlq) == 1 and r.xlen("nvda") == 0

@@ -320,3 +320,17 @@ def test_default_consumer_names_are_unique_per_process_and_role():
                                      ("*", False), ("1719410000000-", False), (" 1-0", False)])
 def test_is_stream_id(text, ok):
     assert is_stream_id(text) is ok
+
+
+def test_an_oversized_value_is_dead_lettered_truncated_with_its_size_and_digest() -> None:
+    import hashlib
+    import json
+
+    from bot.streams import KEPT_OF_TRUNCATED
+
+    poison = b"x" * 1_000_000
+    fields = raw_fields_for_dlq({b"ticker": b"NVDA", b"payload": poison})
+    assert len(fields["raw_payload"]) == KEPT_OF_TRUNCATED and fields["raw_ticker"] == "NVDA"
+    (info,) = json.loads(fields["truncated"])
+    assert info == {"name": "payload", "size": 1_000_000, "sha256": hashlib.sha256(poison).hexdigest()}
+    assert original_fields(fields)[b"ticker"] == b"NVDA"  # the rest is still readable

@@ -99,6 +99,10 @@ def dlq_replay(rb: redis.Redis, keys: Keys, entry_id: str, settings: Settings,
         if not found:
             raise OpsError(f"no DLQ entry {entry_id} (see `tradebot dlq list`)")
         fields = found[0][1] or {}
+        if b"truncated" in fields or "truncated" in fields:
+            raise OpsError(f"DLQ entry {entry_id} kept only the start of an oversized value "
+                           f"({display(fields.get(b'truncated', fields.get('truncated', b'')))}): it cannot be "
+                           "replayed; `tradebot dlq purge` removes it")
         target = stream or display(fields.get(b"source_stream", fields.get("source_stream", b"")))
         if not target:
             raise OpsError(f"DLQ entry {entry_id} names no source stream; give --stream")
