@@ -1,5 +1,6 @@
 """An order POST delayed in the network past the client's timeout: the lookup answers 404, then the
-order lands. The fleet must neither hide it (no `skipped`, no dead letter while it may exist) nor
+order lands. The delays leave seconds of margin on each side of the 3 s read timeout, so that a
+loaded machine (a second suite beside this one) cannot reorder the lookup and the landing. The fleet must neither hide it (no `skipped`, no dead letter while it may exist) nor
 place it twice (not even through `tradebot dlq replay`). Real sockets: a paper broker on a free port
 that holds the POST (submit_delay) while the worker's 3 s read timeout runs out, a real Redis, the
 price poller and the router in threads."""
@@ -135,7 +136,7 @@ def assert_books_agree(scene: Scene, signals: int) -> None:
 
 
 def test_a_delayed_post_then_a_halt_is_adopted_not_skipped(scene: Scene) -> None:
-    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 1.5)
+    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 5.0)
     client = HaltAfterFirstPost(scene.client(**CLIENT_KNOBS), scene.r)
     worker = scene.worker(client=client, resolve_after=60.0)
     scene.send_source()
@@ -148,7 +149,7 @@ def test_a_delayed_post_then_a_halt_is_adopted_not_skipped(scene: Scene) -> None
 
 
 def test_a_delayed_post_past_max_deliveries_is_adopted_not_dead_lettered(scene: Scene) -> None:
-    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 1.5)
+    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 5.0)
     worker = scene.worker(max_deliveries=1, submit_attempts=1, resolve_after=60.0)
     scene.send_source()
     run_until(worker, lambda: scene.journal(), what="the signal journaled")
@@ -160,13 +161,13 @@ def test_a_delayed_post_past_max_deliveries_is_adopted_not_dead_lettered(scene: 
 
 def test_a_dead_letter_whose_order_landed_late_is_replayed_without_a_second_order(scene: Scene) -> None:
     # resolve_after shorter than the network's delay: the signal is dead-lettered, then its order lands
-    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 4.0)
+    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 10.0)
     worker = scene.worker(max_deliveries=1, submit_attempts=1, resolve_after=0.2)
     scene.send_source()
     run_until(worker, lambda: scene.r.xlen(KEYS.dlq) == 1, what="the dead letter")
     (dead_id, dead), = scene.r.xrange(KEYS.dlq)
     assert "had an unknown outcome; no such order at the broker" in dead["reason"]
-    wait_for(lambda: len(scene.broker_orders()) == 1, 30, "the delayed POST to land")
+    wait_for(lambda: len(scene.broker_orders()) == 1, 60, "the delayed POST to land")
     scene.broker.set_faults(submit_delay=0)
     dlq_replay(scene.rb, KEYS, dead_id, scene.settings)  # the operator replays it
     replayer = scene.worker()
@@ -184,11 +185,11 @@ def test_a_dead_letter_whose_order_landed_late_is_replayed_without_a_second_orde
 def test_a_late_order_is_adopted_out_of_the_dlq_by_reconciliation(scene: Scene) -> None:
     from bot.reconcile import ReconcileConfig, Reconciler
 
-    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 4.0)
+    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 10.0)
     worker = scene.worker(max_deliveries=1, submit_attempts=1, resolve_after=0.2)
     scene.send_source()
     run_until(worker, lambda: scene.r.xlen(KEYS.dlq) == 1, what="the dead letter")
-    wait_for(lambda: len(scene.broker_orders()) == 1, 30, "the delayed POST to land")
+    wait_for(lambda: len(scene.broker_orders()) == 1, 60, "the delayed POST to land")
     report = Reconciler(scene.r, KEYS, scene.client(), ReconcileConfig(settle=0)).run(apply=True)
     assert len(report.adopted) == 1 and report.adopted[0].get("removed_from_dlq")
     assert scene.r.xlen(KEYS.dlq) == 0 and report.position_drift == []
@@ -214,7 +215,7 @@ def test_the_listener_record_spares_the_lookup(scene: Scene) -> None:
 def test_a_broker_slower_than_every_timeout_neither_wedges_nor_leaves_orders_unjournaled(scene: Scene) -> None:
     from bot.ops import collect_status, render_status
 
-    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 1.0)  # every POST lands after the client gave up
+    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 5.0)  # every POST lands after the client gave up
     worker = scene.worker(resolve_after=120.0)
     signals = 3
     for _ in range(signals):
