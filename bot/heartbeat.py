@@ -21,6 +21,7 @@ from typing import Any
 
 import redis
 
+from bot.codec import text
 from bot.keys import Keys
 from bot.logs import SecretFilter, secrets_from_env
 
@@ -133,7 +134,7 @@ def read_heartbeats(r: redis.Redis, keys: Keys, now: float | None = None) -> lis
     now = time.time() if now is None else now
     found = []
     for key in sorted(_scan(r, keys.heartbeat("*"))):
-        raw = {_text(k): _text(v) for k, v in (r.hgetall(key) or {}).items()}
+        raw = {text(k): text(v) for k, v in (r.hgetall(key) or {}).items()}
         if not raw:
             continue
         found.append(HeartbeatInfo(
@@ -145,7 +146,7 @@ def read_heartbeats(r: redis.Redis, keys: Keys, now: float | None = None) -> lis
 
 def _scan(r: redis.Redis, pattern: str) -> Iterator[str]:
     for key in r.scan_iter(match=pattern, count=200):
-        yield _text(key)
+        yield text(key)
 
 
 def _age(value: str | None, now: float) -> float | None:
@@ -160,6 +161,3 @@ def _num(value: str | None, default: float) -> float:
     except ValueError:
         return default
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

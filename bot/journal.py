@@ -6,7 +6,7 @@ one Lua script, so a signal redelivered to a second worker (XAUTOCLAIM) can neve
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
@@ -129,3 +129,17 @@ def read_journal(r: redis.Redis, keys: Keys, last: int = 100) -> list[JournalEnt
 
 def count(r: redis.Redis, keys: Keys) -> int:
     return int(r.xlen(keys.orders))
+
+
+def journal_entries(r: redis.Redis, keys: Keys, after: str = "-",
+                    page: int = 1000) -> Iterator[tuple[str, JournalEntry]]:
+    """Every journal entry after the entry id ``after`` ("-": from the first), oldest first, with its id;
+    read a page at a time."""
+    low = after if after == "-" else f"({after}"
+    while True:
+        rows = r.xrange(keys.orders, min=low, count=page) or []
+        for entry_id, raw in rows:
+            yield codec.text(entry_id), JournalEntry.from_fields(raw or {}, journal_id=codec.text(entry_id))
+        if len(rows) < page:
+            return
+        low = f"({codec.text(rows[-1][0])}"

@@ -25,6 +25,14 @@ def url_passwords(url: str) -> list[str]:
     return [m.group(2) for pattern in (_URL_PASSWORD, _QUERY_PASSWORD) for m in pattern.finditer(url)]
 
 
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with URL passwords and every one of ``secrets`` replaced by ***."""
+    text = redact_url(text)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 class SecretFilter(logging.Filter):
     """Replaces known secret values and URL passwords in every record's final message."""
 
@@ -34,19 +42,14 @@ class SecretFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact_url(message)
-        for secret in self.secrets:
-            cleaned = cleaned.replace(secret, "***")
+        cleaned = scrub(message, self.secrets)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         if record.exc_info and record.exc_text is None:
             # format the traceback now so the filter can scrub it too
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            text = redact_url(record.exc_text)
-            for secret in self.secrets:
-                text = text.replace(secret, "***")
-            record.exc_text = text
+            record.exc_text = scrub(record.exc_text, self.secrets)
         return True
 
 

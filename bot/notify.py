@@ -21,11 +21,11 @@ from typing import Any
 
 import redis
 
-from bot.codec import display_fields
+from bot.codec import display_fields, text
 from bot.heartbeat import read_heartbeats
 from bot.journal import JournalEntry
 from bot.keys import Keys
-from bot.logs import redact_url, secrets_from_env
+from bot.logs import redact_url, scrub, secrets_from_env
 from bot.order_events import OrderEvents
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Notifier:
     def _states(self) -> Iterable[Alert]:
         state, now = self._state, self.now()
         raw_halt = self.r.get(self.keys.halt)
-        halt = None if raw_halt is None else _text(raw_halt)
+        halt = None if raw_halt is None else text(raw_halt)
         halted = halt is not None
         if state.halted is not None and halted != state.halted:
             yield (Alert("tradebot: HALTED", f"kill switch on: {halt}", "warning") if halted
@@ -130,7 +130,7 @@ class Notifier:
             yield (Alert("tradebot: order events live again", health.why) if health.live
                    else Alert("tradebot: order events lost", f"{health.why}; workers poll REST", "warning"))
         state.listener_live = health.live
-        drift = _text(self.r.hget(self.keys.reconcile, "drift") or "")
+        drift = text(self.r.hget(self.keys.reconcile, "drift") or "")
         if drift != state.drift and drift not in ("", "[]"):
             rows = json.loads(drift)
             yield Alert("tradebot: POSITION DRIFT", "; ".join(f"{row['symbol']}: broker {row['broker']}, the books "
@@ -165,11 +165,11 @@ class Notifier:
         at = self.r.hget(self.keys.notify, cursor)
         if at is None:
             newest = self.r.xrevrange(stream, count=1)
-            self.r.hset(self.keys.notify, cursor, _text(newest[0][0]) if newest else "0-0")
+            self.r.hset(self.keys.notify, cursor, text(newest[0][0]) if newest else "0-0")
             return []
-        rows = self.r.xrange(stream, min=f"({_text(at)}", count=PAGE) or []
+        rows = self.r.xrange(stream, min=f"({text(at)}", count=PAGE) or []
         if rows:
-            self.r.hset(self.keys.notify, cursor, _text(rows[-1][0]))
+            self.r.hset(self.keys.notify, cursor, text(rows[-1][0]))
         return [(entry_id, fields or {}) for entry_id, fields in rows]
 
     # ------------------------------------------------------------------ delivery
@@ -205,10 +205,7 @@ class Notifier:
         return ok
 
     def _scrub(self, text: str) -> str:
-        text = redact_url(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
 
 def apprise_sender(urls: Iterable[str]) -> Callable[[Alert], bool]:
@@ -227,6 +224,3 @@ def apprise_sender(urls: Iterable[str]) -> Callable[[Alert], bool]:
 
     return send
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -16,11 +16,10 @@ from typing import Any
 
 import redis
 
-from bot.codec import decimal_text
-from bot.journal import JournalEntry
+from bot.codec import decimal_text, text
+from bot.journal import JournalEntry, journal_entries
 from bot.keys import Keys
 
-JOURNAL_PAGE = 1000
 EQUITY_KEEP = 7 * 86400.0  # seconds of equity points kept
 EQUITY_EVERY = 10.0  # at most one equity point this often
 
@@ -95,20 +94,13 @@ def pnl_of(entries: Iterable[JournalEntry], marks: Mapping[str, Decimal]) -> Pnl
 
 def journal_pnl(r: redis.Redis, keys: Keys) -> PnlReport:
     """P&L over the whole journal, marked at the market cache's prices (mid of bid/ask, else last)."""
-    entries: list[JournalEntry] = []
-    start = "-"
-    while True:
-        rows = r.xrange(keys.orders, min=start, count=JOURNAL_PAGE) or []
-        entries += [JournalEntry.from_fields(raw or {}) for _id, raw in rows]
-        if len(rows) < JOURNAL_PAGE:
-            break
-        start = "(" + _text(rows[-1][0])
+    entries = [entry for _id, entry in journal_entries(r, keys)]
     symbols = {e.ticker for e in entries}
     return pnl_of(entries, {s: m for s in symbols if (m := mark(r, keys, s)) is not None})
 
 
 def mark(r: redis.Redis, keys: Keys, symbol: str) -> Decimal | None:
-    raw = {_text(k): _text(v) for k, v in (r.hgetall(keys.prices(symbol)) or {}).items()}
+    raw = {text(k): text(v) for k, v in (r.hgetall(keys.prices(symbol)) or {}).items()}
     try:
         bid, ask = Decimal(raw.get("bid") or "0"), Decimal(raw.get("ask") or "0")
         if bid > 0 and ask > 0:
@@ -133,10 +125,7 @@ def record_equity(r: redis.Redis, keys: Keys, equity: Decimal | None, cash: Deci
 
 def equity_curve(r: redis.Redis, keys: Keys, since: float | None = None, limit: int = 5000) -> list[dict[str, str]]:
     low = "-" if since is None else f"{int(since * 1000)}-0"
-    return [{_text(k): _text(v) for k, v in (fields or {}).items()}
+    return [{text(k): text(v) for k, v in (fields or {}).items()}
             for _id, fields in (r.xrange(keys.equity, min=low, count=limit) or [])]
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 

@@ -24,8 +24,8 @@ import redis
 
 from bot import lua
 from bot.alpaca.models import Order
-from bot.codec import decimal_text
-from bot.journal import JournalEntry
+from bot.codec import decimal_text, text
+from bot.journal import JournalEntry, journal_entries
 from bot.keys import Keys
 from bot.ledger import Ledger
 from bot.market import write_account, write_positions
@@ -35,7 +35,6 @@ from bot.worker.record import outcome_of
 
 log = logging.getLogger(__name__)
 
-JOURNAL_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -128,19 +127,13 @@ class Reconciler:
         """The client_order_ids the journal names, and the signed fills per symbol it records."""
         coids: set[str] = set()
         fills: dict[str, Decimal] = {}
-        start = "-"
-        while True:
-            rows = self.r.xrange(self.keys.orders, min=start, count=JOURNAL_PAGE) or []
-            for _id, raw in rows:
-                entry = JournalEntry.from_fields(raw or {})
-                if entry.client_order_id:
-                    coids.add(entry.client_order_id)
-                if entry.filled_qty:
-                    sign = 1 if entry.side == "buy" else -1
-                    fills[entry.ticker] = fills.get(entry.ticker, Decimal(0)) + sign * entry.filled_qty
-            if len(rows) < JOURNAL_PAGE:
-                return coids, fills
-            start = "(" + _text(rows[-1][0])
+        for _id, entry in journal_entries(self.r, self.keys):
+            if entry.client_order_id:
+                coids.add(entry.client_order_id)
+            if entry.filled_qty:
+                sign = 1 if entry.side == "buy" else -1
+                fills[entry.ticker] = fills.get(entry.ticker, Decimal(0)) + sign * entry.filled_qty
+        return coids, fills
 
     def _adopt(self, order: Order, report: ReconcileReport, apply: bool) -> None:
         origin = signal_of(order.client_order_id)
@@ -169,9 +162,9 @@ class Reconciler:
             if not int(written):
                 return  # journaled meanwhile (a worker was quicker)
             self.ledger.release(order.client_order_id)
-            shown["journal_id"] = _text(value)
-            if _text(dead):
-                shown["removed_from_dlq"] = _text(dead)
+            shown["journal_id"] = text(value)
+            if text(dead):
+                shown["removed_from_dlq"] = text(dead)
             log.warning("reconcile: adopted order %s (%s %s %s, %s): no journal entry had it", order.id,
                         order.side, order.symbol, order.client_order_id, order.status)
         report.adopted.append(shown)
@@ -180,7 +173,7 @@ class Reconciler:
         known: dict[str, dict[str, str]] = {}
         for order_id, raw in self.r.hgetall(self.keys.external).items():
             try:
-                known[_text(order_id)] = json.loads(raw)
+                known[text(order_id)] = json.loads(raw)
             except ValueError:
                 continue
         new = {row["order_id"]: row for row in found}
@@ -206,9 +199,9 @@ class Reconciler:
     def _baseline(self) -> dict[str, Decimal]:
         out = {}
         for name, value in self.r.hgetall(self.keys.reconcile).items():
-            name = _text(name)
+            name = text(name)
             if name.startswith("baseline:"):
-                out[name.split(":", 1)[1]] = Decimal(_text(value))
+                out[name.split(":", 1)[1]] = Decimal(text(value))
         return out
 
     def set_baseline(self) -> dict[str, str]:
@@ -219,7 +212,7 @@ class Reconciler:
         baseline = {p.symbol: p.qty - fills.get(p.symbol, Decimal(0)) - external.get(p.symbol, Decimal(0))
                     for p in self.client.list_positions()}
         pipe = self.r.pipeline(transaction=True)
-        for name in [n for n in self.r.hkeys(self.keys.reconcile) if _text(n).startswith("baseline:")]:
+        for name in [n for n in self.r.hkeys(self.keys.reconcile) if text(n).startswith("baseline:")]:
             pipe.hdel(self.keys.reconcile, name)
         for symbol, qty in baseline.items():
             if qty:
@@ -292,6 +285,3 @@ def _signed_fills(rows: Iterable[Mapping[str, str]]) -> dict[str, Decimal]:
 def _epoch(at: datetime | None) -> float | None:
     return at.timestamp() if at is not None else None
 
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -8,8 +8,8 @@ import click
 from bot.config import ConfigError, Settings
 from bot.logs import configure_logging, redact_url
 from bot.notify import Notifier, NotifyConfig, apprise_sender
-from bot.redisconn import RedisAuthError, connect
-from bot.runtime import probe_redis, stop_on_signals
+from bot.runtime import stop_on_signals
+from processes.common import open_redis
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,7 @@ def main(urls: str, redis_url: str | None, prefix: str | None, every: float, per
         send = apprise_sender(targets)
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    r = connect(settings.redis_url)
-    try:
-        probe_redis(r, settings.redis_url)
-    except RedisAuthError as exc:
-        r.close()
-        raise click.ClickException(str(exc)) from None
+    r = open_redis(settings.redis_url)
     log.info("notifier: %d channel(s) (redis %s)", len(targets), redact_url(settings.redis_url))
     try:
         with stop_on_signals("notifier") as stop:

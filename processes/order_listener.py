@@ -14,8 +14,8 @@ from bot.logs import configure_logging, redact_url
 from bot.order_events import OrderEvents
 from bot.ratelimit import RateLimiter
 from bot.reconcile import Reconciler
-from bot.redisconn import RedisAuthError, connect
-from bot.runtime import probe_redis, stop_on_signals
+from bot.runtime import stop_on_signals
+from processes.common import open_redis
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,7 @@ def main(redis_url: str | None, prefix: str | None, holder: str | None, url: str
             raise ConfigError(f"--stream-url {url!r} is not a ws:// or wss:// URL")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    r = connect(settings.redis_url)
-    try:
-        probe_redis(r, settings.redis_url)
-    except RedisAuthError as exc:
-        r.close()
-        raise click.ClickException(str(exc)) from None
+    r = open_redis(settings.redis_url)
     target = url or stream_url(settings.alpaca_base_url)
     log.info("order-updates listener %s: %s (redis %s)", config.holder, target, redact_url(settings.redis_url))
     try:

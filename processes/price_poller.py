@@ -15,8 +15,8 @@ from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.logs import configure_logging, redact_url
 from bot.poller import Poller
 from bot.ratelimit import RateLimiter
-from bot.redisconn import RedisAuthError, connect
-from bot.runtime import probe_redis, stop_on_signals
+from bot.runtime import stop_on_signals
+from processes.common import open_redis
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,7 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
-    r = connect(settings.redis_url)
-    try:
-        probe_redis(r, settings.redis_url)
-    except RedisAuthError as exc:
-        r.close()
-        raise click.ClickException(str(exc)) from None
+    r = open_redis(settings.redis_url)
     log.info("price poller settings: %s (redis %s)", settings.public_view(), redact_url(settings.redis_url))
     try:
         with stop_on_signals("price poller") as stop, poller_client(settings, r, stop) as client, \

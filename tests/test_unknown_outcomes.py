@@ -159,16 +159,22 @@ def test_a_delayed_post_past_max_deliveries_is_adopted_not_dead_lettered(scene: 
     assert_books_agree(scene, 1)
 
 
-def test_a_dead_letter_whose_order_landed_late_is_replayed_without_a_second_order(scene: Scene) -> None:
-    # resolve_after shorter than the network's delay: the signal is dead-lettered, then its order lands
+def dead_letter_then_its_order_lands(scene: Scene) -> tuple[str, dict[str, str]]:
+    """resolve_after shorter than the network's delay: the signal is dead-lettered, then its order
+    lands. The dead letter (id, fields)."""
     scene.broker.set_faults(submit_delay=READ_TIMEOUT + 10.0)
     worker = scene.worker(max_deliveries=1, submit_attempts=1, resolve_after=0.2)
     scene.send_source()
     run_until(worker, lambda: scene.r.xlen(KEYS.dlq) == 1, what="the dead letter")
     (dead_id, dead), = scene.r.xrange(KEYS.dlq)
-    assert "had an unknown outcome; no such order at the broker" in dead["reason"]
     wait_for(lambda: len(scene.broker_orders()) == 1, 60, "the delayed POST to land")
     scene.broker.set_faults(submit_delay=0)
+    return dead_id, dead
+
+
+def test_a_dead_letter_whose_order_landed_late_is_replayed_without_a_second_order(scene: Scene) -> None:
+    dead_id, dead = dead_letter_then_its_order_lands(scene)
+    assert "had an unknown outcome; no such order at the broker" in dead["reason"]
     dlq_replay(scene.rb, KEYS, dead_id, scene.settings)  # the operator replays it
     replayer = scene.worker()
     run_until(replayer, lambda: scene.journal(), what="the replay journaled")
@@ -185,11 +191,7 @@ def test_a_dead_letter_whose_order_landed_late_is_replayed_without_a_second_orde
 def test_a_late_order_is_adopted_out_of_the_dlq_by_reconciliation(scene: Scene) -> None:
     from bot.reconcile import ReconcileConfig, Reconciler
 
-    scene.broker.set_faults(submit_delay=READ_TIMEOUT + 10.0)
-    worker = scene.worker(max_deliveries=1, submit_attempts=1, resolve_after=0.2)
-    scene.send_source()
-    run_until(worker, lambda: scene.r.xlen(KEYS.dlq) == 1, what="the dead letter")
-    wait_for(lambda: len(scene.broker_orders()) == 1, 60, "the delayed POST to land")
+    dead_letter_then_its_order_lands(scene)
     report = Reconciler(scene.r, KEYS, scene.client(), ReconcileConfig(settle=0)).run(apply=True)
     assert len(report.adopted) == 1 and report.adopted[0].get("removed_from_dlq")
     assert scene.r.xlen(KEYS.dlq) == 0 and report.position_drift == []

@@ -247,14 +247,25 @@ def _available_mb() -> int | None:
     return None
 
 
+def _env_int(env: Mapping[str, str], name: str, what: str, low: int | None = None,
+             high: int | None = None) -> int | None:
+    """The whole number in ``env[name]`` (None when unset), or FleetError naming it."""
+    given = env.get(name)
+    if not given:
+        return None
+    try:
+        value = int(given)
+    except ValueError:
+        raise FleetError(f"{name}={given!r} is not {what}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise FleetError(f"{name}={given!r} is not {what}")
+    return value
+
+
 def _check_memory(workers: int, env: Mapping[str, str]) -> None:
     """Refuse a worker count this machine's free memory cannot hold (TRADEBOT_MAX_WORKERS overrides)."""
-    override = env.get("TRADEBOT_MAX_WORKERS")
-    if override:
-        try:
-            limit = int(override)
-        except ValueError:
-            raise FleetError(f"TRADEBOT_MAX_WORKERS={override!r} is not a whole number") from None
+    limit = _env_int(env, "TRADEBOT_MAX_WORKERS", "a whole number")
+    if limit is not None:
         source = f"TRADEBOT_MAX_WORKERS={limit}"
     else:
         available = _available_mb()
@@ -269,14 +280,8 @@ def _check_memory(workers: int, env: Mapping[str, str]) -> None:
 
 def _web_port(env: Mapping[str, str]) -> int:
     """TRADEBOT_WEB_PORT, else 8770 (the documented port) when free on 127.0.0.1, else a free port."""
-    given = env.get("TRADEBOT_WEB_PORT")
-    if given:
-        try:
-            port = int(given)
-        except ValueError:
-            raise FleetError(f"TRADEBOT_WEB_PORT={given!r} is not a port number") from None
-        if not 0 < port < 65536:
-            raise FleetError(f"TRADEBOT_WEB_PORT={given!r} is not a port number")
+    port = _env_int(env, "TRADEBOT_WEB_PORT", "a port number", low=1, high=65535)
+    if port is not None:
         return port
     return WEB_PORT if port_is_free(WEB_PORT) else free_port()
 

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from bot.config import Settings
 from bot.heartbeat import read_heartbeats
-from bot.journal import OUTCOMES, JournalEntry
+from bot.journal import OUTCOMES, journal_entries
 from bot.ledger import Ledger
 from bot.order_events import OrderEvents
 from bot.pnl import journal_pnl
@@ -32,7 +32,6 @@ STAGES = {"route": ("source_at", "routed_at"), "claim": ("routed_at", "claimed_a
           "submit": ("claimed_at", "submitted_at"), "follow": ("submitted_at", "final_at"),
           "total": ("source_at", "final_at")}
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-JOURNAL_PAGE = 1000
 
 
 class _Histogram:
@@ -99,20 +98,14 @@ class FleetCollector(Collector):
         yield from self._health(now)
 
     def _read_journal(self) -> None:
-        while True:
-            low = self._journal_at if self._journal_at == "-" else f"({self._journal_at}"
-            rows = self.r.xrange(self.keys.orders, min=low, count=JOURNAL_PAGE) or []
-            for entry_id, raw in rows:
-                entry = JournalEntry.from_fields(raw or {})
-                self._outcomes[entry.outcome] = self._outcomes.get(entry.outcome, 0) + 1
-                self._adopted += int(entry.adopted)
-                for stage, (start, end) in STAGES.items():
-                    a, b = getattr(entry, start), getattr(entry, end)
-                    if a is not None and b is not None and b >= a:
-                        self._stages[stage].observe(b - a)
-                self._journal_at = str(entry_id)
-            if len(rows) < JOURNAL_PAGE:
-                return
+        for entry_id, entry in journal_entries(self.r, self.keys, after=self._journal_at):
+            self._outcomes[entry.outcome] = self._outcomes.get(entry.outcome, 0) + 1
+            self._adopted += int(entry.adopted)
+            for stage, (start, end) in STAGES.items():
+                a, b = getattr(entry, start), getattr(entry, end)
+                if a is not None and b is not None and b >= a:
+                    self._stages[stage].observe(b - a)
+            self._journal_at = entry_id
 
     def _groups(self) -> Iterator[Metric]:
         pending = GaugeMetricFamily("tradebot_group_pending", "Entries delivered, not acked",
