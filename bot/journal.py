@@ -100,8 +100,10 @@ class JournalEntry:
 
 
 def record_outcome(r: redis.Redis, keys: Keys, entry: JournalEntry, *, ack_stream: str, group: str,
-                   entry_id: str, maxlen: int | None = None, ttl: int = DONE_TTL_SECONDS) -> bool:
-    """Journal ``entry`` and XACK ``entry_id`` of ``ack_stream`` atomically, once per signal.
+                   entry_id: str, maxlen: int | None = None, ttl: int = DONE_TTL_SECONDS,
+                   pending_only: bool = False) -> bool:
+    """Journal ``entry`` and XACK ``entry_id`` of ``ack_stream`` atomically, once per signal
+    (``pending_only``: and only while ``entry_id`` is still pending in ``group``).
 
     If ``keys.done(source_stream, source_id)`` exists (journaled or dead-lettered already) only
     the XACK happens and the answer is False.  Otherwise the entry is added to ``keys.orders``
@@ -110,7 +112,7 @@ def record_outcome(r: redis.Redis, keys: Keys, entry: JournalEntry, *, ack_strea
     """
     written, value = record_once(
         r, marker=keys.done(entry.source_stream, entry.source_id), stream=keys.orders, fields=entry.to_fields(),
-        ack_stream=ack_stream, group=group, entry_id=entry_id, maxlen=maxlen, ttl=ttl)
+        ack_stream=ack_stream, group=group, entry_id=entry_id, maxlen=maxlen, ttl=ttl, pending_only=pending_only)
     if written:
         entry.journal_id = value
         log.debug("journaled %s %s -> %s (%s)", entry.source_stream, entry.source_id, entry.outcome, value)

@@ -1,6 +1,8 @@
 """Every Redis key and consumer-group name the fleet uses, built from one prefix.
 
-No other module spells a key: ask a ``Keys`` instance.
+No other module spells a key: ask a ``Keys`` instance. With ``hash_tag`` (a Redis Cluster URL) the
+prefix is wrapped in braces, ``{tradebot}:signals``: every key then hashes to one slot, so the
+scripts and transactions that touch several keys never cross slots (CROSSSLOT).
 """
 from __future__ import annotations
 
@@ -12,9 +14,17 @@ DEFAULT_PREFIX = "tradebot"
 @dataclass(frozen=True)
 class Keys:
     prefix: str = DEFAULT_PREFIX
+    hash_tag: bool = False
+
+    @property
+    def head(self) -> str:
+        """The first part of every key: the prefix, in braces when hash-tagged (unless it has them)."""
+        if self.hash_tag and not has_hash_tag(self.prefix):
+            return "{" + self.prefix + "}"
+        return self.prefix
 
     def _k(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        return ":".join((self.head, *parts))
 
     # streams
     @property
@@ -139,3 +149,9 @@ class Keys:
     def routed(self, source_stream: str, source_id: str) -> str:
         """Marker that a source entry was routed to the signals stream (exactly-once routing guard)."""
         return self._k("routed", source_stream, source_id)
+
+
+def has_hash_tag(key: str) -> bool:
+    """Does Redis Cluster hash only part of ``key`` (a non-empty ``{...}``)?"""
+    start = key.find("{")
+    return start >= 0 and key.find("}", start + 1) > start + 1

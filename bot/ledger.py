@@ -290,6 +290,12 @@ class Ledger:
                 log.warning("ledger field %s is corrupt; the next reservation drops it", cid)
         return sorted(items, key=lambda res: res.created_at)
 
+    def sweep(self) -> None:
+        """Drop the reservations that no longer count (settled and reflected by the cache, expired,
+        corrupt): every reservation does that on its way, this does it when no signal comes (after a
+        burst the settled ones would otherwise stay in the hash until the next one)."""
+        self._totals_now()
+
     def committed_cash(self) -> Decimal:
         """Cash of buys in flight plus settled buys the cached account does not show yet."""
         return _from_units(int(self._totals_now()["cash"]), CASH_SCALE)

@@ -150,7 +150,7 @@ def _replace_if_newer(client: Any, key: str, as_of_field: str, as_of: float, fie
     args: list[str] = [as_of_field, _num(as_of)]
     for name, value in fields.items():
         args += [name, value]
-    return (script or _script(client))(keys=[key], args=args, client=client)
+    return lua.call(client, script or _script(client), [key], args)
 
 
 def price_fields(snapshot: Snapshot, polled_at: float, as_of: float) -> dict[str, str]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import redis
@@ -21,6 +21,7 @@ RETRIED_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError,)
 
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,44 @@ def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0] in SENTINEL_SCHEMES
 
 
+@dataclass(frozen=True)
+class ClusterUrl:
+    """``redis+cluster://[user:pass@]host1:6379,host2:6379[/]``: any reachable nodes of the cluster."""
+
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """ValueError (without the password) for anything but a well-formed cluster URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        raise ValueError("not a redis+cluster:// URL")
+    rest = rest.partition("?")[0]
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        userinfo, location = "", rest
+    hosts_part, _, path = location.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError("a cluster has only database 0")
+    hosts = []
+    for item in hosts_part.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), "6379"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("each node must be host:port")
+        hosts.append((host, int(port)))
+    username, _, password = userinfo.partition(":") if ":" in userinfo else (userinfo, "", "")
+    return ClusterUrl(tuple(hosts), unquote(username) or None, unquote(password) or None, scheme.startswith("rediss"))
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
 def connect(url: str, *, decode: bool = True, socket_timeout: float | None = 10.0) -> redis.Redis:
     """A client for ``url``. ``decode=False`` gives bytes, for reading untrusted stream payloads.
 
@@ -86,6 +125,8 @@ def connect(url: str, *, decode: bool = True, socket_timeout: float | None = 10.
         retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries=3, supported_errors=RETRIED_ERRORS),
         retry_on_error=list(RETRIED_ERRORS),
     )
+    if is_cluster_url(url):
+        return _cluster_client(parse_cluster_url(url), options)
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
     target = parse_sentinel_url(url)
@@ -96,6 +137,33 @@ def connect(url: str, *, decode: bool = True, socket_timeout: float | None = 10.
                         socket_connect_timeout=5.0)
     return sentinel.master_for(target.service, redis_class=redis.Redis, db=target.db, username=target.username,
                                password=target.password, ssl=target.ssl, **options)
+
+
+def _cluster_client(target: ClusterUrl, options: dict[str, Any]) -> redis.Redis:
+    """A RedisCluster: it learns the slot map from any of the nodes and follows MOVED/ASK and a
+    replica's promotion by itself. Every key the fleet uses carries one hash tag (``Keys``), so each
+    script and transaction stays in one slot. Typed as ``redis.Redis``: the fleet calls only
+    commands both clients have."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    options = {k: v for k, v in options.items() if k != "retry_on_error"}
+    cluster = RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+                           username=target.username, password=target.password, ssl=target.ssl, **options)
+    return cast(redis.Redis, cluster)
+
+
+def bytes_twin(client: redis.Redis) -> redis.Redis:
+    """A second client to the same server(s) that answers bytes (for payloads that are not UTF-8)."""
+    from redis.cluster import RedisCluster
+
+    if isinstance(client, RedisCluster):
+        kwargs = {k: v for k, v in client.nodes_manager.connection_kwargs.items()
+                  if k not in ("host", "port", "decode_responses")}
+        nodes = list(client.nodes_manager.startup_nodes.values())
+        return cast(redis.Redis, RedisCluster(startup_nodes=nodes, decode_responses=False, **kwargs))
+    kwargs = {**client.connection_pool.connection_kwargs, "decode_responses": False}
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=client.connection_pool.connection_class,
+                                                            **kwargs))
 
 
 def check(client: redis.Redis, url: str) -> None:

@@ -19,6 +19,7 @@ import redis
 from bot.config import Settings
 from bot.consumer import ConsumerLoop, Round
 from bot.redisconn import connect
+from bot.retention import trim_dlq, trim_journal
 from bot.signals import Signal, SignalError, parse_raw
 from bot.streams import (
     GroupReader,
@@ -43,19 +44,37 @@ ROLE = "router"  # default consumer names are router-<host>-<pid>
 
 @dataclass(frozen=True)
 class TrimPolicy:
-    """How the router trims the source streams and ``tradebot:signals`` (never past unacked entries).
+    """What the router's maintenance trims (docs/architecture.md "Retention"); 0/None = no bound.
 
-    ``maxlen``: keep about that many entries; ``min_age_s``: drop acknowledged entries older than
-    that; neither: trimming is off.
+    Source streams and ``tradebot:signals``: acknowledged entries beyond about ``maxlen`` or older
+    than ``min_age_s`` (never one some group still needs). The journal and the DLQ: entries older
+    than ``journal_age``/``dlq_age`` or beyond ``journal_maxlen``/``dlq_maxlen``.
     """
 
     maxlen: int | None = None
     min_age_s: float | None = None
     interval_s: float = 60.0
+    journal_age: float = 0.0
+    journal_maxlen: int = 0
+    dlq_age: float = 0.0
+    dlq_maxlen: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, maxlen: int | None = None, min_age_s: float | None = None,
+                      interval_s: float = 60.0) -> TrimPolicy:
+        """The settings' retention; ``maxlen``/``min_age_s`` (the router's flags) win for the streams."""
+        return cls(maxlen=maxlen, min_age_s=min_age_s if min_age_s is not None else (settings.stream_retention or None),
+                   interval_s=interval_s, journal_age=settings.journal_retention,
+                   journal_maxlen=settings.journal_maxlen, dlq_age=settings.dlq_retention,
+                   dlq_maxlen=settings.dlq_maxlen)
+
+    @property
+    def streams(self) -> bool:
+        return self.maxlen is not None or self.min_age_s is not None
 
     @property
     def enabled(self) -> bool:
-        return self.maxlen is not None or self.min_age_s is not None
+        return self.streams or any((self.journal_age, self.journal_maxlen, self.dlq_age, self.dlq_maxlen))
 
 
 class Router:
@@ -70,7 +89,7 @@ class Router:
         from_start: bool = False,
         block_ms: int | None = 2000,
         batch: int = 100,
-        trim: TrimPolicy = TrimPolicy(),
+        trim: TrimPolicy | None = None,
         max_deliveries: int = 5,
         claim_idle_ms: int = 60_000,
         maintenance_interval_s: float = 30.0,
@@ -87,7 +106,7 @@ class Router:
         self.r = client if client is not None else connect(
             settings.redis_url, decode=False, socket_timeout=(block_ms or 0) / 1000 + 10)
         self.from_start = from_start
-        self.trim_policy = trim
+        self.trim_policy = trim if trim is not None else TrimPolicy.from_settings(settings)
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
         self.maintenance_interval_s = maintenance_interval_s
@@ -121,6 +140,9 @@ class Router:
             self.setup()
         if time.monotonic() >= self._next_maintenance:
             self.maintain()
+        if self.trim_policy.enabled and time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + self.trim_policy.interval_s
+            self.trim()
         entries = self.reader.read(self.r)
         replayed = self.reader.last_replayed
         for entry in entries:
@@ -200,7 +222,8 @@ class Router:
         written, _ = record_once(
             self.r, marker=self.keys.routed(signal.source_stream, signal.source_id), stream=self.keys.signals,
             fields=signal.to_fields(), ack_stream=signal.source_stream, group=self.group,
-            entry_id=signal.source_id, guards=[self.keys.done(signal.source_stream, signal.source_id)])
+            entry_id=signal.source_id, guards=[self.keys.done(signal.source_stream, signal.source_id)],
+            ttl=self.settings.marker_ttl, pending_only=True)
         if not written:
             self.counts[DUPLICATE] += 1
             log.info("router %s: %s %s was already routed or dead-lettered; acked", self.consumer,
@@ -218,7 +241,8 @@ class Router:
         written = dead_letter(
             self.r, self.keys, ack_stream=stream, group=self.group, entry_id=entry_id, source_stream=stream,
             source_id=entry_id, reason=reason, deliveries=deliveries, raw_fields=fields,
-            guard_keys=[self.keys.routed(stream, entry_id)], consumer=self.consumer)
+            guard_keys=[self.keys.routed(stream, entry_id)], consumer=self.consumer, ttl=self.settings.marker_ttl,
+            pending_only=True)
         if not written:
             self.counts[DUPLICATE] += 1
             log.info("router %s: %s %s was already routed or dead-lettered; acked", self.consumer, stream, entry_id)
@@ -231,13 +255,10 @@ class Router:
 
     def maintain(self) -> None:
         """Reclaim idle entries (dead routers', and own failed ones), forget long-idle consumers
-        with nothing pending, and trim when the policy says so."""
+        with nothing pending. (Trimming has its own interval: see step.)"""
         self._next_maintenance = time.monotonic() + self.maintenance_interval_s
         self.reclaim()
         self.reap_consumers()
-        if self.trim_policy.enabled and time.monotonic() >= self._next_trim:
-            self._next_trim = time.monotonic() + self.trim_policy.interval_s
-            self.trim()
 
     def reclaim(self) -> int:
         handled = 0
@@ -254,12 +275,17 @@ class Router:
                    for stream in self.streams)
 
     def trim(self) -> int:
-        """Trim the source streams and the signals stream behind what their groups acknowledged."""
+        """Trim the source streams and the signals stream behind what their groups acknowledged, and
+        the journal and the DLQ by their retention; how many entries went."""
         policy = self.trim_policy
-        min_age_ms = int(policy.min_age_s * 1000) if policy.min_age_s is not None else None
         removed = 0
-        for stream, group in [*((s, self.group) for s in self.streams), (self.keys.signals, self.keys.workers_group)]:
-            removed += trim_acknowledged(self.r, stream, [group], policy.maxlen, min_age_ms=min_age_ms)
+        if policy.streams:
+            min_age_ms = int(policy.min_age_s * 1000) if policy.min_age_s is not None else None
+            pairs = [*((s, self.group) for s in self.streams), (self.keys.signals, self.keys.workers_group)]
+            for stream, group in pairs:
+                removed += trim_acknowledged(self.r, stream, [group], policy.maxlen, min_age_ms=min_age_ms)
+        removed += trim_journal(self.r, self.keys, policy.journal_age, policy.journal_maxlen)
+        removed += trim_dlq(self.r, self.keys, policy.dlq_age, policy.dlq_maxlen)
         if removed:
-            log.info("router %s: trimmed %d acknowledged entries", self.consumer, removed)
+            log.info("router %s: trimmed %d entries", self.consumer, removed)
         return removed

@@ -189,33 +189,63 @@ class GroupReader:
 
 # --------------------------------------------------------------------------- reclaiming
 
-# The script (bot/lua/stream_autoclaim.lua) also acks and reports entries whose data was deleted.
+# The script (bot/lua/stream_autoclaim.lua) also resolves and reports entries whose data was deleted:
+# on Redis 6.2 XAUTOCLAIM claims them with nil data and the script acks them; Redis >= 7 drops them
+# from the PEL itself and names them in its reply's third element (acked too, a no-op there).
+
+AUTOCLAIM_LOGGED_IDS = 10  # deleted ids named at most in the warning of one autoclaim call
+
+
+class Autoclaimed(NamedTuple):
+    """What one autoclaim call did: entries claimed, and the ids of pending entries whose data
+    was deleted, which are no longer pending (``acked`` by the script, ``dropped`` by the server)."""
+
+    claimed: list[tuple[str, dict[Any, Any]]]
+    acked: list[str]
+    dropped: list[str]
+
+    @property
+    def deleted(self) -> list[str]:
+        return [*self.acked, *self.dropped]
+
+
+def autoclaim_entries(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,
+                      count: int = 100) -> Autoclaimed:
+    """Claim up to ``count`` entries idle for ``min_idle_ms`` (any consumer's, own included).
+
+    Follows the XAUTOCLAIM cursor until the scan wraps or ``count`` entries are claimed.  Pending
+    entries whose data was deleted are never left pending: acked, counted in the result and logged.
+    """
+    result = Autoclaimed([], [], [])
+    cursor = "0-0"
+    for _ in range(10_000):  # each call advances the cursor; the bound only guards against surprises
+        try:
+            next_cursor, entries, acked, dropped = lua.run(
+                r, "stream_autoclaim", [stream],
+                [group, consumer, int(min_idle_ms), cursor, count - len(result.claimed)])
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                break  # nothing can be pending in a group that does not exist
+            raise
+        result.acked.extend(codec.text(entry_id) for entry_id in acked)
+        result.dropped.extend(codec.text(entry_id) for entry_id in dropped)
+        result.claimed.extend((codec.text(entry_id), _pairs(flat)) for entry_id, flat in entries)
+        cursor = codec.text(next_cursor)
+        if cursor == "0-0" or len(result.claimed) >= count:
+            break
+    if result.acked or result.dropped:
+        deleted = result.deleted
+        shown = ", ".join(deleted[:AUTOCLAIM_LOGGED_IDS]) + (", ..." if len(deleted) > AUTOCLAIM_LOGGED_IDS else "")
+        log.warning("%d pending entries of %s (group %s) had their data deleted, so are no longer pending "
+                    "(%d acked, %d dropped by the server's XAUTOCLAIM): %s",
+                    len(deleted), stream, group, len(result.acked), len(result.dropped), shown)
+    return result
 
 
 def autoclaim(r: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int,
               count: int = 100) -> list[tuple[str, dict[Any, Any]]]:
-    """Claim up to ``count`` entries idle for ``min_idle_ms`` (any consumer's, own included).
-
-    Follows the XAUTOCLAIM cursor until the scan wraps or ``count`` entries are claimed.  Entries
-    whose data was deleted are acked and skipped.
-    """
-    claimed: list[tuple[str, dict[Any, Any]]] = []
-    cursor = "0-0"
-    for _ in range(10_000):  # each call advances the cursor; the bound only guards against surprises
-        try:
-            next_cursor, entries, deleted = lua.run(
-                r, "stream_autoclaim", [stream], [group, consumer, int(min_idle_ms), cursor, count - len(claimed)])
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                return claimed  # nothing can be pending in a group that does not exist
-            raise
-        for entry_id in deleted:
-            log.warning("acked pending entry %s %s: its data was deleted", stream, codec.text(entry_id))
-        claimed.extend((codec.text(entry_id), _pairs(flat)) for entry_id, flat in entries)
-        cursor = codec.text(next_cursor)
-        if cursor == "0-0" or len(claimed) >= count:
-            break
-    return claimed
+    """The entries claimed by :func:`autoclaim_entries` (deleted ones are acked, logged and skipped)."""
+    return autoclaim_entries(r, stream, group, consumer, min_idle_ms, count).claimed
 
 
 def delivery_count(r: redis.Redis, stream: str, group: str, entry_id: str) -> int:
@@ -231,13 +261,17 @@ def delivery_count(r: redis.Redis, stream: str, group: str, entry_id: str) -> in
 
 def record_once(r: redis.Redis, *, marker: str, stream: str, fields: Mapping[Any, Any], ack_stream: str,
                 group: str, entry_id: str, guards: Sequence[str] = (), marker_prefix: str = "",
-                maxlen: int | None = None, ttl: int = DONE_TTL_SECONDS) -> tuple[bool, str]:
+                maxlen: int | None = None, ttl: int = DONE_TTL_SECONDS,
+                pending_only: bool = False) -> tuple[bool, str]:
     """Atomically: unless ``marker`` (or any of ``guards``) exists, XADD ``fields`` to ``stream`` and
     SET ``marker`` = prefix + new id; in every case XACK ``entry_id`` of ``ack_stream``.
+    ``pending_only``: also nothing when ``group`` delivered ``entry_id`` and it is no longer pending
+    (acked by the consumer that recorded it: this one held it past the marker's ttl).
 
     Returns (True, new id) when written, (False, the existing marker's value) when already done.
     """
-    args: list[Any] = [group, entry_id, int(ttl), "" if maxlen is None else int(maxlen), marker_prefix]
+    args: list[Any] = [group, entry_id, int(ttl), "" if maxlen is None else int(maxlen), marker_prefix,
+                       "1" if pending_only else "0"]
     for name, value in fields.items():
         args += [name, value]
     written, value = lua.run(r, "stream_record_once", [marker, stream, ack_stream, *guards], args)
@@ -304,7 +338,8 @@ def _from_json(pair: Mapping[str, str], label: str) -> bytes:
 def dead_letter(r: redis.Redis, keys: Keys, *, ack_stream: str, group: str, entry_id: str,
                 source_stream: str, source_id: str, reason: str, deliveries: int,
                 raw_fields: Mapping[bytes | str, bytes | str], guard_keys: Sequence[str] = (),
-                consumer: str = "", maxlen: int | None = None, ttl: int = DONE_TTL_SECONDS) -> bool:
+                consumer: str = "", maxlen: int | None = None, ttl: int = DONE_TTL_SECONDS,
+                pending_only: bool = False) -> bool:
     """Move an entry to ``keys.dlq`` with its reason and original fields, and XACK it — atomically,
     at most once per signal (guarded by ``keys.done(source_stream, source_id)`` and ``guard_keys``).
 
@@ -327,7 +362,7 @@ def dead_letter(r: redis.Redis, keys: Keys, *, ack_stream: str, group: str, entr
     fields.update(raw_fields_for_dlq(raw_fields))
     written, _ = record_once(r, marker=keys.done(source_stream, source_id), stream=keys.dlq, fields=fields,
                              ack_stream=ack_stream, group=group, entry_id=entry_id, guards=guard_keys,
-                             marker_prefix="dlq:", maxlen=maxlen, ttl=ttl)
+                             marker_prefix="dlq:", maxlen=maxlen, ttl=ttl, pending_only=pending_only)
     return written
 
 
@@ -360,6 +395,12 @@ def acknowledged_bound(r: redis.Redis, stream: str, groups: Iterable[str] | None
     return min(bounds)
 
 
+def delete_below(r: redis.Redis, stream: str, below: str, limit: int = TRIM_CHUNK) -> int:
+    """Delete up to ``limit`` entries of ``stream`` with ids below ``below``; how many went. The
+    exact trim every retention uses (see bot/lua/stream_delete_below.lua for why not XTRIM MINID)."""
+    return int(lua.run(r, "stream_delete_below", [stream], [below, int(limit)]))
+
+
 def trim_acknowledged(r: redis.Redis, stream: str, groups: Iterable[str] | None = None,
                       maxlen: int | None = None, *, min_age_ms: int | None = None,
                       now_ms: int | None = None) -> int:
@@ -383,7 +424,7 @@ def trim_acknowledged(r: redis.Redis, stream: str, groups: Iterable[str] | None 
         cutoff = min(cutoff, (max(now_ms - int(min_age_ms), 0), 0))
     if cutoff <= (0, 1):
         return 0
-    removed = int(r.xtrim(stream, minid=format_id(cutoff), approximate=False))
+    removed = delete_below(r, stream, format_id(cutoff))
     if removed:
         log.debug("trimmed %d acknowledged entries from %s (below %s)", removed, stream, format_id(cutoff))
     return removed

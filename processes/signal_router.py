@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 @click.option("--trim-maxlen", type=click.IntRange(min=1), default=None,
               help="Trim source streams and tradebot:signals to about N entries (only acknowledged ones).")
 @click.option("--trim-minid-age", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Trim acknowledged entries older than SECONDS.")
+              help="Trim acknowledged entries older than SECONDS (default TRADEBOT_STREAM_RETENTION, 3600).")
 @click.option("--trim-interval", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               metavar="SECONDS", help="How often to trim.")
 @click.option("--block-ms", type=click.IntRange(min=1, max=60_000), default=2000, show_default=True,
@@ -53,7 +53,7 @@ def main(redis_url: str | None, symbols: str | None, source_streams: str | None,
         consumer=consumer or None,  # None: router-<host>-<pid>
         from_start=from_start,
         block_ms=block_ms,
-        trim=TrimPolicy(maxlen=trim_maxlen, min_age_s=trim_minid_age, interval_s=trim_interval),
+        trim=TrimPolicy.from_settings(settings, maxlen=trim_maxlen, min_age_s=trim_minid_age, interval_s=trim_interval),
         max_deliveries=max_deliveries,
         claim_idle_ms=int(claim_idle * 1000),
     )

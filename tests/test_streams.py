@@ -2,11 +2,16 @@ import json
 
 import pytest
 
+from bot.config import Settings
 from bot.keys import Keys
+from bot.ops.render import render_status
+from bot.ops.status import collect_status
+from bot.ops.stream_status import has_xinfo_lag, stream_status
 from bot.streams import (
     GroupReader,
     acknowledged_bound,
     autoclaim,
+    autoclaim_entries,
     consumers,
     dead_letter,
     default_consumer_name,
@@ -135,6 +140,48 @@ def test_autoclaim_acks_and_skips_deleted_entries(r):
     claimed = autoclaim(r, S, G, "alive", min_idle_ms=0)
     assert [i for i, _ in claimed] == [ids[0], ids[2]]
     assert pending_ids(r) == [ids[0], ids[2]]
+
+
+def test_autoclaim_resolves_deleted_entries_on_either_server(r, rb, redis_version, caplog):
+    """Redis >= 7 (Valkey) names deleted pending entries in XAUTOCLAIM's third element and drops
+    them from the PEL itself; 6.2 answers nil entries.  Either way: none left pending, all counted."""
+    ensure_group(r, S, G)
+    ensure_group(r, S, "probe")  # a twin group for the raw command: on 7+ it resolves what it sees
+    ids = add(r, 6)
+    r.xreadgroup(G, "dead", {S: ">"})
+    r.xreadgroup("probe", "dead", {S: ">"})
+    r.xdel(S, ids[1], ids[4])
+    raw = r.execute_command("XAUTOCLAIM", S, "probe", "alive", 0, "0-0", "COUNT", 10, "JUSTID")
+    if redis_version >= (7, 0):  # the server's third element: the path under test is the 7+ one
+        assert len(raw) == 3 and sorted(raw[2]) == [ids[1], ids[4]] and len(raw[1]) == 4
+    else:  # 6.2: no third element; JUSTID names the deleted entries with the others
+        assert len(raw) == 2 and len(raw[1]) == 6
+    with caplog.at_level("WARNING", logger="bot.streams"):
+        result = autoclaim_entries(rb, S, G, "alive", min_idle_ms=0)
+    assert [i for i, _ in result.claimed] == [ids[0], ids[2], ids[3], ids[5]]
+    assert result.claimed[0][1] == {b"i": b"0"}
+    assert sorted(result.deleted) == [ids[1], ids[4]]
+    if redis_version >= (7, 0):
+        assert (sorted(result.dropped), result.acked) == ([ids[1], ids[4]], [])
+    else:
+        assert (sorted(result.acked), result.dropped) == ([ids[1], ids[4]], [])
+    assert pending_ids(r) == [ids[0], ids[2], ids[3], ids[5]]
+    assert r.xpending(S, G)["pending"] == 4
+    assert "2 pending entries of src (group grp) had their data deleted" in caplog.text
+    assert autoclaim_entries(r, S, G, "alive", min_idle_ms=0).deleted == []  # resolved once, for good
+
+
+def test_autoclaim_of_only_deleted_entries_follows_the_cursor_past_them(r, redis_version):
+    """count=1, as a worker claims: deleted entries use up a scan's count, never the caller's."""
+    ensure_group(r, S, G)
+    ids = add(r, 30)
+    r.xreadgroup(G, "dead", {S: ">"})
+    r.xdel(S, *ids[:29])
+    result = autoclaim_entries(r, S, G, "alive", min_idle_ms=0, count=1)
+    assert [i for i, _ in result.claimed] == [ids[29]]
+    assert len(result.deleted) == 29 and pending_ids(r) == [ids[29]]
+    assert (result.dropped if redis_version >= (7, 0) else result.acked) == result.deleted
+    assert autoclaim(r, S, G, "alive", min_idle_ms=0) == [(ids[29], {"i": "29"})]
 
 
 def test_autoclaim_without_group_claims_nothing(r):
@@ -334,3 +381,49 @@ def test_an_oversized_value_is_dead_lettered_truncated_with_its_size_and_digest(
     (info,) = json.loads(fields["truncated"])
     assert info == {"name": "payload", "size": 1_000_000, "sha256": hashlib.sha256(poison).hexdigest()}
     assert original_fields(fields)[b"ticker"] == b"NVDA"  # the rest is still readable
+
+
+# ---------------------------------------------------------------- lag (tradebot status)
+
+def _group_with_lag(r):
+    ensure_group(r, S, G, "0")
+    ids = add(r, 5)
+    r.xreadgroup(G, "c", {S: ">"}, count=2)  # 2 delivered, 3 not
+    return ids
+
+
+def _status_text(redis_url, tmp_path):
+    settings = Settings(redis_url=redis_url, prefix="tb", source_streams=(S,))
+    return render_status(collect_status(settings, var_dir=str(tmp_path)))
+
+
+def test_lag_comes_from_xinfo_on_7_and_is_counted_on_6_2(r, redis_url, redis_version, tmp_path):
+    _group_with_lag(r)
+    assert ("lag" in r.xinfo_groups(S)[0]) is (redis_version >= (7, 0))
+    (group,) = stream_status(r, S, "source").groups
+    assert group.lag == 3
+    assert group.lag_method == ("xinfo" if redis_version >= (7, 0) else "exact-xrange")
+    text = _status_text(redis_url, tmp_path)
+    assert ("this Redis has no XINFO lag" in text) is (redis_version < (7, 0))
+    assert "XINFO GROUPS has none" not in text
+
+
+def test_lag_is_counted_where_xinfo_has_none(r, redis_url, redis_version, tmp_path):
+    """On 7+ an entry deleted after the group's last-delivered-id makes XINFO's lag null: counted."""
+    ids = _group_with_lag(r)
+    r.xdel(S, ids[3])
+    if redis_version >= (7, 0):
+        assert r.xinfo_groups(S)[0]["lag"] is None
+    (group,) = stream_status(r, S, "source").groups
+    assert (group.lag, group.lag_method) == (2, "exact-xrange")
+    text = _status_text(redis_url, tmp_path)
+    if redis_version >= (7, 0):
+        assert "XINFO GROUPS has none" in text and "this Redis has no XINFO lag" not in text
+    else:
+        assert "this Redis has no XINFO lag" in text
+
+
+@pytest.mark.parametrize(("version", "has"), [("6.2.5", False), ("7.0.0", True), ("7.2.4", True), ("8.0.1", True),
+                                              ("?", False), ("", False)])
+def test_has_xinfo_lag_reads_the_redis_version(version, has):
+    assert has_xinfo_lag(version) is has

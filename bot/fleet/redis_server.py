@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from bot.embedded_redis import RedisServerNotFound, find_redis_server, server_args
+from bot.embedded_redis import RedisServerNotFound, check_data_dir, find_redis_server, server_args
 from bot.fleet.errors import FleetError
 
 
@@ -17,6 +17,7 @@ def exec_embedded_redis(port: int, data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         binary = find_redis_server()
+        check_data_dir(binary, data_dir)
     except RedisServerNotFound as exc:
         raise FleetError(str(exc)) from None
     sys.stdout.flush()

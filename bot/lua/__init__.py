@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import ClusterPipeline
 from redis.commands.core import Script
 
 _INCLUDE = re.compile(r"^--!include (\S+)\s*$", re.MULTILINE)
@@ -28,6 +29,15 @@ def script(client: Any, name: str) -> Script:
     """``name`` registered on ``client`` (a Redis client or a pipeline): call it with keys and args.
     It runs by EVALSHA and loads itself on NOSCRIPT (a Redis restarted without its scripts)."""
     return client.register_script(source(name))
+
+
+def call(client: Any, registered: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """Run (or, on a pipeline, queue) a registered script on ``client``. A Redis Cluster pipeline
+    refuses EVALSHA (it cannot load a missing script mid-pipeline): there it goes as EVAL, source
+    and all, routed by its first key."""
+    if isinstance(client, ClusterPipeline):
+        return client.execute_command("EVAL", registered.script, len(keys), *keys, *args)
+    return registered(keys=list(keys), args=list(args), client=client)
 
 
 def run(client: redis.Redis, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:

@@ -2,7 +2,7 @@
 -- fields and SET the marker to prefix .. new id; in every case XACK the consumed entry.
 -- KEYS[1] marker to set, KEYS[2] stream to append to, KEYS[3] stream to ack, KEYS[4..] more guards
 -- ARGV[1] group, ARGV[2] id to ack, ARGV[3] marker ttl (s), ARGV[4] MAXLEN or '', ARGV[5] marker
--- value prefix, ARGV[6..] field, value, ...
+-- value prefix, ARGV[6] '1' = nothing for an entry the group delivered and acked, ARGV[7..] field, value, ...
 -- Returns {1, new id} when written, {0, the existing marker's value} when already done.
 -- Lua does not roll back: the XADD (the only call that can fail on bad state) comes first.
 for i = 1, #KEYS do
@@ -13,12 +13,41 @@ for i = 1, #KEYS do
     return {0, seen}
   end
 end
+-- An entry delivered and no longer pending was acked by whoever recorded it: a consumer that held
+-- it past the marker's ttl (paused, partitioned) must not record it a second time. NOGROUP (Redis
+-- lost the group) records: the group is recreated at 0 and the marker set here guards the redelivery.
+local function id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function acked(stream, group, id)
+  local pending = redis.pcall('XPENDING', stream, group, id, id, 1)
+  if type(pending) ~= 'table' or #pending > 0 then return false end
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if type(groups) ~= 'table' then return false end
+  for _, info in ipairs(groups) do
+    local fields = {}
+    for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+    if fields['name'] == group then
+      local ms, seq = id_parts(id)
+      local lms, lseq = id_parts(fields['last-delivered-id'])
+      if not ms or not lms then return false end
+      return ms < lms or (ms == lms and seq <= lseq)
+    end
+  end
+  return false
+end
+if ARGV[6] == '1' and acked(KEYS[3], ARGV[1], ARGV[2]) then
+  local seen = redis.pcall('GET', KEYS[1])
+  if type(seen) ~= 'string' then seen = '' end
+  return {0, seen}
+end
 local add = {'XADD', KEYS[2]}
 if ARGV[4] ~= '' then
   table.insert(add, 'MAXLEN'); table.insert(add, '~'); table.insert(add, ARGV[4])
 end
 table.insert(add, '*')
-for i = 6, #ARGV do table.insert(add, ARGV[i]) end
+for i = 7, #ARGV do table.insert(add, ARGV[i]) end
 local id = redis.call(unpack(add))
 redis.call('SET', KEYS[1], ARGV[5] .. id, 'EX', ARGV[3])
 redis.pcall('XACK', KEYS[3], ARGV[1], ARGV[2])

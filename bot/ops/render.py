@@ -7,6 +7,7 @@ from typing import Any
 
 from bot.ops.dlq import DlqEntry
 from bot.ops.report import StatusReport
+from bot.ops.stream_status import has_xinfo_lag
 from bot.ops.times import unix_time
 
 
@@ -130,7 +131,12 @@ def render_status(report: StatusReport) -> str:
                          f"  {consumers}")
     methods = {g.lag_method for s in report.streams for g in s.groups}
     if methods - {"xinfo"}:
-        lines.append("  (lag counted with XRANGE after each group's last-delivered-id: this Redis has no XINFO lag)")
+        if has_xinfo_lag(report.redis.get("version", "")):  # 7+: only where XINFO's lag is null
+            lines.append("  (some lag counted from the stream: XINFO GROUPS has none for a group with entries "
+                         "deleted after its last-delivered-id)")
+        else:
+            lines.append("  (lag counted with XRANGE after each group's last-delivered-id: this Redis has no "
+                         "XINFO lag)")
     lines.append("")
     lines.append("prices")
     for price in report.prices:

@@ -8,15 +8,24 @@ import redis
 
 from bot.codec import display
 from bot.ops.report import ConsumerStatus, GroupStatus, StreamStatus
+from bot.redisconn import bytes_twin
 from bot.streams import format_id, next_id, parse_id
 
-LAG_SCAN_LIMIT = 1000  # entries counted at most per group when Redis has no XINFO lag (< 7.0)
+LAG_SCAN_LIMIT = 1000  # entries counted at most per group when XINFO GROUPS gives no lag
+XINFO_LAG_SINCE = (7, 0)  # XINFO GROUPS reports a group's lag from Redis 7.0 (Valkey: always)
+
+
+def has_xinfo_lag(redis_version: str) -> bool:
+    """Whether a server of this INFO redis_version reports lag in XINFO GROUPS (Valkey 8 says 7.2)."""
+    parts = [int(p) if p.isdigit() else 0 for p in str(redis_version).split(".")[:2]]
+    return tuple([*parts, 0, 0][:2]) >= XINFO_LAG_SINCE
 
 
 def group_lag(r: redis.Redis, stream: str, info: Mapping[str, Any],
               stream_info: Mapping[str, Any]) -> tuple[int | None, str]:
-    """Entries not yet delivered to the group. Redis >= 7 reports it (XINFO GROUPS lag); on 6.2
-    it is counted: entries after last-delivered-id with XRANGE, up to LAG_SCAN_LIMIT."""
+    """Entries not yet delivered to the group. Redis >= 7 reports it (XINFO GROUPS lag); on 6.2,
+    and on 7+ when its lag is null (entries deleted after the group's last-delivered-id make it
+    unknowable there), it is counted: entries after last-delivered-id with XRANGE, up to LAG_SCAN_LIMIT."""
     if info.get("lag") is not None:
         return int(info["lag"]), "xinfo"
     last = parse_id(info.get("last-delivered-id") or "0-0")
@@ -34,9 +43,7 @@ def group_lag(r: redis.Redis, stream: str, info: Mapping[str, Any],
 
 def _stream_info_raw(r: redis.Redis, name: str) -> dict[str, Any]:
     """XINFO STREAM read as bytes: the fields status needs, without decoding the entries' payloads."""
-    kwargs = {**r.connection_pool.connection_kwargs, "decode_responses": False}
-    raw = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=r.connection_pool.connection_class,
-                                                           **kwargs))
+    raw = bytes_twin(r)
     try:
         info = raw.xinfo_stream(name)
     finally:

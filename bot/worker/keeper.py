@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import redis
+from redis.cluster import ClusterPipeline
 
 from bot import lua
 from bot.codec import text
@@ -60,7 +61,10 @@ class EntryKeeper:
         """Queue ``still_holds(entry_id)``'s re-claim on ``pipe`` (one round trip with other reads);
         pass its reply to ``still_holds_after``. EVALSHA directly: a script registered on the
         pipeline would cost a SCRIPT EXISTS round trip on every execute."""
-        pipe.evalsha(self._keep_script.sha, 1, self.stream, self.group, self.consumer, entry_id)
+        if isinstance(pipe, ClusterPipeline):  # EVALSHA is refused there: see bot.lua.call
+            pipe.execute_command("EVAL", self._keep_script.script, 1, self.stream, self.group, self.consumer, entry_id)
+        else:
+            pipe.evalsha(self._keep_script.sha, 1, self.stream, self.group, self.consumer, entry_id)
 
     def still_holds_after(self, entry_id: str, reply: Any) -> bool:
         """``still_holds`` from the reply of the command ``queue_still_holds`` queued."""
@@ -84,11 +88,25 @@ class EntryKeeper:
         kept = set(keep_fresh(self.r, self.stream, self.group, self.consumer, held))
         for entry_id in set(held) - kept:
             with self._lock:
-                if entry_id in self._held and entry_id not in self.lost:
-                    self.lost.add(entry_id)
-                    # harmless for the order (same client_order_id, one journal entry) but worth knowing
-                    log.warning("worker %s: entry %s was reclaimed by another worker while in hand; "
-                                "claim-idle is too short for this order path", self.consumer, entry_id)
+                if entry_id not in self._held or entry_id in self.lost:
+                    continue
+                self.lost.add(entry_id)
+            # not ours any more: acked (most often by this worker's own record, between its ack and
+            # its release: nothing to say) or pending at another consumer, which reclaimed it
+            owner = self._owner(entry_id)
+            if owner is None:
+                log.debug("worker %s: entry %s is acked", self.consumer, entry_id)
+            else:  # harmless for the order (same client_order_id, one journal entry) but worth knowing
+                log.warning("worker %s: entry %s was reclaimed by %s while in hand: this worker stalled or was "
+                            "cut off from Redis longer than claim-idle", self.consumer, entry_id, owner)
+
+    def _owner(self, entry_id: str) -> str | None:
+        """The consumer that has ``entry_id`` pending now, None when it is acked."""
+        try:
+            rows = self.r.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        except redis.RedisError:
+            return "another consumer (unknown: Redis did not answer)"
+        return text(rows[0]["consumer"]) if rows else None
 
     def start(self) -> None:
         if self._thread is not None:

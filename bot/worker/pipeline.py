@@ -57,6 +57,7 @@ from bot.worker.triage import Triage
 log = logging.getLogger(__name__)
 
 STAGES = ("triage", "decide", "submit", "follow", "record")
+LEDGER_SWEEP_EVERY = 30.0  # seconds between sweeps of settled, reflected reservations out of the ledger
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,13 @@ class Worker:
                                                  sleep=sleep, events=self.order_events))
         self.recorder = stage("record", Recorder(r=self.r, rb=self.rb, keys=keys, consumer=self.consumer,
                                                  ledger=self.ledger, market=self.market,
-                                                 order_timeout=config.order_timeout, clock=clock))
+                                                 order_timeout=config.order_timeout, clock=clock,
+                                                 marker_ttl=settings.marker_ttl))
         self.loop = ConsumerLoop(f"worker {self.consumer}", config.backoff_max)
         self.counts: dict[str, int] = {JOURNALED: 0, DEAD: 0, DUPLICATE: 0, PENDING: 0, LOST: 0}
         self._group_ready = False
         self._closed = False
+        self._next_sweep = time.monotonic() + LEDGER_SWEEP_EVERY
 
     # ------------------------------------------------------------------ one signal's life
 
@@ -247,7 +250,11 @@ class Worker:
         self.grace.use(stop)
         if not self._group_ready:
             self.setup()
-        return [self.handle(delivery) for delivery in self.intake.deliveries(stop)]
+        handled = [self.handle(delivery) for delivery in self.intake.deliveries(stop)]
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + LEDGER_SWEEP_EVERY
+            self.ledger.sweep()
+        return handled
 
     def reclaim(self, stop: threading.Event | None = None) -> list[str]:
         """Only the XAUTOCLAIM part of a round: entries idle past claim_idle, each handled."""

@@ -19,7 +19,7 @@ from bot.journal import JournalEntry, record_outcome
 from bot.keys import Keys
 from bot.ledger import Ledger
 from bot.market import MarketCache
-from bot.streams import dead_letter, is_stream_id
+from bot.streams import DONE_TTL_SECONDS, dead_letter, is_stream_id
 from bot.worker.records import (
     DEAD,
     DUPLICATE,
@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 
 class Recorder:
     def __init__(self, *, r: redis.Redis, rb: redis.Redis, keys: Keys, consumer: str, ledger: Ledger,
-                 market: MarketCache, order_timeout: float, clock: Callable[[], float]) -> None:
+                 market: MarketCache, order_timeout: float, clock: Callable[[], float],
+                 marker_ttl: int = DONE_TTL_SECONDS) -> None:
         self.r, self.rb, self.keys, self.consumer = r, rb, keys, consumer
         self.stream, self.group = keys.signals, keys.workers_group
         self.ledger, self.market = ledger, market
         self.order_timeout = order_timeout
         self.clock = clock
+        self.marker_ttl = marker_ttl
         self.outcomes: dict[str, int] = {}  # journal outcome -> entries written by this worker
 
     def final(self, job: Job, placed: Placed, final: Final) -> str:
@@ -87,7 +89,7 @@ class Recorder:
         written = dead_letter(self.rb, self.keys, ack_stream=self.stream, group=self.group,
                               entry_id=delivery.entry_id, source_stream=source_stream, source_id=source_id,
                               reason=dead.reason, deliveries=delivery.deliveries, raw_fields=delivery.fields,
-                              consumer=self.consumer)
+                              consumer=self.consumer, ttl=self.marker_ttl, pending_only=True)
         if not written:
             log.info("worker %s: %s %s already recorded; acked %s", self.consumer, source_stream, source_id,
                      delivery.entry_id)
@@ -113,7 +115,7 @@ class Recorder:
             submitted_at=submitted_at, final_at=final_at if final_at is not None else self.clock(),
             consumer=self.consumer, deliveries=job.deliveries, adopted=adopted)
         if not record_outcome(self.r, self.keys, entry, ack_stream=self.stream, group=self.group,
-                              entry_id=job.entry_id):
+                              entry_id=job.entry_id, ttl=self.marker_ttl, pending_only=True):
             return DUPLICATE
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         level = logging.WARNING if outcome == "rejected" else logging.INFO
