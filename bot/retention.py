@@ -64,7 +64,8 @@ def _trim_journal_chunk(r: redis.Redis, keys: Keys, cutoff: str) -> int:
             pipe.hset(keys.reconcile, BASELINE + symbol, decimal_text(baseline[symbol] + qty))
         # written on every trim: a second trimmer that read the same rows sees the hash change and retries
         pipe.hset(keys.reconcile, TRIMMED_TO, last)
-        pipe.xdel(keys.orders, *(codec.text(entry_id) for entry_id, _fields in rows))  # not XTRIM MINID: see delete_below
+        # by id, not XTRIM MINID: see bot.streams.delete_below
+        pipe.xdel(keys.orders, *(codec.text(entry_id) for entry_id, _fields in rows))
 
     r.transaction(fold_and_trim, keys.reconcile)
     return removed
