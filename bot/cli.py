@@ -244,32 +244,39 @@ def signal_command(ticker: str, direction: str, qty: str | None, stream: str | N
     shown = " ".join(f"{k}={v}" for k, v in fields.items())
     click.echo(f"added {entry_id} to {target}: {shown}")
     if halted is not None:
-        click.echo(f"note: the kill switch is on ({halted}): no order will be sent until `tradebot resume`")
+        click.echo(f"note: trading is {halted}: orders are held back until `tradebot resume`")
 
 
 @cli.command("halt")
 @click.option("--reason", default=None, help="Why (shown by status and journaled with skipped signals).")
+@click.option("--reduce-only", is_flag=True,
+              help="Only orders that shrink a position (sells, flatten); buys are journaled as skipped.")
 @redis_url_option
 @var_dir_option
 @expected_errors
-def halt_command(reason: str | None, redis_url: str | None, var_dir: str | None) -> None:
-    """Kill switch on: workers send no new orders (signals are journaled as skipped)."""
+def halt_command(reason: str | None, reduce_only: bool, redis_url: str | None, var_dir: str | None) -> None:
+    """Halt trading: workers send no new orders (signals are journaled as skipped); with
+    --reduce-only, only orders that shrink a position."""
     import getpass
     import time
 
     from bot import ops
 
     if reason is None:
-        reason = f"halted by {getpass.getuser()} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+        reason = (f"{'reduce-only' if reduce_only else 'halted'} by {getpass.getuser()} at "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     elif not reason.strip():
         raise InputError("--reason must not be empty")
     settings = ops.operator_settings(redis_url, var_dir)
     r = ops.open_redis(settings)
     try:
-        ops.halt(r, settings.keys, reason)
+        ops.halt(r, settings.keys, reason, reduce_only=reduce_only)
     finally:
         r.close()
-    click.echo(f"HALTED: {reason.strip()}\nno new orders until `tradebot resume`")
+    if reduce_only:
+        click.echo(f"REDUCE-ONLY: {reason.strip()}\nsells and exits only, no buys, until `tradebot resume`")
+    else:
+        click.echo(f"HALTED: {reason.strip()}\nno new orders until `tradebot resume`")
 
 
 @cli.command("resume")
@@ -277,7 +284,7 @@ def halt_command(reason: str | None, redis_url: str | None, var_dir: str | None)
 @var_dir_option
 @expected_errors
 def resume_command(redis_url: str | None, var_dir: str | None) -> None:
-    """Kill switch off: orders flow again."""
+    """Trading active again (from halted or reduce-only): orders flow."""
     from bot import ops
 
     settings = ops.operator_settings(redis_url, var_dir)
@@ -286,7 +293,7 @@ def resume_command(redis_url: str | None, var_dir: str | None) -> None:
         previous = ops.resume(r, settings.keys)
     finally:
         r.close()
-    click.echo("resumed: orders allowed" + (f" (was halted: {previous})" if previous else " (was not halted)"))
+    click.echo("resumed: orders allowed" + (f" (was {previous})" if previous else " (was active)"))
 
 
 @cli.command("pnl")

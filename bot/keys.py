@@ -131,7 +131,13 @@ class Keys:
     # control
     @property
     def halt(self) -> str:
+        """String: present = halted (the kill switch: no orders); value = reason."""
         return self._k("halt")
+
+    @property
+    def reduce_only(self) -> str:
+        """String: present = reduce-only (only orders that shrink a position); value = reason."""
+        return self._k("reduce_only")
 
     # shared state of the workers
     @property

@@ -27,6 +27,7 @@ from bot.journal import JournalEntry
 from bot.keys import Keys
 from bot.logs import redact_url, scrub, secrets_from_env
 from bot.order_events import OrderEvents
+from bot.trading import HALTED, REDUCE_ONLY, TradingState, read_state
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class NotifyConfig:
 
 @dataclass
 class _State:
-    halted: bool | None = None
+    trading: TradingState | None = None  # None: not read yet (no alert for the state found at start)
     stale: set[str] = field(default_factory=set)
     listener_live: bool | None = None
     drift: str = ""
@@ -109,13 +110,15 @@ class Notifier:
 
     def _states(self) -> Iterable[Alert]:
         state, now = self._state, self.now()
-        raw_halt = self.r.get(self.keys.halt)
-        halt = None if raw_halt is None else text(raw_halt)
-        halted = halt is not None
-        if state.halted is not None and halted != state.halted:
-            yield (Alert("tradebot: HALTED", f"kill switch on: {halt}", "warning") if halted
-                   else Alert("tradebot: resumed", "kill switch off: orders allowed"))
-        state.halted = halted
+        trading = read_state(self.r, self.keys)
+        if state.trading is not None and trading != state.trading:
+            if trading.state == HALTED:
+                yield Alert("tradebot: HALTED", f"no orders: {trading.reason}", "warning")
+            elif trading.state == REDUCE_ONLY:
+                yield Alert("tradebot: REDUCE-ONLY", f"sells and exits only: {trading.reason}", "warning")
+            else:
+                yield Alert("tradebot: resumed", f"trading active again (was {state.trading.describe()})")
+        state.trading = trading
         stale = {beat.process: beat for beat in read_heartbeats(self.r, self.keys, now) if beat.stale}
         for process in sorted(set(stale) - state.stale):
             beat = stale[process]

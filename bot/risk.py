@@ -113,12 +113,22 @@ class Refusal:
     gate: bool
 
 
+def check_reduce_only(reduce_only_reason: str | None, side: str) -> str | None:
+    """Reduce-only: a buy would add exposure (this fleet holds long positions only, and a sell
+    never offers more than the shares available, so every sell shrinks a position)."""
+    if reduce_only_reason is None or side != "buy":
+        return None
+    return f"reduce-only: {reduce_only_reason.strip() or '(no reason given)'}: a buy would add exposure"
+
+
 def pre_trade_check(*, halt_reason: str | None, source_at: float | None, now: float,
                     clock_is_open: bool | None, limits: RiskLimits, require_open: bool = True,
-                    clock_age: float | None = None, clock_error: str | None = None) -> Refusal | None:
-    """The gates in their order: kill switch, signal age, a readable market clock, market hours
-    (the last two skipped when ``require_open`` is False). The first refusal, or None."""
-    reason = check_halt(halt_reason)
+                    clock_age: float | None = None, clock_error: str | None = None,
+                    reduce_only_reason: str | None = None, side: str = "buy") -> Refusal | None:
+    """The gates in their order: the trading state (halted; reduce-only for a buy), signal age, a
+    readable market clock, market hours (the last two skipped when ``require_open`` is False).
+    The first refusal, or None."""
+    reason = check_halt(halt_reason) or check_reduce_only(reduce_only_reason, side)
     if reason:
         return Refusal(reason, gate=True)
     reason = check_signal_age(source_at, now, limits)

@@ -21,6 +21,7 @@ MAX_VALUE_BYTES = 64
 MAX_NAME_BYTES = 64
 MAX_QTY = Decimal("1000000")
 MAX_QTY_DECIMALS = 9
+MAX_ID_AHEAD = 5.0  # seconds an entry id may be ahead of the router's clock (host clock skew)
 
 SIDES = ("buy", "sell")
 _DIRECTIONS = {"b": "buy", "buy": "buy", "s": "sell", "sell": "sell"}
@@ -76,6 +77,9 @@ class Signal:
     # a DLQ replay keeps the order id of the signal it replays: an order of the original that may
     # exist is then found (or refused as a duplicate), never placed a second time
     pinned_coid: str | None = None
+    # set by the router when the entry id is ahead of its clock (inherited from an entry written
+    # with an explicit future id): the signal's time is then its receipt, not its id
+    received_at: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ticker", self.ticker.strip().upper())
@@ -99,8 +103,11 @@ class Signal:
 
     @property
     def source_at(self) -> float:
-        """When the signal entered its source stream: the millisecond part of its id, in seconds."""
-        return int(self.source_id.split("-", 1)[0]) / 1000.0
+        """When the signal entered its source stream: the millisecond part of its id, in seconds
+        (the router's receipt when the id could not be trusted)."""
+        if self.received_at is not None:
+            return self.received_at
+        return id_time(self.source_id)
 
     def to_fields(self) -> dict[str, str]:
         """Fields of the ``tradebot:signals`` entry (``qty`` omitted when not given)."""
@@ -110,6 +117,8 @@ class Signal:
         fields.update(source_stream=self.source_stream, source_id=self.source_id, routed_at=repr(float(self.routed_at)))
         if self.pinned_coid is not None:
             fields["client_order_id"] = self.pinned_coid
+        if self.received_at is not None:
+            fields["received_at"] = repr(float(self.received_at))
         return fields
 
     @classmethod
@@ -129,8 +138,12 @@ class Signal:
         except ValueError:
             raise SignalError(f"routed_at {text['routed_at']!r} is not a number") from None
         qty = parse_qty(text["qty"]) if "qty" in text else None
+        try:
+            received_at = float(text["received_at"]) if "received_at" in text else None
+        except ValueError:
+            raise SignalError(f"received_at {text['received_at']!r} is not a number") from None
         return cls(text["ticker"], text["side"], qty, text["source_stream"], text["source_id"], routed_at,
-                   text.get("client_order_id") or None)
+                   text.get("client_order_id") or None, received_at)
 
 
 def parse_raw(
@@ -172,7 +185,27 @@ def parse_raw(
     if side is None:
         raise SignalError(f"direction {direction!r} is not b/s/buy/sell")
     qty = parse_qty(values["qty"]) if "qty" in values else None
-    return Signal(ticker, side, qty, source_stream, source_id, routed_at, values.get("client_order_id") or None)
+    return Signal(ticker, side, qty, source_stream, source_id, routed_at, values.get("client_order_id") or None,
+                  received_at=_received_at(source_id, routed_at))
+
+
+def id_time(entry_id: str) -> float:
+    """The millisecond part of a stream id, in Unix seconds."""
+    return int(entry_id.split("-", 1)[0]) / 1000.0
+
+
+def _received_at(source_id: str, routed_at: float) -> float | None:
+    """None when the entry id's time can be trusted; the receipt time when the id is ahead of the
+    router's clock only because it follows an entry written with an explicit future id (Redis gives
+    every later auto id that time, with a growing sequence). The explicit one itself (sequence 0)
+    is refused: one bad writer would otherwise have every later signal skipped as 'in the future'."""
+    ahead = id_time(source_id) - routed_at
+    if ahead <= MAX_ID_AHEAD:
+        return None
+    if source_id.endswith("-0"):
+        raise SignalError(f"entry id {source_id} is {ahead:.0f}s ahead of the router's clock (an XADD with an "
+                          "explicit id?); later entries inherit its time and are timed by their receipt")
+    return routed_at
 
 
 def parse_qty(text: str) -> Decimal:

@@ -74,7 +74,7 @@ def test_signal_while_halted_says_so(env: Path, r: redis.Redis) -> None:
     r.set(KEYS.halt, "maintenance")
     result = run("signal", "NVDA", "s")
     assert result.exit_code == 0
-    assert "kill switch is on (maintenance)" in result.output
+    assert "trading is halted: maintenance" in result.output
 
 
 # ----------------------------------------------------------------------------- halt / resume
@@ -84,12 +84,25 @@ def test_halt_and_resume(env: Path, r: redis.Redis) -> None:
     assert result.exit_code == 0 and "HALTED: broker incident" in result.output
     assert r.get(KEYS.halt) == "broker incident"
     status = json.loads(run("status", "--json").output)
-    assert status["halt"] == {"on": True, "reason": "broker incident"}
+    assert status["halt"] == {"on": True, "reason": "broker incident", "state": "halted"}
+    assert status["trading_state"] == "halted"
 
     result = run("resume")
     assert result.exit_code == 0 and "was halted: broker incident" in result.output
     assert r.get(KEYS.halt) is None
-    assert "was not halted" in run("resume").output
+    assert "was active" in run("resume").output
+
+
+def test_reduce_only_and_back(env: Path, r: redis.Redis) -> None:
+    run("halt", "--reason", "news")
+    result = run("halt", "--reduce-only", "--reason", "drawdown 5%")
+    assert result.exit_code == 0 and "REDUCE-ONLY: drawdown 5%" in result.output
+    assert r.get(KEYS.reduce_only) == "drawdown 5%" and r.get(KEYS.halt) is None  # one state at a time
+    status = json.loads(run("status", "--json").output)
+    assert status["trading_state"] == "reduce-only" and status["halt"]["reason"] == "drawdown 5%"
+    assert "REDUCE-ONLY: drawdown 5% (sells and exits only)" in run("status").output
+    assert "was reduce-only: drawdown 5%" in run("resume").output
+    assert json.loads(run("status", "--json").output)["trading_state"] == "active"
 
 
 def test_halt_without_reason_records_who_and_when(env: Path, r: redis.Redis) -> None:
@@ -297,7 +310,7 @@ def test_status_json_reports_everything(env: Path, r: redis.Redis) -> None:
     assert status["account"]["cash"] == "50000"
     assert status["positions"] == {"NVDA": {"qty": "10", "avg_entry_price": "99.5"}}
     assert len(status["orders"]) == 5 and status["orders"][0]["client_order_id"] == "tb-6"
-    assert status["halt"] == {"on": True, "reason": "testing"}
+    assert status["halt"] == {"on": True, "reason": "testing", "state": "halted"}
     assert status["settings"]["symbols"] == ["NVDA", "AAPL"]
 
 

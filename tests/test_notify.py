@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from bot.trading import HALTED, REDUCE_ONLY, set_state
 from bot.heartbeat import Heartbeat
 from bot.journal import JournalEntry, record_outcome
 from bot.keys import Keys
@@ -86,6 +87,11 @@ def test_fills_rejections_dead_letters_and_halts_reach_the_webhook(r: redis.Redi
     r.delete(KEYS.halt)
     assert [a.title for a in notifier.round()] == ["tradebot: resumed"]
     assert notifier.round() == []  # nothing new
+    set_state(r, KEYS, REDUCE_ONLY, "daily loss limit")
+    [alert] = notifier.round()
+    assert alert.title == "tradebot: REDUCE-ONLY" and "daily loss limit" in alert.body
+    set_state(r, KEYS, HALTED, "drawdown")
+    assert [a.title for a in notifier.round()] == ["tradebot: HALTED"]
 
 
 def test_a_restarted_notifier_neither_repeats_nor_floods(r: redis.Redis) -> None:

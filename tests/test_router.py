@@ -380,3 +380,19 @@ def test_fuzz_every_entry_ends_as_one_signal_or_one_dead_letter(rb, payload):
         if kept != {_bytes(k): _bytes(v) for k, v in payload.items()}:
             assert fields[b"truncated"]
     assert rb.xpending("nvda", KEYS.router_group)["pending"] == 0
+
+
+def test_an_entry_written_with_a_future_id_goes_to_the_dlq_and_does_not_stop_later_signals(router, r):
+    """One XADD with an explicit id 600 s ahead: Redis gives every later auto id that time. The bad
+    entry is dead-lettered with the reason; the later ones are routed, timed by their receipt."""
+    ahead = int((time.time() + 600) * 1000)
+    r.xadd("nvda", {"ticker": "NVDA", "direction": "b"}, id=f"{ahead}-0")
+    later = [r.xadd("nvda", {"ticker": "NVDA", "direction": "s"}) for _ in range(3)]
+    assert all(i.startswith(f"{ahead}-") for i in later)  # inherited
+    before = time.time()
+    router.step()
+    [bad] = dead(r)
+    assert "ahead of the router's clock (an XADD with an explicit id?)" in bad["reason"]
+    routed = [Signal.from_fields(fields) for fields in signals(r)]
+    assert [s.source_id for s in routed] == later
+    assert all(before - 1 <= s.source_at <= time.time() + 1 for s in routed)  # the receipt, not the id

@@ -1,4 +1,4 @@
-"""The operator's hands on the fleet: inject a signal, switch the kill switch on (halt) and off (resume)."""
+"""The operator's hands on the fleet: inject a signal, set the trading state (halt, reduce-only, resume)."""
 from __future__ import annotations
 
 import time
@@ -12,6 +12,7 @@ from bot.config import Settings
 from bot.keys import Keys
 from bot.ops.errors import OpsInputError
 from bot.signals import SignalError, parse_raw
+from bot.trading import ACTIVE, HALTED, REDUCE_ONLY, TradingState, read_state, set_state
 
 
 def build_signal(settings: Settings, ticker: str, direction: str, qty: str | None,
@@ -38,21 +39,21 @@ def add_signal(r: redis.Redis, stream: str, fields: Mapping[str, str]) -> str:
     return display(r.xadd(stream, payload))
 
 
-def halt(r: redis.Redis, keys: Keys, reason: str) -> None:
+def halt(r: redis.Redis, keys: Keys, reason: str, *, reduce_only: bool = False) -> TradingState:
+    """Halt the fleet (no orders), or with ``reduce_only`` only allow orders that shrink a position;
+    the state it had."""
     if not reason.strip():
         raise OpsInputError("--reason must not be empty")
-    r.set(keys.halt, reason.strip())
+    return set_state(r, keys, REDUCE_ONLY if reduce_only else HALTED, reason)
 
 
 def resume(r: redis.Redis, keys: Keys) -> str | None:
-    """Switch the kill switch off; the reason it had, or None if it was off."""
-    pipe = r.pipeline(transaction=True)
-    pipe.get(keys.halt)
-    pipe.delete(keys.halt)
-    reason, _ = pipe.execute()
-    return None if reason is None else display(reason)
+    """Back to active; the state it left with its reason ("halted: news"), or None if it was active."""
+    previous = set_state(r, keys, ACTIVE)
+    return previous.describe() if previous.state != ACTIVE else None
 
 
 def halt_reason(r: redis.Redis, keys: Keys) -> str | None:
-    value = r.get(keys.halt)
-    return None if value is None else display(value)
+    """Why orders are held back (halted or reduce-only), None when trading is active."""
+    state = read_state(r, keys)
+    return None if state.state == ACTIVE else state.describe()

@@ -98,7 +98,11 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"  broker  {report.fleet.get('broker_url') or settings.get('alpaca_base_url')}"
                      f"  (credentials: {credentials})")
     halt_state = report.halt
-    lines.append("  HALTED: " + str(halt_state["reason"]) if halt_state["on"] else "  halt    off (orders allowed)")
+    if report.trading_state == "active":
+        lines.append("  trading active (orders allowed)")
+    else:
+        lines.append(f"  {report.trading_state.upper()}: {halt_state['reason']}"
+                     + ("" if halt_state["on"] else " (sells and exits only)"))
     if report.redis["ok"]:
         lines += _truth_lines(report)
     lines.append("")

@@ -46,7 +46,8 @@ class StatusReport:
     settings: dict[str, Any]
     fleet: dict[str, Any]
     redis: dict[str, Any]
-    halt: dict[str, Any] = field(default_factory=lambda: {"on": False, "reason": None})
+    halt: dict[str, Any] = field(default_factory=lambda: {"on": False, "reason": None, "state": "active"})
+    trading_state: str = "active"  # active | reduce-only | halted (bot.trading)
     streams: list[StreamStatus] = field(default_factory=list)
     prices: list[dict[str, Any]] = field(default_factory=list)
     account: dict[str, Any] | None = None

@@ -15,7 +15,6 @@ from bot.fleet import FleetPaths, process_infos, read_fleet_file, read_pid
 from bot.heartbeat import read_heartbeats
 from bot.logs import redact_url
 from bot.market import POLLED_AT, POSITIONS_POLLED_AT
-from bot.ops.control import halt_reason
 from bot.ops.errors import OpsError
 from bot.ops.orders import LAST_ORDERS, last_orders
 from bot.ops.report import ProcessStatus, StatusReport
@@ -24,6 +23,7 @@ from bot.ops.stream_status import stream_status
 from bot.ops.times import unix_time
 from bot.order_events import OrderEvents
 from bot.pnl import journal_pnl
+from bot.trading import HALTED, read_state
 
 
 def collect_status(settings: Settings, var_dir: str | None = None, now: float | None = None) -> StatusReport:
@@ -71,8 +71,9 @@ def fleet_status(var_dir: str | None = None) -> dict[str, Any]:
 def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, now: float) -> None:
     keys = settings.keys
     report.redis.update(ok=True, version=str(r.info("server").get("redis_version", "?")))
-    reason = halt_reason(r, keys)
-    report.halt = {"on": reason is not None, "reason": reason}
+    state = read_state(r, keys)
+    report.trading_state = state.state
+    report.halt = {"on": state.state == HALTED, "reason": state.reason, "state": state.state}
     for stream in settings.source_streams:
         report.streams.append(stream_status(r, stream, "source"))
     report.streams.append(stream_status(r, keys.signals, "signals"))

@@ -113,9 +113,12 @@ def create_app(settings: Settings, r: redis.Redis, *, token: str | None = None,
         return JSONResponse(result)
 
     def do_halt(body: dict[str, Any]) -> dict[str, Any]:
-        reason = str(body.get("reason") or "halted from the dashboard")[:MAX_REASON]
-        halt(r, settings.keys, reason)
-        return {"halted": True, "reason": reason}
+        reduce_only = body.get("reduce_only") is True
+        default = "reduce-only from the dashboard" if reduce_only else "halted from the dashboard"
+        reason = str(body.get("reason") or default)[:MAX_REASON]
+        halt(r, settings.keys, reason, reduce_only=reduce_only)
+        return {"halted": not reduce_only, "trading_state": "reduce-only" if reduce_only else "halted",
+                "reason": reason}
 
     def do_resume(body: dict[str, Any]) -> dict[str, Any]:
         return {"halted": False, "was": resume(r, settings.keys)}

@@ -24,6 +24,7 @@ from bot.journal import OUTCOMES, journal_entries
 from bot.ledger import Ledger
 from bot.order_events import OrderEvents
 from bot.pnl import journal_pnl
+from bot.trading import HALTED, STATES, read_state
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,14 @@ class FleetCollector(Collector):
         reserved.add_metric([], float(sum((res.cash for res in Ledger(self.r, self.keys).reservations()
                                            if res.side == "buy" and not res.settled), Decimal(0))))
         yield reserved
+        trading = read_state(self.r, self.keys)
         halted = GaugeMetricFamily("tradebot_halted", "1 while the kill switch is on")
-        halted.add_metric([], int(bool(self.r.exists(self.keys.halt))))
+        halted.add_metric([], int(trading.state == HALTED))
         yield halted
+        states = GaugeMetricFamily("tradebot_trading_state", "1 for the fleet's trading state", labels=["state"])
+        for name in STATES:
+            states.add_metric([name], int(trading.state == name))
+        yield states
 
 
 def _json_list(raw: Any) -> list[dict[str, Any]]:

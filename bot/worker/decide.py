@@ -40,6 +40,7 @@ class Gates:
 
     def __init__(self, keys: Keys, limits: RiskLimits, clock: Callable[[], float]) -> None:
         self.keys, self.limits, self.clock = keys, limits, clock
+        self.state_keys = (keys.halt, keys.reduce_only)  # what a snapshot must read for these gates
 
     def session_open(self, signal: Signal, market: MarketSnapshot) -> bool:
         """True when the regular session is open (False: closed, extended hours allowed); Refused if not."""
@@ -51,6 +52,7 @@ class Gates:
             clock, clock_error = None, str(exc)
         session_open = clock.open_at(now) if clock is not None else None
         refusal = pre_trade_check(halt_reason=market.value(self.keys.halt), source_at=signal.source_at, now=now,
+                                  reduce_only_reason=market.value(self.keys.reduce_only), side=signal.side,
                                   clock_is_open=session_open, limits=self.limits,
                                   clock_age=clock.age if clock is not None else None, clock_error=clock_error)
         if refusal is not None:

@@ -81,7 +81,7 @@ class Submitter:
         """The cheap checks again, right before the submit: time may have passed since the plan
         (a rate-limit wait, a broker retry, a pause between attempts). The same round trip
         re-claims the entry: True when this worker still holds it."""
-        market = self.market.snapshot(job.signal.ticker, (self.keys.halt,),
+        market = self.market.snapshot(job.signal.ticker, self.gates.state_keys,
                                       also=lambda pipe: self.keeper.queue_still_holds(pipe, job.entry_id))
         session_open = self.gates.session_open(job.signal, market)
         if not request.extended_hours and not session_open:

@@ -37,8 +37,8 @@ class Triage:
         except SignalError as exc:
             return DeadLetter(delivery, f"unusable signal: {exc.reason}")
         done = self.keys.done(signal.source_stream, signal.source_id)
-        # done marker, kill switch, clock, price, account, position: one round trip
-        market = self.market.snapshot(signal.ticker, (done, self.keys.halt))
+        # done marker, trading state, clock, price, account, position: one round trip
+        market = self.market.snapshot(signal.ticker, (done, self.keys.halt, self.keys.reduce_only))
         if market.exists(done):
             return Duplicate(delivery.entry_id, signal.source_stream, signal.source_id)
         job = Job(delivery.entry_id, signal, signal.coid, delivery.deliveries, claimed_at, market)
@@ -51,7 +51,7 @@ class Triage:
             if existing is not None:
                 return replace(job, existing=existing)
             # the lookup took time: the checks read the cache afresh
-            job = replace(job, market=self.market.snapshot(signal.ticker, (self.keys.halt,)))
+            job = replace(job, market=self.market.snapshot(signal.ticker, (self.keys.halt, self.keys.reduce_only)))
         return job
 
     def order_behind(self, job: Job, skip: Skip) -> Order | None:

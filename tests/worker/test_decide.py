@@ -6,6 +6,7 @@ from dataclasses import replace
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
+from bot.trading import HALTED, REDUCE_ONLY, set_state
 from bot.alpaca.models import OrderRequest
 from bot.worker.decide import Decider
 from bot.worker.records import Skip
@@ -61,6 +62,18 @@ def test_the_kill_switch_is_a_gate_skip(bench: Bench):
     job = bench.job()
     assert decider(bench).decide(job) == Skip("kill switch on: maintenance window", gate=True)
     assert bench.ledger.reservations() == []
+
+
+def test_reduce_only_refuses_a_buy_and_passes_a_sell(bench: Bench):
+    bench.client.submit_order(OrderRequest(SYMBOL, "buy", "seed-buy", qty=Decimal(4)))
+    bench.refresh()
+    set_state(bench.r, bench.keys, REDUCE_ONLY, "drawdown")
+    assert decider(bench).decide(bench.job()) == Skip("reduce-only: drawdown: a buy would add exposure", gate=True)
+    sell = decider(bench, strategy="all-in", fixed_qty=None).decide(bench.job(bench.deliver(bench.signal("sell"))))
+    assert isinstance(sell, OrderRequest) and (sell.side, sell.qty) == ("sell", 4)
+    set_state(bench.r, bench.keys, HALTED, "news")  # halted wins: not even the sell
+    assert decider(bench).decide(bench.job(bench.deliver(bench.signal("sell")))) == Skip("kill switch on: news",
+                                                                                           gate=True)
 
 
 def test_an_old_signal_is_a_skip_but_not_a_gate(bench: Bench):
