@@ -80,6 +80,7 @@ class Signal:
     # set by the router when the entry id is ahead of its clock (inherited from an entry written
     # with an explicit future id): the signal's time is then its receipt, not its id
     received_at: float | None = None
+    target_weight: Decimal | None = None  # the share of equity the signal wants in the ticker (0..1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ticker", self.ticker.strip().upper())
@@ -93,6 +94,8 @@ class Signal:
             raise SignalError("source_stream is empty")
         if not is_stream_id(self.source_id):
             raise SignalError(f"source_id {self.source_id!r} is not a stream id")
+        if self.target_weight is not None:
+            object.__setattr__(self, "target_weight", check_weight(self.target_weight))
         if self.pinned_coid is not None and not is_our_coid(self.pinned_coid):
             raise SignalError(f"client_order_id {self.pinned_coid[:60]!r} is not one of this bot's order ids")
 
@@ -119,6 +122,8 @@ class Signal:
             fields["client_order_id"] = self.pinned_coid
         if self.received_at is not None:
             fields["received_at"] = repr(float(self.received_at))
+        if self.target_weight is not None:
+            fields["target_weight"] = format(self.target_weight, "f")
         return fields
 
     @classmethod
@@ -142,8 +147,9 @@ class Signal:
             received_at = float(text["received_at"]) if "received_at" in text else None
         except ValueError:
             raise SignalError(f"received_at {text['received_at']!r} is not a number") from None
+        target_weight = parse_weight(text["target_weight"]) if "target_weight" in text else None
         return cls(text["ticker"], text["side"], qty, text["source_stream"], text["source_id"], routed_at,
-                   text.get("client_order_id") or None, received_at)
+                   text.get("client_order_id") or None, received_at, target_weight)
 
 
 def parse_raw(
@@ -168,7 +174,7 @@ def parse_raw(
             name = name_bytes.decode("utf-8")
         except UnicodeDecodeError:
             continue  # cannot be one of ours; kept verbatim in the DLQ/raw fields if the entry is bad
-        if name not in ("ticker", "direction", "qty", "client_order_id"):
+        if name not in ("ticker", "direction", "qty", "client_order_id", "target_weight"):
             continue  # extra fields are allowed and ignored
         try:
             values[name] = value_bytes.decode("utf-8")
@@ -185,8 +191,24 @@ def parse_raw(
     if side is None:
         raise SignalError(f"direction {direction!r} is not b/s/buy/sell")
     qty = parse_qty(values["qty"]) if "qty" in values else None
+    target_weight = parse_weight(values["target_weight"]) if "target_weight" in values else None
     return Signal(ticker, side, qty, source_stream, source_id, routed_at, values.get("client_order_id") or None,
-                  received_at=_received_at(source_id, routed_at))
+                  received_at=_received_at(source_id, routed_at), target_weight=target_weight)
+
+
+def parse_weight(text: str) -> Decimal:
+    """A target share of equity, 0 to 1 in plain decimal notation; SignalError otherwise."""
+    stripped = text.strip()
+    if not _PLAIN_NUMBER.fullmatch(stripped):
+        raise SignalError(f"target_weight {text!r} must be a number from 0 to 1")
+    return check_weight(Decimal(stripped), shown=text)
+
+
+def check_weight(weight: Decimal, shown: str | None = None) -> Decimal:
+    if not isinstance(weight, Decimal) or not weight.is_finite() or not 0 <= weight <= 1:
+        raise SignalError(f"target_weight {shown if shown is not None else str(weight)!r} must be a number "
+                          "from 0 to 1")
+    return weight.normalize() if weight else Decimal(0)
 
 
 def id_time(entry_id: str) -> float:

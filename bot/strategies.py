@@ -119,6 +119,35 @@ def plan_sell(strategy: str, *, bid: Decimal | None, signal_qty: Decimal | None,
     return OrderPlan("sell", None, None, order_type, "ioc", limit_price).sized(qty)
 
 
+def limit_price_for(side: str, quote: Decimal, slippage_bps: int) -> Decimal:
+    """A limit order's price: the ask plus the slippage rounded UP to a tick for a buy, the bid less
+    it rounded DOWN for a sell."""
+    bps = _bps(slippage_bps)
+    quote = positive("ask" if side == "buy" else "bid", quote)
+    if side == "buy":
+        return round_to_tick(quote * (1 + Decimal(bps) / 10000), up=True)
+    price = round_to_tick(quote * (1 - Decimal(bps) / 10000), up=False)
+    if price <= 0:
+        raise ValueError(f"limit price of bid {quote} less {bps} bps rounds to {price}: lower the slippage")
+    return price
+
+
+def checked_intent(intent: Any, side: str) -> Any:
+    """A strategy's Intent with its numbers checked (ValueError naming the bad one): qty positive with
+    at most 9 decimals, cash and position value positive, and for a sell no cash."""
+    if intent.qty is not None:
+        _qty("qty", intent.qty)
+    if intent.max_cash is not None:
+        if side == "sell":
+            raise ValueError("a sell has no max_cash: give qty, or nothing for every share")
+        positive("max_cash", intent.max_cash)
+    if intent.max_position_value is not None:
+        number("max_position_value", intent.max_position_value)
+        if intent.max_position_value < 0:
+            raise ValueError(f"max_position_value must be >= 0, got {intent.max_position_value}")
+    return intent
+
+
 def round_to_tick(price: Decimal, *, up: bool) -> Decimal:
     """A valid limit price: 2 decimals at or above $1, 4 below; ``up`` for buys, down for sells."""
     price = number("price", price)

@@ -11,7 +11,8 @@ from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.logs import configure_logging, redact_url
 from bot.redisconn import RedisAuthError, connect
 from bot.runtime import probe_redis, stop_on_signals
-from bot.strategies import ORDER_TYPES, STRATEGIES
+from bot.strategies import ORDER_TYPES
+from bot.strategy import Strategies, StrategyMap, parse_options
 from bot.streams import default_consumer_name
 from bot.worker import Worker, WorkerConfig
 
@@ -33,8 +34,14 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="An entry delivered more often than this goes to the DLQ.")
 @click.option("--order-timeout", type=_SECONDS, default=10.0, show_default=True, metavar="SECONDS",
               help="Cancel an order not final after this long.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="all-in", show_default=True,
-              help="all-in: weight x equity per buy, whole position per sell; fixed: a fixed size.")
+@click.option("--strategy", envvar="TRADEBOT_STRATEGY", default="all-in", show_default=True,
+              help="NAME, or SYMBOL=NAME,...,*=NAME. Built in: all-in (weight x equity per buy, the whole "
+                   "position per sell), fixed, percent-of-equity, target-weight; plug-ins: the "
+                   "tradebot.strategies entry points (docs/strategies.md).")
+@click.option("--percent", envvar="TRADEBOT_PERCENT", type=str, default=None,
+              help="percent-of-equity: the share of equity per order, e.g. 0.05.")
+@click.option("--strategy-options", envvar="TRADEBOT_STRATEGY_OPTIONS", default="",
+              help="KEY=VALUE,... passed to the strategy (plug-ins read them).")
 @click.option("--fixed-qty", type=str, default=None, help="fixed: shares per order (when the signal has no qty).")
 @click.option("--fixed-notional", type=str, default=None,
               help="fixed: dollars per buy, in whole shares at the ask (when the signal has no qty).")
@@ -74,7 +81,8 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
               help="Market-data base URL (default: Alpaca's, or the base URL for a local paper broker).")
 def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights: str | None,
          consumer: str | None, claim_idle: float, max_deliveries: int, order_timeout: float, strategy: str,
-         fixed_qty: str | None, fixed_notional: str | None, order_type: str, slippage_bps: int,
+         percent: str | None, strategy_options: str, fixed_qty: str | None, fixed_notional: str | None,
+         order_type: str, slippage_bps: int,
          max_signal_age: float | None, max_quote_age: float | None, extended_hours: bool | None, block_ms: int,
          stop_grace: float, follow: str, event_late: float, broker_timeout: float, wait_reconcile: bool,
          resolve_after: float,
@@ -98,10 +106,12 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
             consumer=consumer or default_consumer_name(), claim_idle=claim_idle, max_deliveries=max_deliveries,
             order_timeout=order_timeout, strategy=strategy, fixed_qty=_decimal("--fixed-qty", fixed_qty),
             fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
+            percent=_decimal("--percent", percent), strategy_options=parse_options(strategy_options),
             slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
             block_ms=block_ms, stop_grace=stop_grace, max_quote_age=settings.max_quote_age,
             follow_events=follow == "events", event_late=event_late, wait_reconcile=wait_reconcile,
             resolve_after=resolve_after, broker_timeout=broker_timeout)
+        Strategies(StrategyMap.parse(config.strategy))  # an unknown or broken plug-in: a one-line error now
         settings = settings.with_demo_credentials("to trade on")  # after the flags: their errors come first
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None

@@ -15,6 +15,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from bot.strategy import Strategies, StrategyMap
 from bot.alpaca.client import AlpacaClient
 from bot.alpaca.errors import RateLimited
 from bot.alpaca.models import OrderRequest
@@ -209,7 +210,9 @@ def test_client_order_id_is_deterministic_short_and_distinct():
 
 def test_worker_config_refuses_bad_values():
     with pytest.raises(ConfigError, match="strategy"):
-        WorkerConfig(consumer="w", strategy="yolo")
+        WorkerConfig(consumer="w", strategy="NVDA=")
+    with pytest.raises(ConfigError, match="unknown strategy 'yolo'"):
+        Strategies(StrategyMap.parse("yolo"))
     with pytest.raises(ConfigError, match="not both"):
         WorkerConfig(consumer="w", strategy="fixed", fixed_qty=Decimal(1), fixed_notional=Decimal(100))
     with pytest.raises(ConfigError, match="claim-idle"):

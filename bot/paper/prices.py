@@ -212,8 +212,11 @@ class SymbolWalk:
         self.pin = pin
         if pin is not None:
             self.mid = float(pin.price)
-            # re-quote now (no draws) so the pin shows before the next step
+            # re-quote now (no draws) so the pin shows before the next step; the last trade too, at the
+            # pinned price: positions and equity are valued at the last trade, and one from before
+            # the pin (the walk's, far away) would misstate them until the next step
             self.quote = self._make_quote(self.quote.t, self.quote.bid_size, self.quote.ask_size)
+            self.last_trade = Trade(self.last_trade.t, pin.price, self.last_trade.size, self.last_trade.id)
 
     # --- views --------------------------------------------------------------------------
     def snapshot_json(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """How one worker behaves: the `tradebot worker` flags, and the bounds that keep an order on time."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -8,7 +9,8 @@ from typing import Any
 import httpx
 
 from bot.config import ConfigError
-from bot.strategies import ORDER_TYPES, STRATEGIES
+from bot.strategies import ORDER_TYPES
+from bot.strategy import StrategyMap
 from bot.streams import default_consumer_name
 
 # The worker's AlpacaClient: no request, and no wait inside one call, may hold an order long after
@@ -44,9 +46,11 @@ class WorkerConfig:
     max_deliveries: int = 5
     order_timeout: float = 10.0  # seconds a non-final order may live before it is canceled
     cancel_timeout: float = 5.0  # seconds to read a canceled order back to a final state
-    strategy: str = "all-in"
+    strategy: str = "all-in"  # a name, or SYMBOL=NAME,...,*=NAME (bot.strategy.StrategyMap)
     fixed_qty: Decimal | None = None
     fixed_notional: Decimal | None = None
+    percent: Decimal | None = None  # percent-of-equity: the share of equity per order
+    strategy_options: Mapping[str, str] = field(default_factory=dict)  # for plug-ins
     order_type: str = "market"
     slippage_bps: int = 10  # limit orders: this many basis points beyond the quote
     max_signal_age: float | None = None  # None = settings.max_signal_age
@@ -89,8 +93,9 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not self.consumer or any(ch.isspace() for ch in self.consumer):
             raise ConfigError(f"consumer name {self.consumer!r} must be non-empty without spaces")
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        StrategyMap.parse(self.strategy)  # the syntax; names are checked when the worker loads them
+        if self.percent is not None and not (Decimal(self.percent).is_finite() and 0 < Decimal(self.percent) <= 1):
+            raise ConfigError(f"percent must be > 0 and <= 1 (a share of equity), got {self.percent}")
         if self.order_type not in ORDER_TYPES:
             raise ConfigError(f"order type {self.order_type!r} is not one of {', '.join(ORDER_TYPES)}")
         if self.fixed_qty is not None and self.fixed_notional is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 from bot.alpaca.models import OrderRequest
 from bot.codec import decimal_text
@@ -19,7 +20,8 @@ from bot.risk import (
     sell_qty_cap,
 )
 from bot.signals import Signal
-from bot.strategies import ALL_IN, OrderPlan, plan_buy, plan_sell
+from bot.strategies import OrderPlan, checked_intent, limit_price_for
+from bot.strategy import Intent, MarketView, Pass, SignalView, Strategies, StrategyMap, StrategySettings
 from bot.worker.config import WorkerConfig
 from bot.worker.records import Job, Skip
 
@@ -69,10 +71,11 @@ class Gates:
 
 class Decider:
     def __init__(self, *, gates: Gates, ledger: Ledger, limits: RiskLimits, weights: dict[str, Decimal],
-                 config: WorkerConfig) -> None:
+                 config: WorkerConfig, strategies: Strategies | None = None) -> None:
         self.gates, self.ledger, self.limits = gates, ledger, limits
         self.weights = weights
         self.config = config
+        self.strategies = strategies if strategies is not None else Strategies(StrategyMap.parse(config.strategy))
 
     def decide(self, job: Job) -> OrderRequest | Skip:
         """The order to send for ``job`` (its cash or shares reserved in the ledger), or why none."""
@@ -97,70 +100,69 @@ class Decider:
                 plan, reservation = self._size_sell(job, price.bid or quote, quote, order_type)
         except ValueError as exc:  # the strategy cannot size it (weight 0, no qty...)
             raise Refused(str(exc)) from None
-        plan = plan.sized(reservation.qty)
+        plan = plan.sized(reservation.qty)  # the ledger's qty: the strategy's, or what the cash buys
         return OrderRequest(symbol=signal.ticker, side=signal.side, client_order_id=job.coid, qty=plan.qty,
                             type=plan.order_type, time_in_force="day" if extended else plan.time_in_force,
                             limit_price=plan.limit_price, extended_hours=extended)
 
     def _size_buy(self, job: Job, ask: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
-        signal, config = job.signal, self.config
+        signal = job.signal
         account = job.market.account()
         if account is None:
             raise Refused("account not in the market cache: is the price poller running?")
         held = _held_qty(job.market)
-        all_in = config.strategy == ALL_IN
-        weight = self.weights.get(signal.ticker, Decimal(0))
-        plan = plan_buy(config.strategy, weight=weight, equity=account.equity, ask=ask, signal_qty=signal.qty,
-                        fixed_qty=config.fixed_qty, fixed_notional=config.fixed_notional, order_type=order_type,
-                        slippage_bps=config.slippage_bps, position_value=held * ask if all_in else None)
-        price = plan.reserve_price(ask)
+        limit_price = limit_price_for("buy", ask, self.config.slippage_bps) if order_type == "limit" else None
+        price = limit_price if limit_price is not None else ask
+        name, intent = self._intent(job, price, account, held)
         qty: Decimal | None
-        if all_in:
+        if intent.qty is None:
             # sized to the risk limits rather than stopped by them, unless not even one share fits
             cap = buy_cash_cap(self.limits, current_qty=held, price=price)
             if cap < self.ledger.buffered_price(price):
                 raise Refused(check_order_notional(Decimal(1), price, self.limits)
                               or check_position_value(held, Decimal(1), price, self.limits)
                               or f"the risk limits leave {cap:.2f} for {signal.ticker}: less than one share")
-            max_cash = cap if plan.max_cash is None else min(plan.max_cash, cap)
+            max_cash = cap if intent.max_cash is None else min(intent.max_cash, cap)
             qty = None
         else:
-            qty, max_cash = plan.qty, None
+            qty, max_cash = intent.qty, None
             self._check_value(held, qty, price)
         # the position limit once every buy in flight fills, enforced inside the ledger's script:
         # `held` is the cached position, which does not show other workers' orders in flight
         target = self.limits.max_position_value
-        if all_in:
-            target = min(target, weight * account.equity)
+        if intent.max_position_value is not None:
+            target = min(target, intent.max_position_value)
         try:
             reservation = self.ledger.reserve_buy(job.coid, signal.ticker, price, qty=qty, max_cash=max_cash,
                                                   max_position_qty=target / price)
         except InsufficientCash as exc:
-            budget = (f" (all-in: weight {decimal_text(weight)} x equity {decimal_text(account.equity)}, less the "
-                      f"{decimal_text((held * ask).quantize(Decimal('0.01')))} held)" if all_in else "")
+            budget = f" ({name}: at most {decimal_text(max_cash)})" if max_cash is not None else ""
             raise Refused(f"no cash left to buy {signal.ticker}{budget}: {exc}") from None
         except LedgerError as exc:  # the position limit, no cached account, a corrupt cache entry
             raise Refused(str(exc)) from None
         if reservation.side != "buy" or reservation.qty <= 0:
             raise Refused(f"reservation {job.coid} does not fit a buy of {signal.ticker}")
         self._check_value(held, reservation.qty, price)  # a reused reservation is checked too
-        return plan, reservation
+        return OrderPlan("buy", None, max_cash, order_type, "ioc", limit_price), reservation
 
     def _size_sell(self, job: Job, bid: Decimal, quote: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
         signal, config = job.signal, self.config
-        plan = plan_sell(config.strategy, bid=bid, signal_qty=signal.qty, fixed_qty=config.fixed_qty,
-                         order_type=order_type, slippage_bps=config.slippage_bps)
+        limit_price = limit_price_for("sell", bid, config.slippage_bps) if order_type == "limit" else None
+        price = limit_price if limit_price is not None else quote
+        account = job.market.account()
+        if account is None:
+            raise Refused("account not in the market cache: is the price poller running?")
+        _name, intent = self._intent(job, price, account, _held_qty(job.market))
         max_qty = None
-        price = plan.reserve_price(quote)
-        if plan.qty is None:
-            # all-in: sell what one order may (max_order_notional), not nothing: a position worth more
-            # than the limit is closed over several sell signals instead of never
+        if intent.qty is None:
+            # every share available, in what one order may (max_order_notional), not nothing: a
+            # position worth more than the limit is closed over several sell signals instead of never
             max_qty = sell_qty_cap(self.limits, price)
             if max_qty < 1:
                 raise Refused(check_order_notional(Decimal(1), price, self.limits)
                               or f"max order notional allows no whole share of {signal.ticker}")
         try:
-            reservation = self.ledger.reserve_sell(job.coid, signal.ticker, qty=plan.qty, max_qty=max_qty)
+            reservation = self.ledger.reserve_sell(job.coid, signal.ticker, qty=intent.qty, max_qty=max_qty)
         except InsufficientShares as exc:
             if exc.available <= 0:
                 raise Refused(f"no {signal.ticker} shares to sell") from None
@@ -171,9 +173,40 @@ class Decider:
         if reason:
             raise Refused(reason)
         if max_qty is not None and reservation.qty == max_qty:
-            log.info("worker %s: all-in sell of %s capped at %s shares by the max order notional %s",
+            log.info("worker %s: sell of every %s share capped at %s by the max order notional %s",
                      config.consumer, signal.ticker, reservation.qty, self.limits.max_order_notional)
-        return plan, reservation
+        return OrderPlan("sell", None, None, order_type, "ioc", limit_price), reservation
+
+    def _intent(self, job: Job, price: Decimal, account: Any, held: Decimal) -> tuple[str, Intent]:
+        """The strategy's answer for this ticker, checked: an Intent, or Refused with its reason."""
+        signal, market = job.signal, job.market
+        strategy = self.strategies.for_ticker(signal.ticker)
+        position = market.position()
+        quote = market.price()
+        view = MarketView(ticker=signal.ticker, bid=quote.bid, ask=quote.ask, price=price, equity=account.equity,
+                          cash=account.cash, buying_power=account.buying_power, position_qty=held,
+                          position_available=max(position.qty_available, Decimal(0)) if position is not None
+                          else Decimal(0), session_open=True)
+        try:
+            answer = strategy.size(SignalView(signal.ticker, signal.side, signal.qty, signal.target_weight), view,
+                                   self.strategy_settings(signal.ticker))
+        except Exception as exc:  # a plug-in's bug: this signal is skipped with it, the worker carries on
+            log.exception("worker %s: strategy %r failed on %s", self.config.consumer, strategy.name, job.entry_id)
+            raise Refused(f"strategy {strategy.name!r} failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(answer, Pass):
+            raise Refused(answer.reason)
+        if not isinstance(answer, Intent):
+            raise Refused(f"strategy {strategy.name!r} answered {type(answer).__name__}, not an Intent or a Pass")
+        try:
+            return strategy.name, checked_intent(answer, signal.side)
+        except ValueError as exc:
+            raise Refused(f"strategy {strategy.name!r}: {exc}") from None
+
+    def strategy_settings(self, ticker: str) -> StrategySettings:
+        config = self.config
+        return StrategySettings(weight=self.weights.get(ticker, Decimal(0)), fixed_qty=config.fixed_qty,
+                                fixed_notional=config.fixed_notional, percent=config.percent,
+                                options=config.strategy_options)
 
     def _check_value(self, held: Decimal, qty: Decimal | None, price: Decimal) -> None:
         reason = (check_order_notional(qty, price, self.limits)
