@@ -279,6 +279,87 @@ def halt_command(reason: str | None, reduce_only: bool, redis_url: str | None, v
         click.echo(f"HALTED: {reason.strip()}\nno new orders until `tradebot resume`")
 
 
+@cli.command("flatten")
+@click.argument("symbols", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Every configured symbol (TRADEBOT_SYMBOLS).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              metavar="SECONDS", help="How long to wait for each round's journal entries.")
+@click.option("--rounds", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Orders per symbol at most (the max order notional splits a large position).")
+@click.option("--no-wait", is_flag=True, help="Queue the control signals and return.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def flatten_command(symbols: tuple[str, ...], every: bool, timeout: float, rounds: int, no_wait: bool,
+                    redis_url: str | None, var_dir: str | None) -> None:
+    """Sell every share of SYMBOL... (or --all) through the fleet, in any trading state: control
+    signals, journaled exactly once; never more than the shares available."""
+    from bot import ops
+    from bot.ops import exits
+    from bot.signals import FLATTEN
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    tickers = _control_tickers(settings, symbols, every)
+    r = ops.open_redis(settings)
+    try:
+        if no_wait:
+            for ticker in tickers:
+                click.echo(f"queued flatten {ticker}: {exits.send(r, settings.keys, FLATTEN, ticker)}")
+            return
+        reports = exits.flatten(r, settings.keys, tickers, timeout=timeout, rounds=rounds,
+                                max_price_age=settings.max_price_age)
+    finally:
+        r.close()
+    for report in reports:
+        click.echo(report.describe(FLATTEN))
+    if any(report.dead or report.left for report in reports):
+        raise SystemExit(1)
+
+
+@cli.command("cancel-all")
+@click.argument("symbols", nargs=-1)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              metavar="SECONDS", help="How long to wait for the journal entries.")
+@click.option("--no-wait", is_flag=True, help="Queue the control signals and return.")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def cancel_all_command(symbols: tuple[str, ...], timeout: float, no_wait: bool, redis_url: str | None,
+                       var_dir: str | None) -> None:
+    """Cancel every open order of SYMBOL... (default: every configured symbol) through the fleet."""
+    from bot import ops
+    from bot.ops import exits
+    from bot.signals import CANCEL_ALL
+
+    settings = ops.operator_settings(redis_url, var_dir)
+    tickers = _control_tickers(settings, symbols, every=not symbols)
+    r = ops.open_redis(settings)
+    try:
+        if no_wait:
+            for ticker in tickers:
+                click.echo(f"queued cancel-all {ticker}: {exits.send(r, settings.keys, CANCEL_ALL, ticker)}")
+            return
+        reports = exits.cancel_all(r, settings.keys, tickers, timeout=timeout)
+    finally:
+        r.close()
+    for report in reports:
+        click.echo(report.describe(CANCEL_ALL))
+    if any(report.dead for report in reports):
+        raise SystemExit(1)
+
+
+def _control_tickers(settings: Any, symbols: tuple[str, ...], every: bool) -> list[str]:
+    if every and symbols:
+        raise InputError("give SYMBOL... or --all, not both")
+    if not every and not symbols:
+        raise InputError("give SYMBOL... or --all")
+    tickers = list(settings.symbols) if every else [s.strip().upper() for s in symbols]
+    unknown = [t for t in tickers if t not in settings.symbols]
+    if unknown:
+        raise InputError(f"unknown symbol {', '.join(unknown)} (configured: {','.join(settings.symbols)})")
+    return list(dict.fromkeys(tickers))
+
+
 @cli.command("resume")
 @redis_url_option
 @var_dir_option

@@ -98,6 +98,11 @@ class Keys:
         """String: who holds the one-per-account listener lease (a second listener is a standby)."""
         return self._k("listener", "lease")
 
+    @property
+    def control(self) -> str:
+        """Stream: the operator's control signals (flatten, cancel-all), routed like any source."""
+        return self._k("control")
+
     # consumer groups
     @property
     def router_group(self) -> str:

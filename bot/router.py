@@ -20,7 +20,7 @@ from bot.config import Settings
 from bot.consumer import ConsumerLoop, Round
 from bot.redisconn import connect
 from bot.retention import trim_dlq, trim_journal
-from bot.signals import Signal, SignalError, parse_raw
+from bot.signals import Signal, SignalError, parse_control, parse_raw
 from bot.streams import (
     GroupReader,
     autoclaim,
@@ -100,7 +100,8 @@ class Router:
         self.settings = settings
         self.keys = settings.keys
         self.group = self.keys.router_group
-        self.streams = tuple(settings.source_streams)
+        # the control stream is a source too: the operator's flatten and cancel-all become signals
+        self.streams = (*settings.source_streams, self.keys.control)
         self.consumer = consumer or default_consumer_name(ROLE)
         # bytes client: source payloads are untrusted and need not be UTF-8
         self.r = client if client is not None else connect(
@@ -131,7 +132,8 @@ class Router:
         """
         start = "0" if self.from_start or self.outages else "$"
         for stream in self.streams:
-            ensure_group(self.r, stream, self.group, start)
+            # an operator's control entry written before the first router start still runs
+            ensure_group(self.r, stream, self.group, "0" if stream == self.keys.control else start)
         self._groups_ready = True
 
     def step(self) -> int:
@@ -211,9 +213,10 @@ class Router:
                 last_error = self._failures.get((stream, entry_id), "no error recorded by this router")
                 return self._dead(stream, entry_id, fields,
                                   f"failed to route after {deliveries} deliveries: {last_error}", deliveries)
+        parse = parse_control if stream == self.keys.control else parse_raw
         try:
-            signal = parse_raw(fields, source_stream=stream, source_id=entry_id,
-                               symbols=self.settings.symbols, routed_at=self.clock())
+            signal = parse(fields, source_stream=stream, source_id=entry_id,
+                           symbols=self.settings.symbols, routed_at=self.clock())
         except SignalError as exc:
             return self._dead(stream, entry_id, fields, exc.reason)
         return self._route(signal)

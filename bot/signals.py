@@ -24,6 +24,8 @@ MAX_QTY_DECIMALS = 9
 MAX_ID_AHEAD = 5.0  # seconds an entry id may be ahead of the router's clock (host clock skew)
 
 SIDES = ("buy", "sell")
+FLATTEN, CANCEL_ALL = "flatten", "cancel-all"  # control signals (bot.keys.Keys.control)
+CONTROLS = (FLATTEN, CANCEL_ALL)
 _DIRECTIONS = {"b": "buy", "buy": "buy", "s": "sell", "sell": "sell"}
 # plain decimal notation only: no exponents, underscores, signs other than a leading +/-,
 # NaN or Infinity (all of which Decimal() would accept)
@@ -81,13 +83,19 @@ class Signal:
     # with an explicit future id): the signal's time is then its receipt, not its id
     received_at: float | None = None
     target_weight: Decimal | None = None  # the share of equity the signal wants in the ticker (0..1)
+    # an operator's control signal: flatten (sell every share, even while halted) or cancel-all
+    # (cancel the ticker's open orders; side "cancel")
+    control: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ticker", self.ticker.strip().upper())
         if not self.ticker:
             raise SignalError("ticker is empty")
-        if self.side not in SIDES:
-            raise SignalError(f"side {self.side!r} is not buy/sell")
+        if self.control not in (None, *CONTROLS):
+            raise SignalError(f"control {self.control!r} is not one of {', '.join(CONTROLS)}")
+        wanted = ("cancel",) if self.control == CANCEL_ALL else ("sell",) if self.control == FLATTEN else SIDES
+        if self.side not in wanted:
+            raise SignalError(f"side {self.side!r} is not {'/'.join(wanted)}")
         if self.qty is not None:
             object.__setattr__(self, "qty", check_qty(self.qty))
         if not self.source_stream:
@@ -124,6 +132,8 @@ class Signal:
             fields["received_at"] = repr(float(self.received_at))
         if self.target_weight is not None:
             fields["target_weight"] = format(self.target_weight, "f")
+        if self.control is not None:
+            fields["control"] = self.control
         return fields
 
     @classmethod
@@ -149,7 +159,7 @@ class Signal:
             raise SignalError(f"received_at {text['received_at']!r} is not a number") from None
         target_weight = parse_weight(text["target_weight"]) if "target_weight" in text else None
         return cls(text["ticker"], text["side"], qty, text["source_stream"], text["source_id"], routed_at,
-                   text.get("client_order_id") or None, received_at, target_weight)
+                   text.get("client_order_id") or None, received_at, target_weight, text.get("control") or None)
 
 
 def parse_raw(
@@ -209,6 +219,20 @@ def check_weight(weight: Decimal, shown: str | None = None) -> Decimal:
         raise SignalError(f"target_weight {shown if shown is not None else str(weight)!r} must be a number "
                           "from 0 to 1")
     return weight.normalize() if weight else Decimal(0)
+
+
+def parse_control(fields: Mapping[bytes, bytes], *, source_stream: str, source_id: str, symbols: tuple[str, ...],
+                  routed_at: float) -> Signal:
+    """An entry of the control stream: ``action`` flatten|cancel-all and ``ticker``; SignalError otherwise."""
+    values = {codec.text_or_none(k): codec.text_or_none(v) for k, v in fields.items()}
+    action = (values.get("action") or "").strip().lower()
+    if action not in CONTROLS:
+        raise SignalError(f"control action {action!r} is not one of {', '.join(CONTROLS)}")
+    ticker = (values.get("ticker") or "").strip().upper()
+    if ticker not in symbols:
+        raise SignalError(f"unknown ticker {ticker!r} (configured: {','.join(symbols)})")
+    return Signal(ticker, "cancel" if action == CANCEL_ALL else "sell", None, source_stream, source_id, routed_at,
+                  received_at=_received_at(source_id, routed_at), control=action)
 
 
 def id_time(entry_id: str) -> float:

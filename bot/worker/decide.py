@@ -19,7 +19,7 @@ from bot.risk import (
     pre_trade_check,
     sell_qty_cap,
 )
-from bot.signals import Signal
+from bot.signals import FLATTEN, Signal
 from bot.strategies import OrderPlan, checked_intent, limit_price_for
 from bot.strategy import Intent, MarketView, Pass, SignalView, Strategies, StrategyMap, StrategySettings
 from bot.worker.config import WorkerConfig
@@ -53,8 +53,12 @@ class Gates:
         except MarketDataError as exc:  # a corrupt clock hash counts as no clock
             clock, clock_error = None, str(exc)
         session_open = clock.open_at(now) if clock is not None else None
-        refusal = pre_trade_check(halt_reason=market.value(self.keys.halt), source_at=signal.source_at, now=now,
-                                  reduce_only_reason=market.value(self.keys.reduce_only), side=signal.side,
+        # a control signal (flatten) is the exit the halt exists for: the trading state does not hold it
+        control = signal.control is not None
+        refusal = pre_trade_check(halt_reason=None if control else market.value(self.keys.halt),
+                                  source_at=signal.source_at, now=now,
+                                  reduce_only_reason=None if control else market.value(self.keys.reduce_only),
+                                  side=signal.side,
                                   clock_is_open=session_open, limits=self.limits,
                                   clock_age=clock.age if clock is not None else None, clock_error=clock_error)
         if refusal is not None:
@@ -180,6 +184,8 @@ class Decider:
     def _intent(self, job: Job, price: Decimal, account: Any, held: Decimal) -> tuple[str, Intent]:
         """The strategy's answer for this ticker, checked: an Intent, or Refused with its reason."""
         signal, market = job.signal, job.market
+        if signal.control == FLATTEN:
+            return FLATTEN, Intent()  # every share available, whatever the strategy
         strategy = self.strategies.for_ticker(signal.ticker)
         position = market.position()
         quote = market.price()

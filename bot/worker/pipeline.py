@@ -22,8 +22,10 @@ from bot.order_events import OrderEvents
 from bot.ratelimit import RateLimiter
 from bot.redisconn import connect
 from bot.risk import RiskLimits
+from bot.signals import CANCEL_ALL
 from bot.streams import delete_consumer_if_idle, ensure_group
 from bot.worker.config import WorkerConfig
+from bot.worker.controls import Controls
 from bot.worker.decide import Decider, Gates
 from bot.worker.follow import Follower
 from bot.worker.intake import Intake
@@ -56,7 +58,7 @@ from bot.worker.triage import Triage
 
 log = logging.getLogger(__name__)
 
-STAGES = ("triage", "decide", "submit", "follow", "record")
+STAGES = ("triage", "decide", "submit", "follow", "record", "controls")
 LEDGER_SWEEP_EVERY = 30.0  # seconds between sweeps of settled, reflected reservations out of the ledger
 
 
@@ -139,6 +141,7 @@ class Worker:
                                                  ledger=self.ledger, market=self.market,
                                                  order_timeout=config.order_timeout, clock=clock,
                                                  marker_ttl=settings.marker_ttl))
+        self.controls = stage("controls", Controls(client=client, consumer=self.consumer))
         self.loop = ConsumerLoop(f"worker {self.consumer}", config.backoff_max)
         self.counts: dict[str, int] = {JOURNALED: 0, DEAD: 0, DUPLICATE: 0, PENDING: 0, LOST: 0}
         self._group_ready = False
@@ -160,6 +163,8 @@ class Worker:
             return self._resolved(unknown, self.recorder.dead_letter(replace(triaged,
                                                                              reason=triaged.reason + unknown.note)))
         job = triaged
+        if job.signal.control == CANCEL_ALL:
+            return self.recorder.canceled_all(job, self.controls.cancel_all(job).reason)
         sent: Sent
         posted = False  # a POST may have been sent (its outcome may be unknown)
         if job.existing is not None:  # an earlier delivery placed it: follow that order, never a second

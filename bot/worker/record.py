@@ -69,6 +69,10 @@ class Recorder:
         self.ledger.release(job.coid)
         return self._journal(job, "skipped", reason=skip.reason, qty=skip.qty)
 
+    def canceled_all(self, job: Job, reason: str) -> str:
+        """A cancel-all control signal: one journal entry saying what it canceled."""
+        return self._journal(job, "canceled", reason=reason)
+
     def rejected(self, job: Job, rejected: Rejected) -> str:
         self.ledger.release(job.coid)
         return self._journal(job, "rejected", reason=rejected.reason, qty=rejected.qty,

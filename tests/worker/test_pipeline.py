@@ -54,10 +54,10 @@ def build(bench: Bench) -> Iterator[Callable[..., Worker]]:
 
 def test_an_unknown_stage_name_raises(bench: Bench):
     with pytest.raises(ValueError, match=r"^no such worker stage: bogus, intake \(stages: triage, decide, submit, "
-                                         r"follow, record\)$"):
+                                         r"follow, record, controls\)$"):
         Worker(bench.settings, config(), r=bench.r, rb=bench.rb, client=bench.client,
                wrap={"intake": lambda s: s, "bogus": lambda s: s})
-    assert STAGES == ("triage", "decide", "submit", "follow", "record")
+    assert STAGES == ("triage", "decide", "submit", "follow", "record", "controls")
 
 
 def test_a_wrapper_around_record_sees_every_call(bench: Bench, build: Callable[..., Worker]):
