@@ -144,6 +144,19 @@ class Keys:
         """String: present = reduce-only (only orders that shrink a position); value = reason."""
         return self._k("reduce_only")
 
+    @property
+    def breakers(self) -> str:
+        """Hash: the circuit breakers' state (equity peak, the last trip, an operator's acknowledgement)."""
+        return self._k("breakers")
+
+    def orders_per_minute(self, minute: int) -> str:
+        """Counter: orders sent in that minute (Unix minutes), for the order-rate breaker; expires."""
+        return self._k("orders_minute", str(minute))
+
+    def cooldown(self, symbol: str) -> str:
+        """String with a ttl: present while ``symbol`` cools down after a fill."""
+        return self._k("cooldown", symbol.upper())
+
     # shared state of the workers
     @property
     def ledger(self) -> str:

@@ -30,6 +30,7 @@ import httpx
 import redis
 
 from bot.alpaca.errors import AlpacaError
+from bot.breakers import Breakers
 from bot.keys import Keys
 from bot.market import write_account, write_clock, write_positions, write_prices
 from bot.pnl import EQUITY_EVERY, record_equity
@@ -83,7 +84,7 @@ class Poller:
                  account_interval: float = 5.0, clock_interval: float = 30.0,
                  now: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  max_backoff: float = 30.0, stop_event: threading.Event | None = None,
-                 refresh_min_interval: float = 1.0) -> None:
+                 refresh_min_interval: float = 1.0, breakers: Breakers | None = None) -> None:
         if interval <= 0 or account_interval <= 0 or clock_interval <= 0:
             raise ValueError("poller intervals must be > 0")
         if not refresh_min_interval >= 0:
@@ -102,6 +103,7 @@ class Poller:
         self.max_backoff = max_backoff
         self.refresh_min_interval = refresh_min_interval
         self.stop_event = stop_event  # set by run(); checked between the calls of a tick
+        self.breakers = breakers  # the equity breakers, judged after every account poll
         self._account_due = -math.inf
         self._equity_at = -math.inf  # monotonic time of the last equity point
         self._clock_due = -math.inf
@@ -149,6 +151,8 @@ class Poller:
         sent = self.now()
         account = self.client.get_account()
         write_account(self.r, self.keys, account, self.now(), as_of=sent)
+        if self.breakers is not None:
+            self.breakers.check_equity(account.equity, account.last_equity)
         if self.monotonic() - self._equity_at >= EQUITY_EVERY:  # the equity curve, at most every 10 s
             record_equity(self.r, self.keys, account.equity, account.cash, self.now())
             self._equity_at = self.monotonic()

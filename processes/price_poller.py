@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from typing import Any
@@ -10,6 +11,7 @@ import click
 import redis
 
 from bot.alpaca.client import AlpacaClient
+from bot.breakers import BreakerLimits, Breakers
 from bot.config import ConfigError, Settings, parse_symbols
 from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.logs import configure_logging, redact_url
@@ -74,6 +76,7 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
             alpaca_base_url=alpaca_base_url or None,
             alpaca_data_url=alpaca_data_url or None,
         ).with_demo_credentials("to poll")
+        limits = BreakerLimits.from_env(lambda name, default: os.environ.get(name, default))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -85,7 +88,8 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
                           extra=broker_requests_extra(client)) as heartbeat:
             poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
                             account_interval=account_interval, clock_interval=clock_interval,
-                            max_backoff=max_backoff, refresh_min_interval=refresh_min_interval)
+                            max_backoff=max_backoff, refresh_min_interval=refresh_min_interval,
+                            breakers=Breakers(r, settings.keys, limits) if limits.watches_equity else None)
             poller.on_tick = heartbeat.progress
             poller.run(stop)
     finally:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from decimal import Decimal
 
 import click
 
+from bot.breakers import BreakerLimits
 from bot.config import ConfigError, Settings, parse_symbols
 from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.logs import configure_logging, redact_url
@@ -107,6 +109,7 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
             order_timeout=order_timeout, strategy=strategy, fixed_qty=_decimal("--fixed-qty", fixed_qty),
             fixed_notional=_decimal("--fixed-notional", fixed_notional), order_type=order_type,
             percent=_decimal("--percent", percent), strategy_options=parse_options(strategy_options),
+            breakers=BreakerLimits.from_env(lambda name, default: os.environ.get(name, default)),
             slippage_bps=slippage_bps, max_signal_age=max_signal_age, extended_hours=extended_hours,
             block_ms=block_ms, stop_grace=stop_grace, max_quote_age=settings.max_quote_age,
             follow_events=follow == "events", event_late=event_late, wait_reconcile=wait_reconcile,

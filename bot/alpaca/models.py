@@ -42,6 +42,7 @@ class Account:
     equity: Decimal
     trading_blocked: bool = False
     account_blocked: bool = False
+    last_equity: Decimal | None = None  # equity at the previous trading day's close
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -55,6 +56,7 @@ class Account:
             equity=dec(d.get("equity")) or Decimal(0),
             trading_blocked=bool(d.get("trading_blocked", False)),
             account_blocked=bool(d.get("account_blocked", False)),
+            last_equity=dec(d.get("last_equity")),
             raw=dict(d),
         )
 

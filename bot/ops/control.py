@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import redis
 from redis.typing import EncodableT, FieldT
 
+from bot.breakers import acknowledge
 from bot.codec import display
 from bot.config import Settings
 from bot.keys import Keys
@@ -50,6 +51,7 @@ def halt(r: redis.Redis, keys: Keys, reason: str, *, reduce_only: bool = False) 
 def resume(r: redis.Redis, keys: Keys) -> str | None:
     """Back to active; the state it left with its reason ("halted: news"), or None if it was active."""
     previous = set_state(r, keys, ACTIVE)
+    acknowledge(r, keys)  # the breakers start afresh: the peak from now, the daily check tomorrow
     return previous.describe() if previous.state != ACTIVE else None
 
 

@@ -103,6 +103,8 @@ def render_status(report: StatusReport) -> str:
     else:
         lines.append(f"  {report.trading_state.upper()}: {halt_state['reason']}"
                      + ("" if halt_state["on"] else " (sells and exits only)"))
+    if report.breakers.get("tripped"):
+        lines.append(f"  breaker tripped {report.breakers.get('tripped_day', '')}: {report.breakers['tripped']}")
     if report.redis["ok"]:
         lines += _truth_lines(report)
     lines.append("")

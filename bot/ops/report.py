@@ -48,6 +48,7 @@ class StatusReport:
     redis: dict[str, Any]
     halt: dict[str, Any] = field(default_factory=lambda: {"on": False, "reason": None, "state": "active"})
     trading_state: str = "active"  # active | reduce-only | halted (bot.trading)
+    breakers: dict[str, str] = field(default_factory=dict)  # tradebot:breakers: peak, the last trip
     streams: list[StreamStatus] = field(default_factory=list)
     prices: list[dict[str, Any]] = field(default_factory=list)
     account: dict[str, Any] | None = None

@@ -74,6 +74,7 @@ def _fill_from_redis(r: redis.Redis, settings: Settings, report: StatusReport, n
     state = read_state(r, keys)
     report.trading_state = state.state
     report.halt = {"on": state.state == HALTED, "reason": state.reason, "state": state.state}
+    report.breakers = dict(display_fields(r.hgetall(keys.breakers)))
     for stream in settings.source_streams:
         report.streams.append(stream_status(r, stream, "source"))
     report.streams.append(stream_status(r, keys.signals, "signals"))

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from bot.breakers import BreakerLimits
 from bot.config import ConfigError
 from bot.strategies import ORDER_TYPES
 from bot.strategy import StrategyMap
@@ -50,6 +51,7 @@ class WorkerConfig:
     fixed_qty: Decimal | None = None
     fixed_notional: Decimal | None = None
     percent: Decimal | None = None  # percent-of-equity: the share of equity per order
+    breakers: BreakerLimits = field(default_factory=BreakerLimits)  # trips and the two gates
     strategy_options: Mapping[str, str] = field(default_factory=dict)  # for plug-ins
     order_type: str = "market"
     slippage_bps: int = 10  # limit orders: this many basis points beyond the quote

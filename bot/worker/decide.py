@@ -10,7 +10,7 @@ from bot.alpaca.models import OrderRequest
 from bot.codec import decimal_text
 from bot.keys import Keys
 from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError, Reservation
-from bot.market import MarketDataError, MarketSnapshot, Price
+from bot.market import MarketCache, MarketDataError, MarketSnapshot, Price
 from bot.risk import (
     RiskLimits,
     buy_cash_cap,
@@ -75,8 +75,9 @@ class Gates:
 
 class Decider:
     def __init__(self, *, gates: Gates, ledger: Ledger, limits: RiskLimits, weights: dict[str, Decimal],
-                 config: WorkerConfig, strategies: Strategies | None = None) -> None:
+                 config: WorkerConfig, strategies: Strategies | None = None, market: MarketCache | None = None) -> None:
         self.gates, self.ledger, self.limits = gates, ledger, limits
+        self.market = market if market is not None else MarketCache(ledger.r, gates.keys)
         self.weights = weights
         self.config = config
         self.strategies = strategies if strategies is not None else Strategies(StrategyMap.parse(config.strategy))
@@ -91,6 +92,10 @@ class Decider:
     def _plan(self, job: Job) -> OrderRequest:
         signal, market = job.signal, job.market
         extended = not self.gates.session_open(signal, market)  # only reached when extended hours are allowed
+        if signal.control is None:  # an exit is never held back by these
+            self._cooldown(job)
+            if signal.side == "buy":
+                self._open_positions(job)
         price = self.gates.fresh_price(market)
         quote = price.for_side(signal.side)
         if quote is None:
@@ -180,6 +185,28 @@ class Decider:
             log.info("worker %s: sell of every %s share capped at %s by the max order notional %s",
                      config.consumer, signal.ticker, reservation.qty, self.limits.max_order_notional)
         return OrderPlan("sell", None, None, order_type, "ioc", limit_price), reservation
+
+    def _cooldown(self, job: Job) -> None:
+        """A symbol filled less than TRADEBOT_COOLDOWN ago takes no new order (the key's ttl is the rest)."""
+        cooldown = self.config.breakers.cooldown
+        filled_at = job.market.value(self.gates.keys.cooldown(job.signal.ticker)) if cooldown else None
+        if filled_at is not None:
+            ago = max(self.gates.clock() - float(filled_at), 0.0)
+            raise Refused(f"cooldown: {job.signal.ticker} filled {ago:.0f}s ago (TRADEBOT_COOLDOWN {cooldown:g}s)",
+                          gate=True)
+
+    def _open_positions(self, job: Job) -> None:
+        """A buy of a symbol not held when TRADEBOT_MAX_OPEN_POSITIONS are open already is skipped."""
+        limit = self.config.breakers.max_open_positions
+        if limit is None or _held_qty(job.market) > 0:
+            return
+        try:
+            held = sorted(s for s, p in self.market.positions().items() if p.qty > 0)
+        except MarketDataError as exc:
+            raise Refused(str(exc)) from None
+        if len(held) >= limit:
+            raise Refused(f"max open positions {limit} reached ({', '.join(held)}): no new {job.signal.ticker} "
+                          "position", gate=True)
 
     def _intent(self, job: Job, price: Decimal, account: Any, held: Decimal) -> tuple[str, Intent]:
         """The strategy's answer for this ticker, checked: an Intent, or Refused with its reason."""

@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from bot.alpaca.models import OrderRequest
+from bot.breakers import Breakers
 from bot.codec import decimal_text
 from bot.config import Settings
 from bot.consumer import ConsumerLoop, Round
@@ -131,16 +132,17 @@ class Worker:
                                              replays=self.replays, max_deliveries=config.max_deliveries, clock=clock,
                                              events=self.order_events))
         self.decider = stage("decide", Decider(gates=gates, ledger=self.ledger, limits=self.limits,
-                                               weights=self.weights, config=config))
+                                               weights=self.weights, config=config, market=self.market))
         self.submitter = stage("submit", Submitter(client=client, market=self.market, keys=keys, keeper=self.keeper,
                                                    gates=gates, grace=self.grace, limiter=self.limiter,
-                                                   config=config, clock=clock, events=self.order_events))
+                                                   config=config, clock=clock, events=self.order_events,
+                                                   breakers=Breakers(self.r, keys, config.breakers, now=clock)))
         self.follower = stage("follow", Follower(client=client, grace=self.grace, config=config, clock=clock,
                                                  sleep=sleep, events=self.order_events))
         self.recorder = stage("record", Recorder(r=self.r, rb=self.rb, keys=keys, consumer=self.consumer,
                                                  ledger=self.ledger, market=self.market,
                                                  order_timeout=config.order_timeout, clock=clock,
-                                                 marker_ttl=settings.marker_ttl))
+                                                 marker_ttl=settings.marker_ttl, cooldown=config.breakers.cooldown))
         self.controls = stage("controls", Controls(client=client, consumer=self.consumer))
         self.loop = ConsumerLoop(f"worker {self.consumer}", config.backoff_max)
         self.counts: dict[str, int] = {JOURNALED: 0, DEAD: 0, DUPLICATE: 0, PENDING: 0, LOST: 0}

@@ -39,13 +39,14 @@ log = logging.getLogger(__name__)
 class Recorder:
     def __init__(self, *, r: redis.Redis, rb: redis.Redis, keys: Keys, consumer: str, ledger: Ledger,
                  market: MarketCache, order_timeout: float, clock: Callable[[], float],
-                 marker_ttl: int = DONE_TTL_SECONDS) -> None:
+                 marker_ttl: int = DONE_TTL_SECONDS, cooldown: float | None = None) -> None:
         self.r, self.rb, self.keys, self.consumer = r, rb, keys, consumer
         self.stream, self.group = keys.signals, keys.workers_group
         self.ledger, self.market = ledger, market
         self.order_timeout = order_timeout
         self.clock = clock
         self.marker_ttl = marker_ttl
+        self.cooldown = cooldown  # seconds a symbol takes no new order after a fill (TRADEBOT_COOLDOWN)
         self.outcomes: dict[str, int] = {}  # journal outcome -> entries written by this worker
 
     def final(self, job: Job, placed: Placed, final: Final) -> str:
@@ -62,6 +63,9 @@ class Recorder:
                                submitted_at=placed.submitted_at, final_at=final.final_at, adopted=placed.adopted)
         if order.filled_qty > 0:
             self.market.request_refresh()
+            if self.cooldown and job.signal.control is None:
+                self.r.set(self.keys.cooldown(order.symbol or job.signal.ticker), repr(self.clock()),
+                           px=max(1, int(self.cooldown * 1000)))
         return result
 
     def skipped(self, job: Job, skip: Skip) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from bot.alpaca.errors import OrderOutcomeUnknown
 from bot.alpaca.models import OrderRequest
+from bot.breakers import Breakers
 from bot.keys import Keys
 from bot.market import MarketCache
 from bot.order_events import OrderEvents
@@ -27,9 +28,10 @@ log = logging.getLogger(__name__)
 class Submitter:
     def __init__(self, *, client: Any, market: MarketCache, keys: Keys, keeper: EntryKeeper, gates: Gates,
                  grace: StopGrace, limiter: Any, config: WorkerConfig, clock: Callable[[], float],
-                 events: OrderEvents) -> None:
+                 events: OrderEvents, breakers: Breakers | None = None) -> None:
         self.client, self.market, self.keys, self.keeper, self.gates = client, market, keys, keeper, gates
         self.grace, self.limiter, self.config, self.clock, self.events = grace, limiter, config, clock, events
+        self.breakers = breakers
 
     def submit(self, job: Job, request: OrderRequest) -> Sent:
         """Send ``request``: Placed, Rejected (refused for good), a Skip (a re-check said no),
@@ -37,6 +39,10 @@ class Submitter:
         leaves pending: the last attempt's failure (an unknown outcome: marked as such first)."""
         attempts = self.config.submit_attempts
         unknown = False
+        if self.breakers is not None:
+            # one more order this minute; past the limit this trips the trading state, which the
+            # re-check below then applies to this very order (an exit still goes)
+            self.breakers.count_order()
         for attempt in range(1, attempts + 1):
             if self.grace.stopping:  # no new order; the reservation stays with the entry, which is replayed
                 return Unsent(f"stopping before order {job.coid} was sent")

@@ -38,7 +38,7 @@ class Triage:
             return DeadLetter(delivery, f"unusable signal: {exc.reason}")
         done = self.keys.done(signal.source_stream, signal.source_id)
         # done marker, trading state, clock, price, account, position: one round trip
-        market = self.market.snapshot(signal.ticker, (done, self.keys.halt, self.keys.reduce_only))
+        market = self.market.snapshot(signal.ticker, (done, *self._gate_keys(signal)))
         if market.exists(done):
             return Duplicate(delivery.entry_id, signal.source_stream, signal.source_id)
         job = Job(delivery.entry_id, signal, signal.coid, delivery.deliveries, claimed_at, market)
@@ -51,8 +51,12 @@ class Triage:
             if existing is not None:
                 return replace(job, existing=existing)
             # the lookup took time: the checks read the cache afresh
-            job = replace(job, market=self.market.snapshot(signal.ticker, (self.keys.halt, self.keys.reduce_only)))
+            job = replace(job, market=self.market.snapshot(signal.ticker, self._gate_keys(signal)))
         return job
+
+    def _gate_keys(self, signal: Signal) -> tuple[str, ...]:
+        """The keys the decide stage's gates read: the trading state and the ticker's cooldown."""
+        return self.keys.halt, self.keys.reduce_only, self.keys.cooldown(signal.ticker)
 
     def order_behind(self, job: Job, skip: Skip) -> Order | None:
         """The order a skip would hide, asked of the broker before any ``skipped`` is journaled.

@@ -130,7 +130,8 @@ class Bench:
         """A Job for ``delivery`` (a new one by default) with a fresh snapshot, as triage builds it."""
         delivery = delivery or self.deliver()
         signal = Signal.from_fields(delivery.fields)
-        market = self.market.snapshot(signal.ticker, (self.keys.halt, self.keys.reduce_only))
+        market = self.market.snapshot(signal.ticker, (self.keys.halt, self.keys.reduce_only,
+                                                      self.keys.cooldown(signal.ticker)))
         return Job(delivery.entry_id, signal, client_order_id(signal.source_stream, signal.source_id),
                    deliveries if deliveries is not None else delivery.deliveries, time.time(), market)
 

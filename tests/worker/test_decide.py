@@ -1,13 +1,15 @@
 """Decider.decide: the gates, a fresh price, the size and the ledger's reservation -> an OrderRequest or a Skip."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
-from bot.trading import HALTED, REDUCE_ONLY, set_state
 from bot.alpaca.models import OrderRequest
+from bot.breakers import BreakerLimits
+from bot.trading import HALTED, REDUCE_ONLY, set_state
 from bot.worker.decide import Decider
 from bot.worker.records import Skip
 
@@ -74,6 +76,27 @@ def test_reduce_only_refuses_a_buy_and_passes_a_sell(bench: Bench):
     set_state(bench.r, bench.keys, HALTED, "news")  # halted wins: not even the sell
     assert decider(bench).decide(bench.job(bench.deliver(bench.signal("sell")))) == Skip("kill switch on: news",
                                                                                            gate=True)
+
+
+def test_a_cooldown_after_a_fill_holds_the_symbol_but_not_a_flatten(bench: Bench):
+    bench.client.submit_order(OrderRequest(SYMBOL, "buy", "seed-buy", qty=Decimal(4)))
+    bench.refresh()
+    bench.r.set(bench.keys.cooldown(SYMBOL), repr(time.time() - 5), px=60_000)
+    cooling = decider(bench, breakers=BreakerLimits(cooldown=60.0))
+    skip = cooling.decide(bench.job())
+    assert isinstance(skip, Skip) and skip.gate and skip.reason == "cooldown: NVDA filled 5s ago (TRADEBOT_COOLDOWN 60s)"
+    flatten = bench.signal("sell")
+    exit_job = bench.job(bench.deliver(replace(flatten, control="flatten")))
+    request = cooling.decide(exit_job)
+    assert isinstance(request, OrderRequest) and request.qty == 4
+
+
+def test_max_open_positions_skips_a_buy_of_a_new_symbol_only(bench: Bench):
+    bench.r.hset(bench.keys.positions, "AAPL", json.dumps({"qty": "3", "qty_available": "3", "avg_entry_price": "10",
+                                                            "market_value": None, "side": "long"}))
+    skip = decider(bench, breakers=BreakerLimits(max_open_positions=1)).decide(bench.job())
+    assert isinstance(skip, Skip) and skip.reason == "max open positions 1 reached (AAPL): no new NVDA position"
+    assert isinstance(decider(bench, breakers=BreakerLimits(max_open_positions=2)).decide(bench.job()), OrderRequest)
 
 
 def test_an_old_signal_is_a_skip_but_not_a_gate(bench: Bench):
