@@ -21,6 +21,11 @@ MAX_VALUE_BYTES = 64
 MAX_NAME_BYTES = 64
 MAX_QTY = Decimal("1000000")
 MAX_QTY_DECIMALS = 9
+MAX_PRICE = Decimal("1000000000")
+PRICE_FIELDS = ("notional", "limit_price", "stop_loss", "take_profit")
+# the fields a source entry may carry (others are ignored); docs/architecture.md "Redis keys"
+SOURCE_FIELDS = ("ticker", "direction", "qty", "client_order_id", "target_weight", *PRICE_FIELDS, "strategy")
+_STRATEGY_NAME = re.compile(r"[a-z0-9._-]{1,64}")
 MAX_ID_AHEAD = 5.0  # seconds an entry id may be ahead of the router's clock (host clock skew)
 
 SIDES = ("buy", "sell")
@@ -86,6 +91,11 @@ class Signal:
     # an operator's control signal: flatten (sell every share, even while halted) or cancel-all
     # (cancel the ticker's open orders; side "cancel")
     control: str | None = None
+    notional: Decimal | None = None  # dollars instead of a qty (fixed strategy)
+    limit_price: Decimal | None = None  # a limit order at this price instead of the configured type
+    stop_loss: Decimal | None = None  # protective legs of a buy (a bracket order)
+    take_profit: Decimal | None = None
+    strategy: str | None = None  # a strategy by name for this signal only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ticker", self.ticker.strip().upper())
@@ -104,6 +114,7 @@ class Signal:
             raise SignalError(f"source_id {self.source_id!r} is not a stream id")
         if self.target_weight is not None:
             object.__setattr__(self, "target_weight", check_weight(self.target_weight))
+        check_order_fields(self)
         if self.pinned_coid is not None and not is_our_coid(self.pinned_coid):
             raise SignalError(f"client_order_id {self.pinned_coid[:60]!r} is not one of this bot's order ids")
 
@@ -134,6 +145,12 @@ class Signal:
             fields["target_weight"] = format(self.target_weight, "f")
         if self.control is not None:
             fields["control"] = self.control
+        for name in PRICE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                fields[name] = format(value, "f")
+        if self.strategy is not None:
+            fields["strategy"] = self.strategy
         return fields
 
     @classmethod
@@ -158,8 +175,12 @@ class Signal:
         except ValueError:
             raise SignalError(f"received_at {text['received_at']!r} is not a number") from None
         target_weight = parse_weight(text["target_weight"]) if "target_weight" in text else None
+        prices = {name: parse_price(name, text[name]) for name in PRICE_FIELDS if name in text}
         return cls(text["ticker"], text["side"], qty, text["source_stream"], text["source_id"], routed_at,
-                   text.get("client_order_id") or None, received_at, target_weight, text.get("control") or None)
+                   text.get("client_order_id") or None, received_at, target_weight, text.get("control") or None,
+                   notional=prices.get("notional"), limit_price=prices.get("limit_price"),
+                   stop_loss=prices.get("stop_loss"), take_profit=prices.get("take_profit"),
+                   strategy=text.get("strategy") or None)
 
 
 def parse_raw(
@@ -184,7 +205,7 @@ def parse_raw(
             name = name_bytes.decode("utf-8")
         except UnicodeDecodeError:
             continue  # cannot be one of ours; kept verbatim in the DLQ/raw fields if the entry is bad
-        if name not in ("ticker", "direction", "qty", "client_order_id", "target_weight"):
+        if name not in SOURCE_FIELDS:
             continue  # extra fields are allowed and ignored
         try:
             values[name] = value_bytes.decode("utf-8")
@@ -202,8 +223,46 @@ def parse_raw(
         raise SignalError(f"direction {direction!r} is not b/s/buy/sell")
     qty = parse_qty(values["qty"]) if "qty" in values else None
     target_weight = parse_weight(values["target_weight"]) if "target_weight" in values else None
+    prices = {name: parse_price(name, values[name]) for name in PRICE_FIELDS if name in values}
+    strategy = values["strategy"].strip() if "strategy" in values else None
     return Signal(ticker, side, qty, source_stream, source_id, routed_at, values.get("client_order_id") or None,
-                  received_at=_received_at(source_id, routed_at), target_weight=target_weight)
+                  received_at=_received_at(source_id, routed_at), target_weight=target_weight, strategy=strategy,
+                  notional=prices.get("notional"), limit_price=prices.get("limit_price"),
+                  stop_loss=prices.get("stop_loss"), take_profit=prices.get("take_profit"))
+
+
+def parse_price(name: str, text: str) -> Decimal:
+    """A positive dollar amount in plain decimal notation (``notional``, ``limit_price``...)."""
+    stripped = text.strip()
+    if not _PLAIN_NUMBER.fullmatch(stripped):
+        raise SignalError(f"{name} {text!r} must be a positive number")
+    return Decimal(stripped)
+
+
+def check_order_fields(signal: Signal) -> None:
+    """The optional order fields of a signal, alone and together; SignalError naming the bad one."""
+    for name in PRICE_FIELDS:
+        value = getattr(signal, name)
+        if value is None:
+            continue
+        if not isinstance(value, Decimal) or not value.is_finite() or value <= 0 or value > MAX_PRICE:
+            raise SignalError(f"{name} {value} must be a positive number up to {MAX_PRICE}")
+        decimals = -value.normalize().as_tuple().exponent  # type: ignore[operator]
+        most = 2 if name == "notional" or value >= 1 else 4
+        if decimals > most:
+            raise SignalError(f"{name} {value} has more than {most} decimals (Alpaca's price increments)")
+    if signal.qty is not None and signal.notional is not None:
+        raise SignalError("give qty or notional, not both")
+    if signal.strategy is not None and not _STRATEGY_NAME.fullmatch(signal.strategy):
+        raise SignalError(f"strategy {signal.strategy[:70]!r} is not a strategy name ([a-z0-9._-], up to 64)")
+    if (signal.stop_loss is not None or signal.take_profit is not None) and signal.side != "buy":
+        raise SignalError("stop_loss and take_profit go with a buy (they protect the position it opens)")
+    entry = signal.limit_price
+    low, high = signal.stop_loss, signal.take_profit
+    if low is not None and high is not None and low >= high:
+        raise SignalError(f"stop_loss {low} must be below take_profit {high}")
+    if entry is not None and ((low is not None and low >= entry) or (high is not None and high <= entry)):
+        raise SignalError(f"limit_price {entry} must lie between stop_loss and take_profit")
 
 
 def parse_weight(text: str) -> Decimal:

@@ -33,6 +33,7 @@ class SignalView:
     side: str  # "buy" | "sell"
     qty: Decimal | None = None  # the signal's own size, when it carries one
     target_weight: Decimal | None = None  # the share of equity the signal wants in this ticker (0..1)
+    notional: Decimal | None = None  # dollars, when the signal gives its size that way
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,11 @@ class Fixed:
     name = "fixed"
 
     def size(self, signal: SignalView, market: MarketView, settings: StrategySettings) -> Intent | Pass:
+        if signal.notional is not None:
+            shares = (signal.notional / market.price).to_integral_value(rounding=ROUND_FLOOR)
+            if shares < 1:
+                return Pass(f"notional {signal.notional} is no whole share at {market.price}")
+            return Intent(qty=shares)
         qty = signal.qty if signal.qty is not None else settings.fixed_qty
         if qty is not None:
             return Intent(qty=qty)
@@ -262,3 +268,12 @@ class Strategies:
 
     def for_ticker(self, ticker: str) -> Strategy:
         return self._loaded[self.chosen.name_for(ticker)]
+
+    def named(self, name: str) -> Strategy:
+        """A strategy a signal names for itself (loaded on first use); ConfigError when unknown."""
+        if name not in self._loaded:
+            known = available()
+            if name not in known:
+                raise ConfigError(f"unknown strategy {name!r} (installed: {', '.join(sorted(known))})")
+            self._loaded[name] = known[name]()
+        return self._loaded[name]

@@ -123,3 +123,39 @@ def test_signal_is_frozen_and_validates_on_construction():
         signal.side = "sell"  # type: ignore[misc]
     with pytest.raises(SignalError, match="must be a positive number"):
         Signal("NVDA", "buy", Decimal("-2"), "nvda", "5-1", 1.0)
+
+
+# ----------------------------------------------------------------------------- optional order fields
+
+def _raw(**fields: str) -> dict[bytes, bytes]:
+    return {k.encode(): v.encode() for k, v in {"ticker": "NVDA", "direction": "b", **fields}.items()}
+
+
+def test_a_signal_carries_notional_limit_price_legs_and_strategy() -> None:
+    from bot.signals import Signal, parse_raw
+
+    signal = parse_raw(_raw(notional="250.50", limit_price="101.25", stop_loss="95", take_profit="110",
+                            strategy="target-weight"), source_stream="nvda", source_id="1-1", symbols=("NVDA",),
+                       routed_at=0.001)
+    assert (signal.notional, signal.limit_price, signal.stop_loss, signal.take_profit, signal.strategy) == (
+        Decimal("250.50"), Decimal("101.25"), Decimal(95), Decimal(110), "target-weight")
+    assert Signal.from_fields(signal.to_fields()) == signal
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"notional": "0"}, "notional 0 must be a positive number"),
+    ({"notional": "1.005"}, "more than 2 decimals"),
+    ({"qty": "1", "notional": "100"}, "give qty or notional, not both"),
+    ({"limit_price": "101.255"}, "more than 2 decimals"),
+    ({"limit_price": "abc"}, "limit_price 'abc' must be a positive number"),
+    ({"stop_loss": "110", "take_profit": "100"}, "stop_loss 110 must be below take_profit 100"),
+    ({"limit_price": "90", "stop_loss": "95"}, "limit_price 90 must lie between stop_loss and take_profit"),
+    ({"direction": "s", "stop_loss": "95"}, "stop_loss and take_profit go with a buy"),
+    ({"strategy": "Not A Name"}, "is not a strategy name"),
+])
+def test_bad_order_fields_are_refused_with_the_reason(fields: dict[str, str], message: str) -> None:
+    from bot.signals import SignalError, parse_raw
+
+    with pytest.raises(SignalError) as caught:
+        parse_raw(_raw(**fields), source_stream="nvda", source_id="1-1", symbols=("NVDA",), routed_at=0.001)
+    assert message in caught.value.reason

@@ -11,13 +11,28 @@ class AlpacaError(TradebotError):
     """Base of every error the client raises."""
 
     def __init__(self, message: str, *, status: int | None = None, code: int | None = None,
-                 body: Mapping[str, Any] | None = None) -> None:
+                 body: Mapping[str, Any] | None = None, broker_message: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
         # the broker's parsed JSON error body (e.g. buying_power, cost_basis); never holds request headers
         self.body: Mapping[str, Any] = dict(body or {})
+        # the broker's own words (its "message", credentials scrubbed), without our "METHOD path: " prefix
+        self.broker_message = broker_message
+
+    @property
+    def reject_reason(self) -> str | None:
+        """The body's ``reject_reason`` when the broker gave one (seen on wash-trade refusals)."""
+        value = self.body.get("reject_reason")
+        return None if value in (None, "") else str(value)
+
+    @property
+    def reason(self) -> str:
+        """What the broker said, fit for a journal: its message, plus its ``reject_reason`` if any."""
+        said = self.broker_message or self.message
+        extra = self.reject_reason
+        return f"{said} ({extra})" if extra and extra not in said else said
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -31,14 +46,32 @@ class Unauthorized(AlpacaError):
     data subscription that does not cover the feed)."""
 
 
+class FeedNotPermitted(Unauthorized):
+    """403 "subscription does not permit querying recent SIP data": the market-data feed asked for
+    (``feed``, e.g. ``sip``) is not covered by the account's data plan. The fix: ALPACA_DATA_FEED=iex,
+    TRADEBOT_DATA_FEED_FALLBACK=iex, or a plan that includes the feed (Algo Trader Plus for SIP)."""
+
+    def __init__(self, message: str, *, feed: str | None = None, **kw) -> None:
+        super().__init__(message, **kw)
+        self.feed = feed
+
+
 class InsufficientFunds(AlpacaError):
-    """403 refusing an order (code 40310000): buying power or shares not sufficient."""
+    """403 refusing an order (code 40310000) for its size: ``kind`` is ``buying_power`` ("insufficient
+    buying power", body with buying_power/cost_basis) or ``qty`` ("insufficient qty available for
+    order (requested: N, available: M)", body with available/existing_qty/held_for_orders)."""
+
+    def __init__(self, message: str, *, kind: str = "buying_power", **kw) -> None:
+        super().__init__(message, **kw)
+        self.kind = kind
 
 
 class TradingForbidden(AlpacaError):
     """403 refusing an order for a reason of the account, not of this order's size: ``kind`` is
-    ``pattern_day_trading`` (code 40310100), ``wash_trade``, ``account_restricted`` (not authorized,
-    blocked, trading suspended, shorting not allowed) or ``forbidden`` (anything else)."""
+    ``pattern_day_trading`` (code 40310100), ``wash_trade`` ("potential wash trade detected. use
+    complex orders", with a ``reject_reason``), ``shorting_not_allowed`` ("account is not allowed to
+    short"), ``account_restricted`` (not authorized, blocked, trading suspended, not allowed) or
+    ``forbidden`` (anything else). ``broker_message`` / ``reason`` keep what the broker said."""
 
     def __init__(self, message: str, *, kind: str = "forbidden", **kw) -> None:
         super().__init__(message, **kw)

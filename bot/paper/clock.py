@@ -1,23 +1,20 @@
-"""The paper broker's market clock: US regular hours in America/New_York, or forced open/closed.
+"""The paper broker's market clock: the NYSE regular session, or forced open/closed.
 
-Regular session 09:30-16:00 ET on weekdays. Exchange holidays and early closes are NOT
-modelled (a holiday weekday counts as a trading day). `now` is injectable so tests can pin
-the instant.
+Sessions follow the real NYSE calendar (holidays, early closes) from bot.paper.calendar.
+`now` is injectable so tests can pin the instant.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import Any
-from zoneinfo import ZoneInfo
+
+from bot.paper.calendar import NEW_YORK, NYSE
 
 log = logging.getLogger(__name__)
 
-NEW_YORK = ZoneInfo("America/New_York")
-SESSION_OPEN = time(9, 30)
-SESSION_CLOSE = time(16, 0)
 
 # clock modes: "real" follows the session above, "open" is always open, "closed" never opens
 CLOCK_MODES = ("real", "open", "closed")
@@ -46,31 +43,12 @@ class ClockState:
         }
 
 
-def _session(day: date) -> tuple[datetime, datetime]:
-    return (datetime.combine(day, SESSION_OPEN, tzinfo=NEW_YORK),
-            datetime.combine(day, SESSION_CLOSE, tzinfo=NEW_YORK))
-
-
-def _next_trading_day(day: date) -> date:
-    day += timedelta(days=1)
-    while day.weekday() >= 5:
-        day += timedelta(days=1)
-    return day
-
-
 def regular_hours_state(at: datetime) -> ClockState:
-    """Clock of the regular session at instant `at` (timezone-aware)."""
-    local = at.astimezone(NEW_YORK)
-    today = local.date()
-    open_at, close_at = _session(today)
-    trading_day = today.weekday() < 5
-    if trading_day and open_at <= local < close_at:
-        next_open, _ = _session(_next_trading_day(today))
-        return ClockState(at, True, next_open, close_at)
-    if trading_day and local < open_at:
-        return ClockState(at, False, open_at, close_at)
-    next_open, next_close = _session(_next_trading_day(today))
-    return ClockState(at, False, next_open, next_close)
+    """Clock of the NYSE regular session at instant `at` (timezone-aware)."""
+    session = NYSE.session_after(at)
+    if session.open <= at:
+        return ClockState(at, True, NYSE.following(session).open, session.close)
+    return ClockState(at, False, session.open, session.close)
 
 
 def always_open_state(at: datetime) -> ClockState:
@@ -87,8 +65,8 @@ def always_closed_state(at: datetime) -> ClockState:
     if not real.is_open:
         return real
     # inside a real session: pretend it is over, the next one is tomorrow's
-    next_open = real.next_open
-    return ClockState(at, False, next_open, _session(next_open.astimezone(NEW_YORK).date())[1])
+    following = NYSE.session_after(real.next_close)
+    return ClockState(at, False, following.open, following.close)
 
 
 class MarketClock:

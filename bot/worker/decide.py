@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.alpaca.models import OrderRequest
 from bot.codec import decimal_text
+from bot.config import ConfigError
 from bot.keys import Keys
 from bot.ledger import InsufficientCash, InsufficientShares, Ledger, LedgerError, Reservation
 from bot.market import MarketCache, MarketDataError, MarketSnapshot, Price
@@ -100,8 +101,9 @@ class Decider:
         quote = price.for_side(signal.side)
         if quote is None:
             raise Refused(f"no {'ask' if signal.side == 'buy' else 'bid'} and no last trade for {signal.ticker}")
-        # outside the regular session Alpaca takes only limit orders (day, extended_hours=true)
-        order_type = "limit" if extended else self.config.order_type
+        # outside the regular session Alpaca takes only limit orders (day, extended_hours=true); a
+        # signal's own limit price makes one too
+        order_type = "limit" if extended or signal.limit_price is not None else self.config.order_type
         try:
             if signal.side == "buy":
                 plan, reservation = self._size_buy(job, quote, order_type)
@@ -119,8 +121,13 @@ class Decider:
         account = job.market.account()
         if account is None:
             raise Refused("account not in the market cache: is the price poller running?")
+        if account.trading_blocked or account.account_blocked:
+            which = "account_blocked" if account.account_blocked else "trading_blocked"
+            raise Refused(f"the broker reports the account {which}: no buys (see the Alpaca dashboard)", gate=True)
+        if signal.stop_loss is not None or signal.take_profit is not None:
+            raise Refused("stop_loss/take_profit: protective (bracket) orders are not sent by this version yet")
         held = _held_qty(job.market)
-        limit_price = limit_price_for("buy", ask, self.config.slippage_bps) if order_type == "limit" else None
+        limit_price = self._limit_price(job, "buy", ask, order_type)
         price = limit_price if limit_price is not None else ask
         name, intent = self._intent(job, price, account, held)
         qty: Decimal | None
@@ -156,7 +163,7 @@ class Decider:
 
     def _size_sell(self, job: Job, bid: Decimal, quote: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
         signal, config = job.signal, self.config
-        limit_price = limit_price_for("sell", bid, config.slippage_bps) if order_type == "limit" else None
+        limit_price = self._limit_price(job, "sell", bid, order_type)
         price = limit_price if limit_price is not None else quote
         account = job.market.account()
         if account is None:
@@ -186,6 +193,14 @@ class Decider:
                      config.consumer, signal.ticker, reservation.qty, self.limits.max_order_notional)
         return OrderPlan("sell", None, None, order_type, "ioc", limit_price), reservation
 
+    def _limit_price(self, job: Job, side: str, quote: Decimal, order_type: str) -> Decimal | None:
+        """The signal's limit price, else the quote plus (buys) or less (sells) the slippage."""
+        if order_type != "limit":
+            return None
+        if job.signal.limit_price is not None:
+            return job.signal.limit_price
+        return limit_price_for(side, quote, self.config.slippage_bps)
+
     def _cooldown(self, job: Job) -> None:
         """A symbol filled less than TRADEBOT_COOLDOWN ago takes no new order (the key's ttl is the rest)."""
         cooldown = self.config.breakers.cooldown
@@ -213,7 +228,11 @@ class Decider:
         signal, market = job.signal, job.market
         if signal.control == FLATTEN:
             return FLATTEN, Intent()  # every share available, whatever the strategy
-        strategy = self.strategies.for_ticker(signal.ticker)
+        try:
+            strategy = (self.strategies.named(signal.strategy) if signal.strategy
+                        else self.strategies.for_ticker(signal.ticker))
+        except ConfigError as exc:
+            raise Refused(str(exc)) from None
         position = market.position()
         quote = market.price()
         view = MarketView(ticker=signal.ticker, bid=quote.bid, ask=quote.ask, price=price, equity=account.equity,
@@ -221,8 +240,8 @@ class Decider:
                           position_available=max(position.qty_available, Decimal(0)) if position is not None
                           else Decimal(0), session_open=True)
         try:
-            answer = strategy.size(SignalView(signal.ticker, signal.side, signal.qty, signal.target_weight), view,
-                                   self.strategy_settings(signal.ticker))
+            answer = strategy.size(SignalView(signal.ticker, signal.side, signal.qty, signal.target_weight,
+                                              signal.notional), view, self.strategy_settings(signal.ticker))
         except Exception as exc:  # a plug-in's bug: this signal is skipped with it, the worker carries on
             log.exception("worker %s: strategy %r failed on %s", self.config.consumer, strategy.name, job.entry_id)
             raise Refused(f"strategy {strategy.name!r} failed: {type(exc).__name__}: {exc}") from None

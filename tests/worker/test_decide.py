@@ -99,6 +99,33 @@ def test_max_open_positions_skips_a_buy_of_a_new_symbol_only(bench: Bench):
     assert isinstance(decider(bench, breakers=BreakerLimits(max_open_positions=2)).decide(bench.job()), OrderRequest)
 
 
+def test_a_signals_notional_limit_price_and_strategy_are_used(bench: Bench):
+    notional = bench.job(bench.deliver(replace(bench.signal(), notional=Decimal("350"))))
+    request = decider(bench, fixed_qty=None).decide(notional)
+    assert isinstance(request, OrderRequest) and request.qty == 3  # $350 at the 100.01 ask: 3 whole shares
+    limited = bench.job(bench.deliver(replace(bench.signal(qty="2"), limit_price=Decimal("99.50"))))
+    request = decider(bench).decide(limited)
+    assert isinstance(request, OrderRequest) and (request.type, request.limit_price) == ("limit", Decimal("99.50"))
+    assert bench.ledger.get(limited.coid).cash == Decimal("199.00") * Decimal("1.005")  # reserved at its limit
+    named = bench.job(bench.deliver(replace(bench.signal(), strategy="percent-of-equity")))
+    skip = decider(bench).decide(named)  # no TRADEBOT_PERCENT configured: the named strategy says so
+    assert isinstance(skip, Skip) and "percent-of-equity needs TRADEBOT_PERCENT" in skip.reason
+    unknown = bench.job(bench.deliver(replace(bench.signal(), strategy="nope")))
+    skip = decider(bench).decide(unknown)
+    assert isinstance(skip, Skip) and skip.reason.startswith("unknown strategy 'nope'")
+
+
+def test_a_blocked_account_takes_no_buy_and_legs_are_refused_plainly(bench: Bench):
+    bench.r.hset(bench.keys.account, "trading_blocked", "1")
+    skip = decider(bench).decide(bench.job())
+    assert isinstance(skip, Skip) and skip.gate and "trading_blocked" in skip.reason
+    bench.r.hset(bench.keys.account, "trading_blocked", "0")
+    legs = bench.job(bench.deliver(replace(bench.signal(), stop_loss=Decimal(90), take_profit=Decimal(120))))
+    skip = decider(bench).decide(legs)
+    assert isinstance(skip, Skip) and "protective (bracket) orders" in skip.reason
+    assert bench.ledger.reservations() == []
+
+
 def test_an_old_signal_is_a_skip_but_not_a_gate(bench: Bench):
     job = bench.job(bench.deliver(bench.signal(age=120.0)))
     skip = decider(bench).decide(job)
