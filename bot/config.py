@@ -93,6 +93,7 @@ class Settings:
     alpaca_base_url: str = ALPACA_PAPER_URL
     alpaca_data_url: str = ALPACA_DATA_URL
     data_feed: str = "iex"
+    data_feed_fallback: str = ""  # feed used when Alpaca refuses data_feed for the plan ("" = none: report only)
     symbols: tuple[str, ...] = ("NVDA",)
     source_streams: tuple[str, ...] = ("nvda",)
     workers: int = 2
@@ -183,6 +184,7 @@ class Settings:
             alpaca_data_url=get("ALPACA_DATA_URL", "").rstrip("/") or _default_data_url(get("ALPACA_BASE_URL", "")),
             data_url_given=bool(get("ALPACA_DATA_URL", "").strip()),
             data_feed=get("ALPACA_DATA_FEED", "iex"),
+            data_feed_fallback=get("TRADEBOT_DATA_FEED_FALLBACK", "").strip().lower(),
             symbols=symbols,
             source_streams=parse_list(get("TRADEBOT_SOURCE_STREAMS", "")) or _default_source_streams(get),
             workers=_int(get, "TRADEBOT_WORKERS", 2, minimum=1),

@@ -52,6 +52,7 @@ class JournalEntry:
     deliveries: int | None = None
     # found at the broker (a lookup, an event, a reconciliation) rather than placed by this delivery
     adopted: bool = False
+    legs: str = ""  # protective legs of a bracket/OTO entry: JSON [{type, price, order_id, status}]
     journal_id: str | None = field(default=None, compare=False)  # set when read back; never written
 
     def __post_init__(self) -> None:

@@ -407,6 +407,13 @@ class MarketCache:
             raise NotPolled(f"positions were never polled: {key} is empty; is the price poller running?")
         return {name: _parse_position(key, name, raw) for name, raw in data.items() if not name.startswith("_")}
 
+    def positions_as_of(self) -> float | None:
+        """When the request behind the cached positions was sent (Unix seconds), None when never."""
+        raw = self.r.hget(self.keys.positions, POSITIONS_AS_OF)
+        if raw is None:
+            return None
+        return _float(self.keys.positions, {POSITIONS_AS_OF: codec.text(raw)}, POSITIONS_AS_OF)
+
     def positions_polled_at(self) -> float | None:
         """When the positions were last polled (Unix seconds), None when never (tests of the poller use it)."""
         raw = self.r.hget(self.keys.positions, POSITIONS_POLLED_AT)

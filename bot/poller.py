@@ -15,6 +15,13 @@ logged and retried with capped exponential backoff; the cache keeps the last val
 (their ``polled_at`` shows how old they are). A stop request is checked between the calls of a
 tick too (a tick makes up to four requests), so SIGTERM waits for one request at most, never a
 whole tick.
+
+Symbols Alpaca refuses (400 "invalid symbol: X", which fails the whole batch; the client splits it
+so the others still update) are logged at WARNING once, left out of the price request, and asked
+again every ``invalid_symbol_retry`` seconds (one extra request each) so a symbol that becomes valid
+comes back on its own (logged at INFO). A market-data feed the plan does not cover
+(FeedNotPermitted) is logged at ERROR once, with the fix; the client falls back to
+TRADEBOT_DATA_FEED_FALLBACK when it is set.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from typing import Any
 import httpx
 import redis
 
-from bot.alpaca.errors import AlpacaError
+from bot.alpaca.errors import AlpacaError, FeedNotPermitted
 from bot.breakers import Breakers
 from bot.keys import Keys
 from bot.market import write_account, write_clock, write_positions, write_prices
@@ -45,6 +52,8 @@ EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
 STOP_CHECK_SECONDS = 0.25
 # BLPOP's timeout 0 means "forever": waits shorter than this are not worth a blocking call.
 MIN_BLOCK_SECONDS = 0.01
+# A symbol Alpaca refused as invalid is asked for again this often (seconds).
+INVALID_SYMBOL_RETRY = 300.0
 
 
 @dataclass
@@ -84,7 +93,8 @@ class Poller:
                  account_interval: float = 5.0, clock_interval: float = 30.0,
                  now: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  max_backoff: float = 30.0, stop_event: threading.Event | None = None,
-                 refresh_min_interval: float = 1.0, breakers: Breakers | None = None) -> None:
+                 refresh_min_interval: float = 1.0, breakers: Breakers | None = None,
+                 invalid_symbol_retry: float = INVALID_SYMBOL_RETRY) -> None:
         if interval <= 0 or account_interval <= 0 or clock_interval <= 0:
             raise ValueError("poller intervals must be > 0")
         if not refresh_min_interval >= 0:
@@ -108,6 +118,11 @@ class Poller:
         self._equity_at = -math.inf  # monotonic time of the last equity point
         self._clock_due = -math.inf
         self._skipped_symbols: set[str] = set()
+        # symbols Alpaca refused as invalid: symbol -> its message; asked again at _invalid_retry_due
+        self.invalid_symbols: dict[str, str] = {}
+        self.invalid_symbol_retry = invalid_symbol_retry
+        self._invalid_retry_due = math.inf
+        self._feed_reported = False  # a FeedNotPermitted was logged with its fix (once per process)
         self._refresh_pending = False  # a worker asked for account+positions and has not had them yet
         self._refresh_started = -math.inf  # monotonic start of the last account+positions refresh
         # a refresh served between ticks failed: the next tick retries it (keeps the tick's backoff)
@@ -141,10 +156,40 @@ class Poller:
 
     def poll_prices(self) -> None:
         sent = self.now()
-        snapshots = self.client.get_snapshots(self.symbols)
-        skipped = write_prices(self.r, self.keys, snapshots, self.now(), as_of=sent, symbols=self.symbols,
+        retry = bool(self.invalid_symbols) and self.monotonic() >= self._invalid_retry_due
+        asked = [s for s in self.symbols if retry or s not in self.invalid_symbols]
+        try:
+            if hasattr(type(self.client), "fetch_snapshots"):
+                batch = self.client.fetch_snapshots(asked)
+                snapshots, invalid = batch.snapshots, batch.invalid
+            else:  # a plain client (tests): no invalid-symbol report
+                snapshots, invalid = self.client.get_snapshots(asked), {}
+        except FeedNotPermitted as exc:
+            if not self._feed_reported:
+                log.error("market data refused: %s", exc)
+                self._feed_reported = True
+            raise
+        self._note_invalid(asked, invalid, retried=retry)
+        valid = [s for s in asked if s not in self.invalid_symbols]
+        skipped = write_prices(self.r, self.keys, snapshots, self.now(), as_of=sent, symbols=valid,
                                log_skips=False)
         self._log_skip_changes(skipped)
+
+    def _note_invalid(self, asked: list[str], invalid: dict[str, str], retried: bool) -> None:
+        """Warn once per symbol Alpaca refuses; note when one is accepted again."""
+        for symbol, message in invalid.items():
+            key = symbol.upper()
+            if key not in self.invalid_symbols:
+                log.warning("symbol %s refused by Alpaca market data (%s): its price is not polled; fix "
+                            "TRADEBOT_SYMBOLS (asked again every %.0fs)", key, message, self.invalid_symbol_retry)
+            self.invalid_symbols[key] = message
+        for symbol in [s for s in asked if s in self.invalid_symbols and s not in invalid]:
+            log.info("symbol %s is accepted by Alpaca market data again: polling its price", symbol)
+            del self.invalid_symbols[symbol]
+        if retried or (invalid and self._invalid_retry_due == math.inf):
+            self._invalid_retry_due = self.monotonic() + self.invalid_symbol_retry
+        if not self.invalid_symbols:
+            self._invalid_retry_due = math.inf
 
     def poll_account(self) -> None:
         """Account then positions; each written with the time its own request was sent."""
@@ -273,18 +318,19 @@ class Poller:
         try:
             result = step()
         except EXPECTED_FAILURES as exc:
-            self._failed(what, f"{type(exc).__name__}: {exc}")
+            # a feed refusal was just logged at ERROR with its fix: its repeats stay quiet
+            self._failed(what, f"{type(exc).__name__}: {exc}", quiet=isinstance(exc, FeedNotPermitted))
             return False
         except Exception as exc:  # a bug or a broker surprise: keep polling, but show the traceback
             self._failed(what, f"{type(exc).__name__}: {exc}", trace=True)
             return False
         return True if result is None else result
 
-    def _failed(self, what: str, reason: str, trace: bool = False) -> None:
+    def _failed(self, what: str, reason: str, trace: bool = False, quiet: bool = False) -> None:
         self.errors += 1
         self.last_error = f"{what}: {reason}"
         # the first failure of a streak at WARNING, the rest quieter until it recovers
-        level = logging.WARNING if self.consecutive_failures == 0 or trace else logging.DEBUG
+        level = logging.WARNING if (self.consecutive_failures == 0 and not quiet) or trace else logging.DEBUG
         log.log(level, "poll of %s failed: %s", what, reason, exc_info=trace)
 
     def _note_outcome(self, ok: bool) -> None:

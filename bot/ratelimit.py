@@ -18,6 +18,16 @@ supervisord waits for a stopping process, so once stop is set a wait longer than
 ``STOPPING_MAX_WAIT`` raises RateLimitStopped at once, and a wait in progress ends early with it.
 Tokens that are there (or come within that short wait) are still granted while stopping: a
 stopping worker must still be able to follow and cancel the order in hand.
+
+The limit the broker announces wins over the configured one. ``per_minute`` (TRADEBOT_RATE_LIMIT,
+TRADEBOT_DATA_RATE_LIMIT) is the budget assumed until an answer carries X-RateLimit-Limit (a
+1,000/min trading tier, 10,000/min on Algo Trader Plus data, or fewer than configured); ``observe(...,
+limit=N)`` then stores N in the bucket hash (field ``limit``) and every process's scripts refill at
+N/60 per second from then on, higher or lower than configured: the broker counts the account's
+real budget, and X-RateLimit-Remaining (never more tokens than it says are left) already covers
+requests of other programs on the same account. The burst stays the configured one (at most N).
+While a limit is stored the hash lives at least 10 minutes; each process re-sends an unchanged
+announcement at most every LIMIT_REFRESH seconds to keep it there.
 """
 from __future__ import annotations
 
@@ -46,6 +56,8 @@ DEFAULT_PAUSE = 1.0
 STOPPING_MAX_WAIT = 1.0
 # Alpaca sends X-RateLimit-Reset as epoch seconds; anything smaller is read as "seconds from now".
 _EPOCH_THRESHOLD = 1e9
+# An unchanged X-RateLimit-Limit is written to Redis again at most this often (per process and bucket).
+LIMIT_REFRESH = 60.0
 
 # The bucket scripts are bot/lua/ratelimit_take.lua and ratelimit_observe.lua (their shared
 # refill code: ratelimit_prelude.lua), run with KEYS[1] the bucket hash.
@@ -102,6 +114,8 @@ class RateLimiter:
         unknown = set(burst) - set(per_minute)
         if unknown:
             raise ValueError(f"burst given for buckets without a rate: {', '.join(sorted(unknown))}")
+        self.configured: dict[str, int] = dict(self.per_minute)  # per_minute before any announcement
+        self._limit_sent: dict[str, tuple[int, float]] = {}  # bucket -> (announced limit, monotonic time sent)
         self._take = lua.script(r, "ratelimit_take")
         self._observe = lua.script(r, "ratelimit_observe")
 
@@ -160,36 +174,61 @@ class RateLimiter:
 
     # ------------------------------------------------------------------ the broker's view
 
-    def observe(self, bucket: str, remaining: int | None, reset: float | None) -> None:
-        """Apply the broker's X-RateLimit-Remaining/-Reset to the shared bucket.
+    def observe(self, bucket: str, remaining: int | None, reset: float | None, limit: int | None = None) -> None:
+        """Apply the broker's X-RateLimit-Remaining/-Reset (and -Limit) to the shared bucket.
 
         ``remaining == 0`` pauses the bucket for every process until ``reset`` (epoch seconds, or
         seconds from now when small; capped at MAX_PAUSE). A positive ``remaining`` below our
         token count lowers it, so budget spent by other programs on the account is respected.
+        ``limit`` (requests per minute) replaces the configured rate fleet-wide (module docstring).
         """
-        if bucket not in self.per_minute or remaining is None:
+        if bucket not in self.per_minute:
             return
-        if remaining > self.burst[bucket]:
+        announce = self._limit_to_send(bucket, limit)
+        if announce is None and (remaining is None or remaining > self.burst_of(bucket)):
             # the bucket never holds more than its burst, so the script would change nothing (no
             # pause, min(tokens, remaining) = tokens): spare the round trip on every response
             return
         is_epoch = reset is not None and reset > _EPOCH_THRESHOLD
         args = [
             *self._args(bucket),
-            str(int(remaining)),
+            "" if remaining is None else str(int(remaining)),
             "" if reset is None else repr(float(reset)),
             "1" if is_epoch else "0",
             repr(MAX_PAUSE),
             repr(DEFAULT_PAUSE),
+            "" if announce is None else str(announce),
         ]
         pause = float(self._observe(keys=[self.keys.ratelimit(bucket)], args=args))
-        if remaining <= 0:
+        if announce is not None:
+            self._limit_sent[bucket] = (announce, time.monotonic())
+        if remaining is not None and remaining <= 0:
             log.warning("rate limit %s: broker reports the budget spent; fleet paused for %.1fs", bucket, pause)
+
+    def _limit_to_send(self, bucket: str, limit: int | None) -> int | None:
+        """The announced limit to write to Redis now: a new one at once, an unchanged one every
+        LIMIT_REFRESH seconds (keeps the stored limit alive); None when there is nothing to send."""
+        if limit is None or isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            return None
+        if limit != self.per_minute[bucket]:
+            log.log(logging.WARNING if limit < self.per_minute[bucket] else logging.INFO,
+                    "rate limit %s: Alpaca announces %d requests/min (configured %d): following the broker",
+                    bucket, limit, self.configured[bucket])
+            self.per_minute[bucket] = limit
+            return limit
+        sent = self._limit_sent.get(bucket)
+        if sent is None or sent[0] != limit or time.monotonic() - sent[1] >= LIMIT_REFRESH:
+            return limit
+        return None
+
+    def burst_of(self, bucket: str) -> int:
+        """Most tokens the bucket holds: the configured burst, at most the (announced) per-minute rate."""
+        return min(self.burst[bucket], self.per_minute[bucket])
 
     def _args(self, bucket: str) -> list[str]:
         rate = self.per_minute[bucket] / 60.0
         now = "" if self.now is None else repr(float(self.now()))
-        return [repr(rate), str(self.burst[bucket]), now]
+        return [repr(rate), str(self.burst_of(bucket)), now]
 
 
 def _positive_int(what: str, value: Any) -> int:

@@ -41,13 +41,17 @@ def _checked(parser: Callable[[str], object]) -> Callable[[click.Context, click.
 @click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(1, 65535),
               envvar="PAPER_BROKER_PORT")
 @click.option("--always-open", is_flag=True, envvar="PAPER_BROKER_ALWAYS_OPEN",
-              help="Market always open (default: US regular hours 09:30-16:00 ET weekdays; holidays ignored).")
+              help="Market always open (default: the NYSE regular session, with its holidays and early closes).")
 @click.option("--seed", type=int, default=None, envvar="PAPER_BROKER_SEED",
               help="Seed of the price walk, ids and fault draws (default: random, printed at start).")
 @click.option("--cash", default="100000", show_default=True, callback=_cash, envvar="PAPER_BROKER_CASH",
               help="Starting cash of the paper account.")
 @click.option("--symbols", default="", envvar="TRADEBOT_SYMBOLS",
               help="Comma-separated symbols to create at start (any 1-5 letter symbol appears on first request).")
+@click.option("--assets-csv", type=click.Path(exists=True, dir_okay=False), default=None,
+              envvar="PAPER_BROKER_ASSETS_CSV",
+              help="CSV of extra assets (symbol,name,exchange,class,tradable,shortable,marginable,"
+                   "easy_to_borrow,fractionable) added to the default table of common US symbols.")
 @click.option("--fill-delay", type=click.FloatRange(min=0), default=0.0, show_default=True,
               envvar="PAPER_BROKER_FILL_DELAY", help="Seconds an order stays `new` before it can fill.")
 @click.option("--latency", default="0", show_default=True, envvar="PAPER_BROKER_LATENCY",
@@ -77,7 +81,8 @@ def _checked(parser: Callable[[str], object]) -> Callable[[click.Context, click.
               help="Answer 429 once a bucket's minute quota is used (default: headers only).")
 @click.option("--log-level", default=None, envvar="TRADEBOT_LOG_LEVEL", help="DEBUG, INFO, WARNING...")
 def main(host: str, port: int, always_open: bool, seed: int | None, cash: Decimal, symbols: str,
-         fill_delay: float, latency: str, latency_jitter: float, fault_500: str, fault_500_when: str,
+         assets_csv: str | None, fill_delay: float, latency: str, latency_jitter: float, fault_500: str,
+         fault_500_when: str,
          fault_429: str, fault_hang: str, hang_seconds: float, retry_after: float, rate_limit: int,
          enforce_rate_limit: bool, log_level: str | None) -> None:
     """Local Alpaca-compatible paper broker: trading + market data under one base URL.
@@ -96,7 +101,7 @@ def main(host: str, port: int, always_open: bool, seed: int | None, cash: Decima
 
     config = PaperConfig(
         host=host, port=port, api_key=api_key, secret_key=secret_key, always_open=always_open, seed=seed,
-        cash=cash, symbols=tuple(symbols.split(",")), fill_delay=fill_delay, latency=latency,
+        cash=cash, symbols=tuple(symbols.split(",")), assets_csv=assets_csv, fill_delay=fill_delay, latency=latency,
         latency_jitter=latency_jitter, fault_500=fault_500, fault_429=fault_429, fault_hang=fault_hang,
         hang_seconds=hang_seconds, fault_500_when=fault_500_when, retry_after=retry_after,
         rate_limit=rate_limit, enforce_rate_limit=enforce_rate_limit)

@@ -14,7 +14,7 @@ from bot.logs import configure_logging, redact_url
 from bot.redisconn import RedisAuthError, connect
 from bot.runtime import probe_redis, stop_on_signals
 from bot.strategies import ORDER_TYPES
-from bot.strategy import Strategies, StrategyMap, parse_options
+from bot.strategy import Strategies, StrategyMap, available, parse_options
 from bot.streams import default_consumer_name
 from bot.worker import Worker, WorkerConfig
 
@@ -37,6 +37,7 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 @click.option("--order-timeout", type=_SECONDS, default=10.0, show_default=True, metavar="SECONDS",
               help="Cancel an order not final after this long.")
 @click.option("--strategy", envvar="TRADEBOT_STRATEGY", default="all-in", show_default=True,
+              callback=lambda _ctx, _param, value: _strategy_map(value),
               help="NAME, or SYMBOL=NAME,...,*=NAME. Built in: all-in (weight x equity per buy, the whole "
                    "position per sell), fixed, percent-of-equity, target-weight; plug-ins: the "
                    "tradebot.strategies entry points (docs/strategies.md).")
@@ -138,6 +139,20 @@ def main(redis_url: str | None, prefix: str | None, symbols: str | None, weights
                 worker.run(stop)
         finally:
             beats.close()
+
+
+def _strategy_map(text: str) -> str:
+    """--strategy checked where the flag is parsed (so `tradebot up` refuses a bad one at once):
+    the map's syntax and every name installed."""
+    try:
+        chosen = StrategyMap.parse(text)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    unknown = sorted(chosen.names - set(available()))
+    if unknown:
+        raise click.BadParameter(f"unknown strategy {', '.join(map(repr, unknown))}: choose one of "
+                                 f"{', '.join(sorted(available()))}")
+    return text
 
 
 def _decimal(flag: str, text: str | None) -> Decimal | None:

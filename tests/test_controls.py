@@ -3,6 +3,7 @@ HTTP): reduce-only, flatten (while halted, under concurrent buys, over several o
 over-selling) and cancel-all, each a control signal journaled exactly once."""
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -162,6 +163,21 @@ def test_flatten_while_halted_under_concurrent_buys_never_over_sells(fleet: Flee
     result = fleet.cli("flatten", "--all")
     assert result.exit_code == 0 and f"{SYMBOL}: sold" in result.output and "flat" in result.output, result.output
     assert fleet.held() == 0
+
+
+def test_a_bracket_entry_is_journaled_with_its_legs_and_flatten_clears_them_first(fleet: Fleet) -> None:
+    entry = fleet.entry_for(fleet.signal("b", qty="5", stop_loss="90", take_profit="120"))
+    assert entry.outcome == "filled" and entry.filled_qty == 5, entry.reason
+    legs = json.loads(entry.legs)
+    assert sorted(leg["type"] for leg in legs) == ["limit", "stop"] or \
+        sorted(leg["type"] for leg in legs) == ["stop_loss", "take_profit"], legs
+    [parent] = fleet.http("GET", "/v2/orders", params={"status": "all", "nested": "true", "symbols": SYMBOL})
+    assert parent["order_class"] == "bracket" and {leg["status"] for leg in parent["legs"]} <= {"new", "held"}
+    result = fleet.cli("flatten", SYMBOL)
+    assert result.exit_code == 0 and "flat" in result.output, result.output
+    [parent] = [o for o in fleet.http("GET", "/v2/orders", params={"status": "all", "nested": "true"})
+                if o["id"] == entry.order_id]
+    assert {leg["status"] for leg in parent["legs"]} == {"canceled"} and fleet.held() == 0
 
 
 def test_cancel_all_cancels_the_open_orders_once(fleet: Fleet) -> None:

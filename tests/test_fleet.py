@@ -78,7 +78,7 @@ def test_plan_extra_flags_are_checked_by_the_programs_own_parsers(tmp_path: Path
     plan = fleet.plan_fleet(var_dir=tmp_path, env=base_env(),
                             extra_flags={"worker": "--strategy fixed --fixed-qty 1", "paper-broker": "--latency 0.01"})
     assert plan.env["TRADEBOT_WORKER_FLAGS"] == "--strategy fixed --fixed-qty 1"
-    with pytest.raises(fleet.FleetError, match="'--strategy': 'sometimes' is not one of"):
+    with pytest.raises(fleet.FleetError, match="unknown strategy 'sometimes': choose one of"):
         fleet.plan_fleet(var_dir=tmp_path, env=base_env(), extra_flags={"worker": "--strategy sometimes"})
     with pytest.raises(fleet.FleetError, match="No closing quotation"):
         fleet.plan_fleet(var_dir=tmp_path, env=base_env(TRADEBOT_ROUTER_FLAGS="--block-ms '5"))

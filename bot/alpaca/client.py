@@ -19,7 +19,7 @@ Retry policy, in one place:
   and nothing was placed. (A lookup that settles an unknown outcome still runs to its end: it
   places nothing, and the caller needs its answer.)
 - Once a POST of one submit had an unknown outcome, a later POST refused with 403 (insufficient
-  funds) or a non-duplicate 422 is not believed at once: the first POST may have landed and used
+  funds or a trading refusal) or a non-duplicate 422 is not believed at once: the first POST may have landed and used
   the buying power, so the order is looked up again and returned when found.
 
 Limiter: ``limiter.acquire(bucket)`` before every request (``acquire(bucket, timeout=...)`` for a
@@ -30,6 +30,20 @@ the request was not sent.
 Rate-limit headers: X-RateLimit-Remaining/Reset of every response are kept in
 ``rate_limit_remaining``/``rate_limit_reset`` (and per bucket in ``rate_limits``) and passed to
 ``limiter.observe(bucket, remaining, reset)`` when the limiter has that method (either may be None).
+X-RateLimit-Limit (the plan's requests per minute: 200, or 1,000 on higher trading tiers, 10,000 on
+Algo Trader Plus data) is kept per bucket in ``announced_limits`` and passed as ``limit=`` to an
+``observe`` that takes it (bot.ratelimit.RateLimiter does: the fleet's bucket then follows it).
+
+403 refusals of an order keep the broker's words (``broker_message``, ``reason``, ``body``):
+InsufficientFunds (kind ``buying_power`` | ``qty``) only for Alpaca's buying-power/qty refusals,
+TradingForbidden(kind) for pattern-day-trading, wash-trade, shorting and account refusals. An order
+that is later ``rejected`` carries no reason: Alpaca's Order object (spec) and trade_updates events
+have no reason field, only ``status`` and ``failed_at``.
+
+Market data: get_snapshots splits a batch Alpaca refuses with 400 "invalid symbol: X" (the whole
+batch fails for one bad symbol) and goes on without X (fetch_snapshots reports it); a 403 for a feed
+the plan does not cover switches to ``feed_fallback`` when one is set (TRADEBOT_DATA_FEED_FALLBACK),
+else raises FeedNotPermitted with the fix.
 
 Credentials travel only in the client's default headers: they are not in its repr, not in log
 records and not in exception messages (wrapped httpx errors are re-raised ``from None`` with their
@@ -41,12 +55,13 @@ import email.utils
 import functools
 import inspect
 import logging
+import math
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import InvalidOperation
 from typing import Any, Protocol, TypeGuard, TypeVar
@@ -58,6 +73,7 @@ from bot.alpaca.errors import (
     AlpacaError,
     BrokerUnavailable,
     DuplicateClientOrderId,
+    FeedNotPermitted,
     InsufficientFunds,
     InvalidOrder,
     NotFound,
@@ -94,6 +110,14 @@ _DUPLICATE_MESSAGES = ("client_order_id must be unique", "client order id must b
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Transport errors worth another try (the rest, e.g. UnsupportedProtocol, are configuration faults).
 _RETRYABLE_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
+
+
+@dataclass
+class SnapshotBatch:
+    """fetch_snapshots' answer: the snapshots, and the symbols Alpaca refused (symbol -> its message)."""
+
+    snapshots: dict[str, Snapshot] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
 
 
 class Limiter(Protocol):
@@ -150,6 +174,7 @@ class AlpacaClient:
         base_url: str,
         data_url: str,
         feed: str = "iex",
+        feed_fallback: str | None = None,
         timeout: float | httpx.Timeout | None = None,
         transport: httpx.BaseTransport | None = None,
         limiter: Limiter | None = None,
@@ -176,6 +201,9 @@ class AlpacaClient:
         self.trading = _Api(TRADING, base_url.rstrip("/"))
         self.data = _Api(DATA, data_url.rstrip("/"))
         self.feed = feed
+        self.configured_feed = feed
+        # the feed used instead once Alpaca refuses ``feed`` for the plan (403 "subscription does not permit")
+        self.feed_fallback = feed_fallback or None
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -184,6 +212,9 @@ class AlpacaClient:
         self.submit_deadline = submit_deadline
         self._limiter = limiter
         self._timed_limiter: TimedLimiter | None = limiter if _takes_timeout(limiter) else None
+        observe = getattr(limiter, "observe", None)
+        self._observe: Callable[..., Any] | None = observe if callable(observe) else None
+        self._observe_takes_limit = self._observe is not None and _takes_keyword(self._observe, "limit")
         self._monotonic = monotonic
         self._sleep = sleep
         self._jitter = jitter
@@ -195,6 +226,8 @@ class AlpacaClient:
         self.rate_limit_remaining: int | None = None
         self.rate_limit_reset: float | None = None
         self.rate_limits: dict[str, tuple[int | None, float | None]] = {}
+        # X-RateLimit-Limit (requests per minute) last announced per bucket
+        self.announced_limits: dict[str, int] = {}
         if timeout is None:
             timeout = DEFAULT_TIMEOUT
         elif not isinstance(timeout, httpx.Timeout):
@@ -216,6 +249,7 @@ class AlpacaClient:
             base_url=settings.alpaca_base_url,
             data_url=settings.alpaca_data_url,
             feed=settings.data_feed,
+            feed_fallback=getattr(settings, "data_feed_fallback", "") or None,
         )
         options.update(kw)
         return cls(**options)
@@ -289,7 +323,7 @@ class AlpacaClient:
                     raise refused.error from None
             except DuplicateClientOrderId as duplicate:
                 return self._existing_order(request, duplicate)
-            except (InsufficientFunds, InvalidOrder) as refused_order:
+            except (InsufficientFunds, TradingForbidden, InvalidOrder) as refused_order:
                 if maybe_landed:
                     return self._landed_despite_refusal(coid, refused_order)
                 raise
@@ -333,10 +367,46 @@ class AlpacaClient:
         if response.status_code == 422:
             log.info("order %s is no longer cancelable: %s", order_id, _error_body(response)[1])
 
-    def list_orders(self, status: str = "all", limit: int = 500, symbols: Iterable[str] | None = None,
+    def list_orders(self, status: str = "all", limit: int | None = None, symbols: Iterable[str] | None = None,
                     direction: str = "desc", after: datetime | None = None,
                     until: datetime | None = None) -> list[Order]:
-        """One page of GET /v2/orders (at most 500): ``after``/``until`` bound the submission time."""
+        """GET /v2/orders over as many pages as it takes: every matching order (``limit`` None), or
+        the first ``limit`` of them in ``direction`` order. ``after``/``until`` bound the submission
+        time (exclusive, as at Alpaca).
+
+        Alpaca serves at most 500 a page; the next page moves ``until`` (desc) or ``after`` (asc) to
+        the last submission time seen, one microsecond past it so that orders of that instant come
+        again and are skipped by id (as orders_since does)."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        if direction not in ("asc", "desc"):
+            raise ValueError(f"direction must be 'asc' or 'desc', got {direction!r}")
+        wanted = list(symbols) if symbols else None
+        result: list[Order] = []
+        seen: set[str] = set()
+        overlap = 0  # orders of the last page's edge instant, which the next page brings again
+        while True:
+            page = MAX_LIST_LIMIT if limit is None else min(MAX_LIST_LIMIT, limit - len(result) + overlap)
+            rows = self._orders_page(status, page, wanted, direction, after, until)
+            fresh = [order for order in rows if order.id not in seen]
+            result.extend(fresh)
+            seen.update(order.id for order in fresh)
+            if limit is not None and len(result) >= limit:
+                return result[:limit]
+            times = [order.submitted_at or order.created_at for order in rows]
+            known = [at for at in times if at is not None]
+            if len(rows) < page or not fresh or not known:
+                return result
+            edge = min(known) if direction == "desc" else max(known)
+            overlap = times.count(edge)
+            if direction == "desc":
+                until = edge + timedelta(microseconds=1)
+            else:
+                after = edge - timedelta(microseconds=1)
+
+    def _orders_page(self, status: str, limit: int, symbols: list[str] | None, direction: str,
+                     after: datetime | None, until: datetime | None) -> list[Order]:
+        """One page of GET /v2/orders (at most 500)."""
         params: dict[str, Any] = {"status": status, "limit": min(max(1, limit), MAX_LIST_LIMIT),
                                   "direction": direction}
         if symbols:
@@ -356,7 +426,7 @@ class AlpacaClient:
         request rate rules out)."""
         seen: set[str] = set()
         while True:
-            rows = self.list_orders(status=status, limit=page, direction="asc", after=after)
+            rows = self._orders_page(status, page, None, "asc", after, None)
             fresh = [order for order in rows if order.id not in seen]
             yield from fresh
             seen.update(order.id for order in fresh)
@@ -377,23 +447,74 @@ class AlpacaClient:
     def get_snapshots(self, symbols: Iterable[str]) -> dict[str, Snapshot]:
         """Latest quote and trade per symbol: one request per ``snapshot_batch`` symbols.
 
-        Symbols the feed has no data for are simply absent from the result.
+        Symbols the feed has no data for are simply absent from the result, and so are symbols
+        Alpaca refuses as invalid (see fetch_snapshots, which reports them).
+        """
+        return self.fetch_snapshots(symbols).snapshots
+
+    def fetch_snapshots(self, symbols: Iterable[str]) -> SnapshotBatch:
+        """get_snapshots, also telling which symbols Alpaca refused as invalid.
+
+        Alpaca answers 400 ``{"message":"invalid symbol: X"}`` for a whole batch when one of its
+        symbols is invalid. The batch is then sent again without X (Alpaca names it), or split in
+        halves when the message names no symbol of the batch, until every valid symbol is answered;
+        each refused symbol costs one more request. A 400 whose message is not about symbols (a bad
+        feed, say) is raised as before.
         """
         wanted = list(dict.fromkeys(s.strip() for s in symbols if s and s.strip()))
-        result: dict[str, Snapshot] = {}
-        for start in range(0, len(wanted), self.snapshot_batch):
-            batch = wanted[start:start + self.snapshot_batch]
-            data = self._get_json(self.data, "/v2/stocks/snapshots",
-                                  params={"symbols": ",".join(batch), "feed": self.feed})
-            if not isinstance(data, dict):
-                raise AlpacaError(f"GET /v2/stocks/snapshots: expected a JSON object, got {type(data).__name__}")
-            if isinstance(data.get("snapshots"), dict) and "snapshots" not in batch:
-                data = data["snapshots"]  # tolerate the wrapped shape some Alpaca versions return
+        result = SnapshotBatch()
+        pending = [wanted[start:start + self.snapshot_batch] for start in range(0, len(wanted), self.snapshot_batch)]
+        pending.reverse()  # a stack: batches in order, the halves of a split batch before the rest
+        while pending:
+            batch = pending.pop()
+            try:
+                data = self._snapshot_request(batch)
+            except InvalidOrder as refused:
+                message = refused.broker_message or ""
+                if refused.status != 400 or "symbol" not in message.lower():
+                    raise
+                named = _named_symbol(message, batch)
+                if named is not None or len(batch) == 1:
+                    bad = named if named is not None else batch[0]
+                    result.invalid[bad] = message
+                    rest = [s for s in batch if s != bad]
+                    if rest:
+                        pending.append(rest)
+                else:
+                    half = len(batch) // 2
+                    pending.extend([batch[half:], batch[:half]])
+                continue
             for symbol in batch:
                 entry = data.get(symbol)
                 if isinstance(entry, dict):
-                    result[symbol] = self._parse(functools.partial(Snapshot.from_json, symbol), entry, "snapshot")
+                    result.snapshots[symbol] = self._parse(functools.partial(Snapshot.from_json, symbol), entry,
+                                                           "snapshot")
+        if result.invalid:
+            log.debug("market data refused as invalid: %s", ", ".join(sorted(result.invalid)))
         return result
+
+    def _snapshot_request(self, batch: list[str]) -> dict[str, Any]:
+        """One GET /v2/stocks/snapshots; a feed the plan does not cover switches to ``feed_fallback``
+        once (logged at WARNING with the fix), else FeedNotPermitted."""
+        while True:
+            try:
+                data = self._get_json(self.data, "/v2/stocks/snapshots",
+                                      params={"symbols": ",".join(batch), "feed": self.feed})
+                break
+            except FeedNotPermitted as refused:
+                if refused.feed != self.feed:
+                    continue  # another thread switched the feed meanwhile: ask again on the new one
+                fallback = self.feed_fallback
+                if not fallback or fallback == refused.feed:
+                    raise
+                log.warning("market data: %s; falling back to feed %r (TRADEBOT_DATA_FEED_FALLBACK) for the rest "
+                            "of this process", refused, fallback)
+                self.feed = fallback
+        if not isinstance(data, dict):
+            raise AlpacaError(f"GET /v2/stocks/snapshots: expected a JSON object, got {type(data).__name__}")
+        if isinstance(data.get("snapshots"), dict) and "snapshots" not in batch:
+            data = data["snapshots"]  # tolerate the wrapped shape some Alpaca versions return
+        return data
 
     # ------------------------------------------------------------------ submit internals
 
@@ -507,7 +628,7 @@ class AlpacaClient:
             if response.is_success or status in allow:
                 return response
             if last or not (status == 429 or status >= 500):
-                raise self._error_for(method, path, response)
+                raise self._error_for(method, path, response, params)
             asked = self._server_delay(response)
             delay = self._backoff(attempt) if asked is None else asked
             self._log_retry(method, path, f"HTTP {status}", delay, attempt + 1, attempts)
@@ -560,15 +681,24 @@ class AlpacaClient:
     def _observe_rate_headers(self, bucket: str, response: httpx.Response) -> None:
         remaining = _header_number(response, "X-RateLimit-Remaining")
         reset = _header_number(response, "X-RateLimit-Reset")
-        if remaining is None and reset is None:
+        limit = _announced_limit(response)
+        if remaining is None and reset is None and limit is None:
             return
         remaining_int = None if remaining is None else int(remaining)
         with self._lock:
-            self.rate_limit_remaining, self.rate_limit_reset = remaining_int, reset
-            self.rate_limits[bucket] = (remaining_int, reset)
-        observe = getattr(self._limiter, "observe", None)
-        if callable(observe):
-            observe(bucket, remaining_int, reset)
+            if remaining is not None or reset is not None:
+                self.rate_limit_remaining, self.rate_limit_reset = remaining_int, reset
+                self.rate_limits[bucket] = (remaining_int, reset)
+            changed = limit is not None and self.announced_limits.get(bucket) != limit
+            if limit is not None:
+                self.announced_limits[bucket] = limit
+        if changed:
+            log.debug("Alpaca announces %d requests/min for the %s API (X-RateLimit-Limit)", limit, bucket)
+        if self._observe is not None:
+            if limit is not None and self._observe_takes_limit:
+                self._observe(bucket, remaining_int, reset, limit=limit)
+            elif remaining is not None or reset is not None:
+                self._observe(bucket, remaining_int, reset)
 
     # ------------------------------------------------------------------ waits
 
@@ -610,27 +740,27 @@ class AlpacaClient:
     def _transport_error(self, method: str, path: str, exc: httpx.RequestError) -> AlpacaError:
         return BrokerUnavailable(f"{method} {path}: {self._describe(exc)}")
 
-    def _error_for(self, method: str, path: str, response: httpx.Response) -> AlpacaError:
+    def _error_for(self, method: str, path: str, response: httpx.Response,
+                   params: Mapping[str, Any] | None = None) -> AlpacaError:
         status = response.status_code
         code, message, body = _error_body(response)
         message = self._scrub(message)
         text = f"{method} {path}: {message}" if message else f"{method} {path}"
-        kw: dict[str, Any] = {"status": status, "code": code, "body": body}
+        kw: dict[str, Any] = {"status": status, "code": code, "body": body, "broker_message": message or None}
         if status == 401:
             return Unauthorized(text, **kw)
         if status == 403:
+            if _is_feed_refusal(message):
+                feed = (params or {}).get("feed")
+                return FeedNotPermitted(f"{text}; {_feed_fix(feed)}", feed=feed, **kw)
             account_code = code is not None and 40300000 <= code < 40400000
             if method != "GET" and account_code:
-                kind = _forbidden_kind(code, message)  # an order refused by the account's state or size
-                return InsufficientFunds(text, **kw) if kind is None else TradingForbidden(text, kind=kind, **kw)
+                return _order_refusal(text, code, message, kw)  # refused by the account's state or the order's size
             if _is_auth_refusal(code, message, body) or method == "GET":
                 # a refused read is about the keys or their permissions (e.g. the SIP feed on a free plan)
                 return Unauthorized(text, **kw)
-            kind = _forbidden_kind(code, message)
-            if kind is None:
-                # Alpaca documents 403 on the order path as "buying power or shares not sufficient"
-                return InsufficientFunds(text, **kw)
-            return TradingForbidden(text, kind=kind, **kw)
+            # Alpaca documents 403 on the order path as "buying power or shares not sufficient"
+            return _order_refusal(text, code, message, kw)
         if status in (400, 422):
             if _is_duplicate(message):
                 return DuplicateClientOrderId(text, **kw)
@@ -674,13 +804,27 @@ def _check_header_value(name: str, value: str) -> None:
 def _takes_timeout(limiter: Limiter | None) -> TypeGuard[TimedLimiter]:
     """Does ``limiter.acquire`` accept ``timeout=`` (bot.ratelimit.RateLimiter does; simple test doubles don't)?"""
     acquire = getattr(limiter, "acquire", None)
-    if acquire is None:
-        return False
+    return acquire is not None and _takes_keyword(acquire, "timeout")
+
+
+def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
     try:
-        parameters = inspect.signature(acquire).parameters
+        parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
-    return "timeout" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+# An X-RateLimit-Limit outside this range is a garbage header, not a plan (Algo Trader Plus: 10,000/min).
+MAX_ANNOUNCED_LIMIT = 100_000
+
+
+def _announced_limit(response: httpx.Response) -> int | None:
+    """X-RateLimit-Limit as a whole number of requests per minute, None when absent or implausible."""
+    value = _header_number(response, "X-RateLimit-Limit")
+    if value is None or not math.isfinite(value) or not 1 <= value <= MAX_ANNOUNCED_LIMIT:
+        return None
+    return int(value)
 
 
 def _seg(value: str) -> str:
@@ -720,16 +864,44 @@ def _is_auth_refusal(code: int | None, message: str, body: Mapping[str, Any]) ->
 
 
 CODE_PATTERN_DAY_TRADING = 40310100
+_FEED_MESSAGES = ("subscription does not permit",)
+
+
+def _is_feed_refusal(message: str) -> bool:
+    """Market data's 403 for a feed the plan does not cover ("subscription does not permit querying
+    recent SIP data"; the body has only ``message``)."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in _FEED_MESSAGES)
+
+
+def _feed_fix(feed: Any) -> str:
+    shown = f"feed {feed!r}" if feed else "the requested feed"
+    return (f"{shown} is not covered by the account's market-data subscription: set ALPACA_DATA_FEED=iex "
+            "(free real-time feed) or TRADEBOT_DATA_FEED_FALLBACK=iex, or subscribe to a plan that includes it "
+            "(Algo Trader Plus for sip)")
+
+
+def _order_refusal(text: str, code: int | None, message: str, kw: dict[str, Any]) -> AlpacaError:
+    """A 403 refusing an order: InsufficientFunds (buying power or shares) or TradingForbidden(kind)."""
+    kind = _forbidden_kind(code, message)
+    if kind is None:
+        lowered = message.lower()
+        short = "qty" if "qty" in lowered or "shares" in lowered or "available" in lowered else "buying_power"
+        return InsufficientFunds(text, kind=short, **kw)
+    return TradingForbidden(text, kind=kind, **kw)
 
 
 def _forbidden_kind(code: int | None, message: str) -> str | None:
     """What a 403 on the order path refuses: None for buying power or shares (InsufficientFunds),
-    else the account reason Alpaca gives (its code, or words of its message)."""
+    else the account reason Alpaca gives (its code, or words of its message). Wash-trade refusals
+    come with code 40310000 too: the message decides, not the code."""
     text = message.lower()
     if code == CODE_PATTERN_DAY_TRADING or "pattern day" in text:
         return "pattern_day_trading"
     if "wash trade" in text:
         return "wash_trade"
+    if "not allowed to short" in text or ("short selling" in text and "not" in text):
+        return "shorting_not_allowed"
     if any(words in text for words in ("not authorized", "not allowed", "blocked", "suspended", "restricted",
                                       "not permitted")):
         return "account_restricted"
@@ -737,6 +909,22 @@ def _forbidden_kind(code: int | None, message: str) -> str | None:
                                                                              "qty available", "cost basis")):
         return None
     return "forbidden"
+
+
+_INVALID_SYMBOL = re.compile(r"invalid symbols?:?\s*([A-Za-z0-9.\-/_^$=+*]+)", re.IGNORECASE)
+
+
+def _named_symbol(message: str, batch: list[str]) -> str | None:
+    """The batch symbol a 400 names ("invalid symbol: X"), if it names one of them."""
+    match = _INVALID_SYMBOL.search(message)
+    if match is None:
+        return None
+    raw = match.group(1).strip()
+    for named in (raw, raw.rstrip(",.;")):
+        for symbol in batch:
+            if symbol.upper() == named.upper():
+                return symbol
+    return None
 
 
 def _is_duplicate(message: str) -> bool:

@@ -228,6 +228,15 @@ class OrderRequest:
     time_in_force: str = "ioc"
     limit_price: Decimal | None = None
     extended_hours: bool = False
+    # protective legs: both make a bracket, one an OTO (Alpaca's order classes)
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+
+    @property
+    def order_class(self) -> str | None:
+        if self.stop_loss is not None and self.take_profit is not None:
+            return "bracket"
+        return "oto" if self.stop_loss is not None or self.take_profit is not None else None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -245,4 +254,10 @@ class OrderRequest:
             body["limit_price"] = format(self.limit_price, "f")
         if self.extended_hours:
             body["extended_hours"] = True
+        if self.order_class is not None:
+            body["order_class"] = self.order_class
+        if self.take_profit is not None:
+            body["take_profit"] = {"limit_price": format(self.take_profit, "f")}
+        if self.stop_loss is not None:
+            body["stop_loss"] = {"stop_price": format(self.stop_loss, "f")}
         return body

@@ -1,8 +1,16 @@
 -- The broker's view (bot.ratelimit.RateLimiter.observe). KEYS and ARGV 1-3: see ratelimit_prelude.
 -- ARGV[4] remaining ("" = unknown), ARGV[5] reset ("" = unknown),
 -- ARGV[6] "1" when reset is epoch seconds, "0" when seconds from now; ARGV[7] longest pause;
--- ARGV[8] pause when no reset is given. Returns the pause now in force, in seconds.
+-- ARGV[8] pause when no reset is given; ARGV[9] the announced limit per minute ("" = none given).
+-- Returns the pause now in force, in seconds.
 --!include ratelimit_prelude
+local announced = tonumber(ARGV[9] or '')
+if announced ~= nil and announced >= 1 then
+  -- the broker's X-RateLimit-Limit: from now on the bucket refills at its rate, fleet-wide
+  limit = math.floor(announced)
+  follow_limit()
+  tokens = math.min(tokens, burst)
+end
 local remaining = tonumber(ARGV[4])
 local reset = tonumber(ARGV[5])
 if remaining ~= nil then

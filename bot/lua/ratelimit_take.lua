@@ -4,11 +4,13 @@
 local wait
 if paused_until > now then
   wait = paused_until - now
-elseif tokens >= 1 then
-  tokens = tokens - 1
+elseif tokens >= 1 - 1e-6 then
+  -- (a hair short of 1 is float noise of the refill: granted, so that a "wait" is never so short
+  -- that it prints as "0.000000", which the caller would read as granted without a token taken)
+  tokens = math.max(0, tokens - 1)
   wait = 0
 else
-  wait = (1 - tokens) / rate
+  wait = math.max((1 - tokens) / rate, 1e-6)
 end
 save()
 return string.format('%.6f', wait)

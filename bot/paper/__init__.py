@@ -32,7 +32,9 @@ class PaperConfig:
     always_open: bool = False
     seed: int | None = None  # None: a random seed, reported by /_paper/stats and at start
     cash: Decimal = Decimal("100000")
-    symbols: tuple[str, ...] = ()  # created up front; any other symbol appears on first request
+    symbols: tuple[str, ...] = ()  # created up front (and always listed as assets); prices for any
+    # other 1-5 letter symbol still appear on first request
+    assets_csv: str | None = None  # a CSV of assets added to the default table (bot/paper/data/assets.csv)
     fill_delay: float = 0.0  # seconds an order stays `new` before its first execution
     latency: Any = 0.0  # seconds: 0.05 | "0.01-0.05" | "orders=0.05,data=0.01" | {"data": 0.01}
     latency_jitter: float = 0.0  # plus uniform(0, jitter) seconds

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import threading
@@ -29,7 +28,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from bot.paper import DEMO_API_KEY, PaperConfig
+from bot.paper import DEMO_API_KEY, PaperConfig, surface
+from bot.paper.account import PaperExtras
 from bot.paper.clock import CLOCK_MODES
 from bot.paper.exchange import CODE_INVALID, CODE_UNAUTHORIZED, BrokerError, Exchange, OrderQuery
 from bot.paper.faults import FaultInjector, RateWindow, SettingError
@@ -73,8 +73,10 @@ class BrokerState:
     rates: RateWindow
     stream: TradingStream
     stats: Stats = field(default_factory=Stats)
+    extras: PaperExtras = field(default_factory=PaperExtras)  # configurations, assets (bot.paper.account)
 
     def reset(self) -> None:
+        self.extras.reset()
         self.exchange.reset()
         self.faults.restore(self.config.fault_settings())
         self.rates.reset()
@@ -173,12 +175,7 @@ def api_route(path: str, method: str, group: str, handler: Handler) -> Route:
 
 
 # --- request parsing ------------------------------------------------------------------------
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw or b"null", parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError):
-        raise BrokerError(400, "request body format is invalid", 40010000) from None
+_json_body = surface.json_body
 
 
 def _query_choice(request: Request, name: str, allowed: tuple[str, ...], default: str) -> str:
@@ -210,7 +207,16 @@ def _query_limit(request: Request) -> int:
         raise BrokerError(422, f"invalid limit: {text!r}", CODE_INVALID) from None
     if limit < 1:
         raise BrokerError(422, "limit must be >= 1", CODE_INVALID)
-    return min(limit, MAX_ORDER_LIMIT)
+    if limit > MAX_ORDER_LIMIT:  # Alpaca refuses more than its maximum rather than cutting the page
+        raise BrokerError(422, f"limit must be <= {MAX_ORDER_LIMIT}", CODE_INVALID)
+    return limit
+
+
+def _query_bool(request: Request, name: str) -> bool:
+    text = (request.query_params.get(name) or "false").lower()
+    if text not in ("true", "false"):
+        raise BrokerError(422, f"invalid {name}: {text!r}, expected true or false", CODE_INVALID)
+    return text == "true"
 
 
 def _symbols_param(request: Request, required: bool = True) -> list[str]:
@@ -251,12 +257,15 @@ async def list_orders(request: Request, st: BrokerState) -> Response:
                        limit=_query_limit(request), after=_query_time(request, "after"),
                        until=_query_time(request, "until"),
                        direction=_query_choice(request, "direction", ("asc", "desc"), "desc"),
-                       symbols=symbols, side=side)
+                       symbols=symbols, side=side,
+                       after_order_id=request.query_params.get("after_order_id") or None,
+                       before_order_id=request.query_params.get("before_order_id") or None,
+                       nested=_query_bool(request, "nested"))
     return JSONResponse(st.exchange.list_orders(query))
 
 
 async def get_order(request: Request, st: BrokerState) -> Response:
-    return JSONResponse(st.exchange.get_order(request.path_params["order_id"]))
+    return JSONResponse(st.exchange.get_order(request.path_params["order_id"], _query_bool(request, "nested")))
 
 
 async def get_order_by_client_id(request: Request, st: BrokerState) -> Response:
@@ -275,21 +284,28 @@ async def cancel_all_orders(request: Request, st: BrokerState) -> Response:
     return JSONResponse(st.exchange.cancel_all(), status_code=207)
 
 
+async def replace_order(request: Request, st: BrokerState) -> Response:
+    return JSONResponse(st.exchange.replace(request.path_params["order_id"], await _json_body(request)))
+
+
+async def close_all_positions(request: Request, st: BrokerState) -> Response:
+    results = st.exchange.close_all_positions(_query_bool(request, "cancel_orders"))
+    return JSONResponse(results, status_code=207)
+
+
 async def get_clock(request: Request, st: BrokerState) -> Response:
     return JSONResponse(st.exchange.clock_json())
 
 
-async def get_asset(request: Request, st: BrokerState) -> Response:
-    return JSONResponse(st.exchange.asset(request.path_params["symbol"]))
-
-
 # --- market-data handlers --------------------------------------------------------------------------
 async def snapshots(request: Request, st: BrokerState) -> Response:
+    surface.check_feed(request)
     return JSONResponse(st.exchange.market_data(_symbols_param(request)))
 
 
 def _latest(key: str, part: str) -> Handler:
     async def handler(request: Request, st: BrokerState) -> Response:
+        surface.check_feed(request)
         data = st.exchange.market_data(_symbols_param(request))
         return JSONResponse({key: {symbol: snap[part] for symbol, snap in data.items()}})
     return handler
@@ -297,6 +313,7 @@ def _latest(key: str, part: str) -> Handler:
 
 def _latest_one(key: str, part: str | None) -> Handler:
     async def handler(request: Request, st: BrokerState) -> Response:
+        surface.check_feed(request)
         raw = request.path_params["symbol"]
         data = st.exchange.market_data([raw])
         if not data:
@@ -423,6 +440,7 @@ def routes() -> list[Route]:
         api_route("/v2/account", "GET", trading, get_account),
         api_route("/v2/positions", "GET", trading, list_positions),
         api_route("/v2/positions/{symbol}", "GET", trading, get_position),
+        api_route("/v2/positions", "DELETE", trading, close_all_positions),
         api_route("/v2/positions/{symbol}", "DELETE", trading, close_position),
         # the colon is literal: Starlette escapes everything outside {...}
         api_route("/v2/orders:by_client_order_id", "GET", "orders", get_order_by_client_id),
@@ -431,8 +449,23 @@ def routes() -> list[Route]:
         api_route("/v2/orders", "DELETE", "orders", cancel_all_orders),
         api_route("/v2/orders/{order_id}", "GET", "orders", get_order),
         api_route("/v2/orders/{order_id}", "DELETE", "orders", cancel_order),
+        api_route("/v2/orders/{order_id}", "PATCH", "orders", replace_order),
         api_route("/v2/clock", "GET", trading, get_clock),
-        api_route("/v2/assets/{symbol}", "GET", trading, get_asset),
+        # the path parameter is a symbol or an asset id (the UUID on orders and positions)
+        api_route("/v2/assets/{symbol}", "GET", trading, surface.get_asset),
+        api_route("/v2/assets", "GET", trading, surface.list_assets),
+        api_route("/v2/calendar", "GET", trading, surface.get_calendar),
+        api_route("/v2/account/configurations", "GET", trading, surface.get_configurations),
+        api_route("/v2/account/configurations", "PATCH", trading, surface.patch_configurations),
+        api_route("/v2/account/portfolio/history", "GET", trading, surface.portfolio_history),
+        api_route("/v2/account/activities", "GET", trading, surface.list_activities),
+        api_route("/v2/account/activities/{activity_type}", "GET", trading, surface.list_activities),
+        api_route("/v2/stocks/bars", "GET", "data", surface.historical("bars", single=False)),
+        api_route("/v2/stocks/trades", "GET", "data", surface.historical("trades", single=False)),
+        api_route("/v2/stocks/quotes", "GET", "data", surface.historical("quotes", single=False)),
+        api_route("/v2/stocks/{symbol}/bars", "GET", "data", surface.historical("bars", single=True)),
+        api_route("/v2/stocks/{symbol}/trades", "GET", "data", surface.historical("trades", single=True)),
+        api_route("/v2/stocks/{symbol}/quotes", "GET", "data", surface.historical("quotes", single=True)),
         api_route("/v2/stocks/snapshots", "GET", "data", snapshots),
         api_route("/v2/stocks/quotes/latest", "GET", "data", _latest("quotes", "latestQuote")),
         api_route("/v2/stocks/trades/latest", "GET", "data", _latest("trades", "latestTrade")),
@@ -457,10 +490,17 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     await state.stream.serve(websocket)
 
 
+# Starlette's own answers (no route, wrong method) in Alpaca's error body: clients parse
+# {"code", "message"} on every non-2xx answer (alpaca-py's APIError reads both)
+HTTP_ERROR_BODIES = {404: (40410000, "endpoint not found"), 405: (40510000, "method not allowed")}
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "internal server error"
-    return JSONResponse({"message": detail}, status_code=status)
+    code, message = HTTP_ERROR_BODIES.get(status, (status * 100000, detail))
+    headers = exc.headers if isinstance(exc, HTTPException) else None  # 405 keeps its Allow header
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
 def create_app(config: PaperConfig) -> Starlette:
@@ -487,7 +527,7 @@ def announcement(config: PaperConfig, seed: int) -> str:
     key_id = config.api_key if demo else "$ALPACA_API_KEY"
     secret = ("$(python -c 'from bot.paper import DEMO_SECRET_KEY as s; print(s)')" if demo
               else "$ALPACA_SECRET_KEY")
-    clock = "always open" if config.always_open else "US regular hours 09:30-16:00 ET, weekdays (holidays ignored)"
+    clock = "always open" if config.always_open else "the NYSE regular session (holidays, early closes)"
     return "\n".join([
         f"paper broker on {base}  (trading and market data under this one base URL)",
         f"  key id : {key_line}",

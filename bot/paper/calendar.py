@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
+import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -102,12 +103,18 @@ def _weekday_session_after(at: datetime) -> Session:
 
 
 def _load_sessions() -> list[Session]:
-    import exchange_calendars
+    # no type information shipped (nor a stubs package): only get_calendar().schedule is used
+    import exchange_calendars  # type: ignore[import-untyped]
 
-    schedule = exchange_calendars.get_calendar("XNYS", start=FIRST_DATE).schedule
+    with warnings.catch_warnings():
+        # exchange_calendars 4.x reads Series.values, which pandas 3.1 deprecates: its noise, not ours
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        schedule = exchange_calendars.get_calendar("XNYS", start=FIRST_DATE).schedule
     sessions = [Session(label.date(), row_open.to_pydatetime().astimezone(timezone.utc),
                         row_close.to_pydatetime().astimezone(timezone.utc))
-                for label, row_open, row_close in zip(schedule.index, schedule["open"], schedule["close"])]
+                for label, row_open, row_close in zip(schedule.index, schedule["open"].array,
+                                                      schedule["close"].array, strict=True)]
     log.debug("NYSE calendar: %d sessions %s..%s", len(sessions), sessions[0].day, sessions[-1].day)
     return sessions
 

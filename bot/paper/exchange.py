@@ -12,227 +12,62 @@ Execution model (simplified, see the module's notes in the report):
 - IOC executes at most the quote's displayed size (ask_size/bid_size) and cancels the rest;
   day/gtc orders execute in full when they execute;
 - nothing executes while the market is closed (orders wait as `accepted`);
+- stop/stop_limit/trailing_stop trigger on the last trade (sampled at each tick), then act as
+  market/limit orders; bracket/oto legs are `held` until the entry fills, a fill of one bracket/oco
+  exit cancels the other; fok fills all at once or cancels; opg/cls execute once at the first tick
+  at/after the open/close (at once in the always-open mode), the rest is canceled;
 - cash account (multiplier 1), long only: no shorting, no margin.
 """
 from __future__ import annotations
 
 import logging
 import random
-import re
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from bot.paper import PaperConfig
-from bot.paper.clock import MarketClock
+from bot.paper.clock import NEW_YORK, MarketClock
 from bot.paper.events import EVENT_OF_STATUS, EventHub, TradeEvent
+from bot.paper.orders import (
+    AUCTION_TIF,
+    CODE_BAD_BODY,
+    CODE_FORBIDDEN,
+    CODE_INVALID,
+    CODE_NOT_FOUND,
+    CODE_UNAUTHORIZED,
+    CODE_UNPROCESSABLE,
+    QTY_STEP,
+    STOP_TYPES,
+    TERMINAL,
+    BrokerError,
+    Ticket,
+    asset_id,
+    check_prices,
+    check_stop_side,
+    check_symbol,
+    decimals_of,
+    fmt,
+    invalid,
+    parse_ticket,
+    replacement_body,
+    to_tick,
+    unprocessable,
+)
 from bot.paper.prices import CENT, Pin, PriceBook, Quote, rfc3339, tick_size
+
+# re-exported: app.py and tests import these from here
+__all__ = ["CODE_BAD_BODY", "CODE_FORBIDDEN", "CODE_INVALID", "CODE_NOT_FOUND", "CODE_UNAUTHORIZED",
+           "CODE_UNPROCESSABLE", "BrokerError", "Exchange", "OrderQuery", "PaperOrder", "Ticket", "parse_ticket"]
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
-ALL_TIF = ("day", "gtc", "opg", "cls", "ioc", "fok")
-SUPPORTED_TIF = ("day", "gtc", "ioc")
-ALL_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
-SUPPORTED_TYPES = ("market", "limit")
-POSITION_INTENTS = ("buy_to_open", "buy_to_close", "sell_to_open", "sell_to_close")
-MAX_CLIENT_ORDER_ID = 128
-MAX_DECIMALS = 9
-QTY_STEP = Decimal(1).scaleb(-MAX_DECIMALS)
-SYMBOL_RE = re.compile(r"^[A-Z]{1,5}$")
-ASSET_NAMESPACE = uuid.UUID("6f1d7c3e-3b0a-4c4e-9a51-7a0b5e0c2a11")
-
-# Alpaca's error codes
-CODE_BAD_BODY = 40010000
-CODE_INVALID = 40010001
-CODE_UNAUTHORIZED = 40110000
-CODE_FORBIDDEN = 40310000
-CODE_NOT_FOUND = 40410000
-CODE_UNPROCESSABLE = 42210000
-
-
-class BrokerError(Exception):
-    """An Alpaca error answer: HTTP status, 8-digit code, message, and any extra body keys."""
-
-    def __init__(self, status: int, message: str, code: int | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.extra = extra
-
-    def body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {} if self.code is None else {"code": self.code}
-        body["message"] = self.message
-        body.update(self.extra)
-        return body
-
-
-def invalid(message: str) -> BrokerError:
-    return BrokerError(422, message, CODE_INVALID)
-
-
-def fmt(value: Decimal | None, places: int | None = None) -> str | None:
-    """Decimal -> Alpaca's decimal string ("100", "0.5", "123.45"); None stays None."""
-    if value is None:
-        return None
-    if places is not None:
-        value = value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "") else text
-
-
-def asset_id(symbol: str) -> str:
-    return str(uuid.uuid5(ASSET_NAMESPACE, symbol))
-
-
-def check_symbol(raw: Any) -> str | None:
-    """Upper-cased symbol if it looks like a US equity ticker (1-5 letters), else None."""
-    if not isinstance(raw, str):
-        return None
-    symbol = raw.strip().upper()
-    return symbol if SYMBOL_RE.match(symbol) else None
-
-
-def decimals_of(value: Decimal) -> int:
-    return max(0, -value.normalize().as_tuple().exponent)  # type: ignore[operator]
-
-
-def _decimal_field(body: Mapping[str, Any], name: str) -> Decimal | None:
-    raw = body.get(name)
-    if raw is None or raw == "":
-        return None
-    if isinstance(raw, bool) or not isinstance(raw, (str, int, float, Decimal)):
-        raise invalid(f"invalid {name}: {raw!r} is not a number")
-    try:
-        value = Decimal(str(raw).strip())
-    except InvalidOperation:
-        raise invalid(f"invalid {name}: {raw!r} is not a number") from None
-    if not value.is_finite():
-        raise invalid(f"invalid {name}: {raw!r} is not a finite number")
-    return value
-
-
-def _bool_field(body: Mapping[str, Any], name: str) -> bool:
-    raw = body.get(name, False)
-    if raw is None or isinstance(raw, bool):
-        return bool(raw)
-    if isinstance(raw, str) and raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    raise invalid(f"invalid {name}: {raw!r} is not a boolean")
-
-
-def _choice(body: Mapping[str, Any], name: str, allowed: Iterable[str]) -> str:
-    raw = body.get(name)
-    if raw is None or raw == "":
-        raise invalid(f"{name} is required")
-    if not isinstance(raw, str) or raw not in allowed:
-        raise invalid(f"invalid {name}: {raw!r}")
-    return raw
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """A validated order request, before account checks."""
-
-    symbol: str
-    side: str
-    type: str
-    time_in_force: str
-    qty: Decimal | None
-    notional: Decimal | None
-    limit_price: Decimal | None
-    extended_hours: bool
-    client_order_id: str | None
-    position_intent: str | None
-
-    @property
-    def fractional(self) -> bool:
-        return self.notional is not None or (self.qty is not None and self.qty % 1 != 0)
-
-
-def parse_ticket(body: Any) -> Ticket:
-    """Validate a POST /v2/orders body the way Alpaca does; raises BrokerError (422/400)."""
-    if not isinstance(body, Mapping):
-        raise BrokerError(400, "request body format is invalid", CODE_BAD_BODY)
-    raw_symbol = body.get("symbol")
-    if raw_symbol is None or raw_symbol == "":
-        raise invalid("symbol is required")
-    symbol = check_symbol(raw_symbol)
-    if symbol is None:
-        raise invalid(f'asset "{raw_symbol}" not found')
-    side = _choice(body, "side", ("buy", "sell"))
-    order_type = _choice(body, "type", ALL_TYPES)
-    if order_type not in SUPPORTED_TYPES:
-        raise invalid(f'order type "{order_type}" is not supported by the paper broker (market, limit)')
-    tif = _choice(body, "time_in_force", ALL_TIF)
-    qty, notional = _decimal_field(body, "qty"), _decimal_field(body, "notional")
-    _check_amounts(qty, notional, order_type)
-    ticket_fractional = notional is not None or (qty is not None and qty % 1 != 0)
-    if ticket_fractional and tif != "day":
-        raise BrokerError(422, "fractional orders must be DAY orders", CODE_UNPROCESSABLE)
-    if tif not in SUPPORTED_TIF:
-        raise invalid(f'time_in_force "{tif}" is not supported by the paper broker (day, gtc, ioc)')
-    limit_price = _check_limit_price(_decimal_field(body, "limit_price"), order_type)
-    extended_hours = _bool_field(body, "extended_hours")
-    if extended_hours and order_type != "limit":
-        raise invalid('only type="limit" is allowed for extended hours orders')
-    if extended_hours and tif not in ("day", "gtc"):
-        raise invalid("extended hours orders must be DAY or GTC orders")
-    order_class = body.get("order_class")
-    if order_class not in (None, "", "simple"):
-        raise invalid(f'order_class "{order_class}" is not supported by the paper broker (simple only)')
-    intent = body.get("position_intent")
-    if intent not in (None, "") and intent not in POSITION_INTENTS:
-        raise invalid(f"invalid position_intent: {intent!r}")
-    return Ticket(symbol, side, order_type, tif, qty, notional, limit_price, extended_hours,
-                  _check_client_order_id(body.get("client_order_id")), intent or None)
-
-
-def _check_amounts(qty: Decimal | None, notional: Decimal | None, order_type: str) -> None:
-    if qty is not None and notional is not None:
-        raise invalid("qty and notional cannot both be specified")
-    if qty is None and notional is None:
-        raise invalid("qty or notional is required")
-    for name, value in (("qty", qty), ("notional", notional)):
-        if value is None:
-            continue
-        if value <= 0:
-            raise invalid(f"{name} must be > 0")
-        if decimals_of(value) > MAX_DECIMALS:
-            raise invalid(f"{name} must have at most {MAX_DECIMALS} decimal places")
-    if notional is not None and order_type != "market":
-        raise invalid("notional orders must be market orders in the paper broker")
-
-
-def _check_limit_price(limit_price: Decimal | None, order_type: str) -> Decimal | None:
-    if order_type != "limit":
-        if limit_price is not None:
-            raise invalid("limit_price is only allowed for limit orders")
-        return None
-    if limit_price is None:
-        raise invalid("limit_price is required for limit orders")
-    if limit_price <= 0:
-        raise invalid("limit_price must be > 0")
-    if decimals_of(limit_price) > decimals_of(tick_size(limit_price)):
-        raise BrokerError(422, "sub-penny increment does not fulfill minimum pricing criteria", CODE_UNPROCESSABLE)
-    return limit_price
-
-
-def _check_client_order_id(raw: Any) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if not isinstance(raw, str):
-        raise invalid("client_order_id must be a string")
-    if len(raw) > MAX_CLIENT_ORDER_ID:
-        raise invalid(f"client_order_id must be no more than {MAX_CLIENT_ORDER_ID} characters")
-    return raw
-
+GTC_LIFETIME = timedelta(days=90)  # Alpaca cancels GTC orders 90 days after they were placed
 
 @dataclass
 class PaperOrder:
@@ -249,11 +84,25 @@ class PaperOrder:
     position_intent: str
     created_at: datetime
     live_at: datetime  # earliest first execution: created_at + fill delay
-    expires_at: datetime | None  # day orders: close of the session they work in
+    expires_at: datetime | None  # when the book expires it: day orders at their session's close
+    shown_expiry: datetime  # the JSON's expires_at (never null): also shown where nothing expires
     hold_price: Decimal  # buys: price the buying-power hold is valued at
     sell_hold_qty: Decimal  # sells: shares held for the order
     seq: int
     status: str = "accepted"
+    stop_price: Decimal | None = None  # trailing stops: recomputed from hwm as the price moves
+    trail_price: Decimal | None = None
+    trail_percent: Decimal | None = None
+    hwm: Decimal | None = None  # trailing stops: best price seen (sells the highest, buys the lowest)
+    triggered: bool = False  # a stop order whose stop was crossed: now a market or limit order
+    auction_at: datetime | None = None  # opg/cls: the open/close it executes at, once
+    order_class: str = ""  # "" for simple, as Alpaca shows it
+    parent_id: str | None = None  # a leg: its bracket/oco/oto parent
+    leg_ids: list[str] = field(default_factory=list)
+    holds: bool = True  # False for the stop-loss leg: it shares the take-profit's shares/cash hold
+    replaced_at: datetime | None = None
+    replaced_by: str | None = None
+    replaces: str | None = None
     updated_at: datetime | None = None
     filled_at: datetime | None = None
     canceled_at: datetime | None = None
@@ -285,8 +134,8 @@ class PaperOrder:
         return self.qty - self.filled_qty
 
     def buy_hold(self) -> Decimal:
-        """Buying power this open buy order reserves."""
-        if self.side != "buy" or not self.is_open:
+        """Buying power this open buy order reserves (a held leg reserves nothing yet)."""
+        if self.side != "buy" or not self.is_open or not self.holds or self.status == "held":
             return Decimal(0)
         if self.notional is not None:
             return Decimal(0) if self.filled_qty else self.notional
@@ -294,7 +143,7 @@ class PaperOrder:
         return (self.qty - self.filled_qty) * self.hold_price
 
     def sell_hold(self) -> Decimal:
-        if self.side != "sell" or not self.is_open:
+        if self.side != "sell" or not self.is_open or not self.holds or self.status == "held":
             return Decimal(0)
         return max(Decimal(0), self.sell_hold_qty - self.filled_qty)
 
@@ -304,7 +153,16 @@ class PaperOrder:
             self.status = status
         self.updated_at = now
 
-    def to_json(self) -> dict[str, Any]:
+    def request_body(self) -> dict[str, Any]:
+        """The POST body that would place this order again (as a simple order): a replace starts
+        from it."""
+        return {"symbol": self.symbol, "side": self.side, "type": self.type, "time_in_force": self.time_in_force,
+                "qty": fmt(self.qty), "notional": fmt(self.notional), "limit_price": fmt(self.limit_price),
+                "stop_price": fmt(self.stop_price) if self.type != "trailing_stop" else None,
+                "trail_price": fmt(self.trail_price), "trail_percent": fmt(self.trail_percent),
+                "extended_hours": self.extended_hours, "position_intent": self.position_intent}
+
+    def to_json(self, legs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         def t(at: datetime | None) -> str | None:
             return rfc3339(at) if at is not None else None
 
@@ -318,9 +176,9 @@ class PaperOrder:
             "expired_at": t(self.expired_at),
             "canceled_at": t(self.canceled_at),
             "failed_at": None,
-            "replaced_at": None,
-            "replaced_by": None,
-            "replaces": None,
+            "replaced_at": t(self.replaced_at),
+            "replaced_by": self.replaced_by,
+            "replaces": self.replaces,
             "asset_id": asset_id(self.symbol),
             "symbol": self.symbol,
             "asset_class": "us_equity",
@@ -328,23 +186,23 @@ class PaperOrder:
             "qty": fmt(self.qty),
             "filled_qty": fmt(self.filled_qty),
             "filled_avg_price": fmt(self.filled_avg_price),
-            "order_class": "",
+            "order_class": self.order_class,
             "order_type": self.type,
             "type": self.type,
             "side": self.side,
             "position_intent": self.position_intent,
             "time_in_force": self.time_in_force,
             "limit_price": fmt(self.limit_price),
-            "stop_price": None,
+            "stop_price": fmt(self.stop_price),
             "status": self.status,
             "extended_hours": self.extended_hours,
-            "legs": None,
-            "trail_percent": None,
-            "trail_price": None,
-            "hwm": None,
+            "legs": legs,
+            "trail_percent": fmt(self.trail_percent),
+            "trail_price": fmt(self.trail_price),
+            "hwm": fmt(self.hwm),
             "subtag": None,
             "source": None,
-            "expires_at": t(self.expires_at),
+            "expires_at": t(self.shown_expiry),
         }
 
 
@@ -368,6 +226,9 @@ class OrderQuery:
     direction: str = "desc"
     symbols: tuple[str, ...] = ()
     side: str | None = None
+    after_order_id: str | None = None  # cursors: submitted after/before that order (exclusive)
+    before_order_id: str | None = None
+    nested: bool = False  # legs rolled up under their parent's "legs", not listed on their own
 
 
 @dataclass
@@ -543,26 +404,28 @@ class Exchange:
 
     # --- orders ----------------------------------------------------------------------------
     def submit(self, body: Any) -> dict[str, Any]:
-        """POST /v2/orders. Returns the Order JSON (200) or raises BrokerError."""
+        """POST /v2/orders. Returns the Order JSON (200; an advanced order with its legs) or raises
+        BrokerError."""
         ticket = parse_ticket(body)
         with self._lock:
             now = self._sync()
             book = self._book
-            if ticket.client_order_id is not None and ticket.client_order_id in book.by_client_id:
-                raise invalid("client_order_id must be unique")
-            quote = self.prices.quote(ticket.symbol, now)
-            hold_price, sell_hold_qty = self._check_funds(ticket, quote)
+            self._check_new_client_id(ticket.client_order_id)
+            check_prices(ticket, self._last_price(ticket.symbol, now))
+            self._check_auction_window(ticket, now)
+            hold_price, sell_hold_qty = self._check_funds(ticket, self.prices.quote(ticket.symbol, now))
             order = self._new_order(ticket, now, hold_price, sell_hold_qty)
             book.add(order)
+            self._add_legs(order, ticket, now)
             self._publish(order, now)
             log.debug("order %s %s %s %s", order.id, order.side, order.symbol, order.client_order_id)
             self._work(order, now, self.clock.is_open(now))
-            return order.to_json()
+            return self._json(order, nested=bool(order.leg_ids))
 
-    def get_order(self, order_id: str) -> dict[str, Any]:
+    def get_order(self, order_id: str, nested: bool = False) -> dict[str, Any]:
         with self._lock:
             self._sync()
-            return self._order(order_id).to_json()
+            return self._json(self._order(order_id), nested)
 
     def get_order_by_client_id(self, client_order_id: str) -> dict[str, Any]:
         with self._lock:
@@ -575,12 +438,20 @@ class Exchange:
     def list_orders(self, query: OrderQuery) -> list[dict[str, Any]]:
         with self._lock:
             self._sync()
+            cursor = self._cursor(query)
             picked = [o for o in self._book.orders.values() if self._matches(o, query)]
+            if query.nested:  # legs show under their parent only
+                picked = [o for o in picked if o.parent_id is None]
+            if cursor is not None:
+                after = query.after_order_id is not None
+                picked = [o for o in picked if ((o.created_at, o.seq) > cursor) == after and
+                          (o.created_at, o.seq) != cursor]
             picked.sort(key=lambda o: (o.created_at, o.seq), reverse=query.direction == "desc")
-            return [o.to_json() for o in picked[: query.limit]]
+            return [self._json(o, query.nested) for o in picked[: query.limit]]
 
     def cancel(self, order_id: str) -> None:
-        """DELETE /v2/orders/{id}: cancels at once (204); 422 when no longer cancelable."""
+        """DELETE /v2/orders/{id}: cancels at once (204), a parent with its legs; 422 when no
+        longer cancelable."""
         with self._lock:
             now = self._sync()
             order = self._order(order_id)
@@ -594,8 +465,53 @@ class Exchange:
             now = self._sync()
             results = []
             for order in list(self._book.open_orders.values()):  # oldest first, like by seq
-                self._cancel(order, now)
+                if order.is_open:  # a leg may have gone with its parent already
+                    self._cancel(order, now)
                 results.append({"id": order.id, "status": 200, "body": order.to_json()})
+            return results
+
+    def replace(self, order_id: str, body: Any) -> dict[str, Any]:
+        """PATCH /v2/orders/{id}: a new order takes the open one's place (old: "replaced", with
+        replaced_by; new: replaces). 422 for closed, not yet live, or notional orders."""
+        with self._lock:
+            now = self._sync()
+            old = self._order(order_id)
+            self._check_replaceable(old)
+            ticket = parse_ticket(self._replacement_request(old, body))
+            if old.qty is not None and old.qty % 1 != 0 and ticket.qty != old.qty:
+                raise unprocessable("qty of fractional orders cannot be changed")
+            self._check_new_client_id(ticket.client_order_id)
+            if ticket.type in ("stop", "stop_limit") and not old.triggered:
+                assert ticket.stop_price is not None
+                check_stop_side(ticket.side, ticket.stop_price, self._last_price(ticket.symbol, now))
+            if old.parent_id is not None or old.status == "held":
+                hold_price, sell_hold_qty = self._leg_holds(ticket)  # exits of a position: no account check
+            else:
+                hold_price, sell_hold_qty = self._check_funds(ticket, self.prices.quote(ticket.symbol, now), old)
+            new = self._new_order(ticket, now, hold_price, sell_hold_qty)
+            self._carry_over(old, new, now)
+            self._book.add(new)
+            old.replaced_at, old.replaced_by, new.replaces = now, new.id, old.id
+            self._touch(old, now, "replaced")
+            if new.status != "held":
+                self._publish(new, now)
+            self._work(new, now, self.clock.is_open(now))
+            return self._json(new, nested=bool(new.leg_ids))
+
+    def close_all_positions(self, cancel_orders: bool = False) -> list[dict[str, Any]]:
+        """DELETE /v2/positions: a market sell per position (cancel_orders: every open order is
+        canceled first, which frees the shares they held); 207 body, one entry per symbol."""
+        with self._lock:
+            if cancel_orders:
+                self.cancel_all()
+            self._sync()
+            results = []
+            for symbol in sorted(self._book.holdings):  # a copy: a fill may remove the holding
+                try:
+                    status, body = 200, self.close_position(symbol)
+                except BrokerError as error:
+                    status, body = error.status, error.body()
+                results.append({"symbol": symbol, "status": status, "body": body})
             return results
 
     # --- assets, clock, market data ------------------------------------------------------------
@@ -644,8 +560,12 @@ class Exchange:
             now = self.clock.now()
             due: float | None = None
             for order in self._book.open_orders.values():
+                if order.status == "held":
+                    continue  # a leg waiting for its parent: the parent's fill wakes it
                 seconds = (order.live_at - now).total_seconds()
                 seconds = resting if seconds <= 0 else min(seconds, resting)
+                if order.auction_at is not None:
+                    seconds = min(seconds, max(0.0, (order.auction_at - now).total_seconds()))
                 if order.expires_at is not None:
                     seconds = min(seconds, max(0.0, (order.expires_at - now).total_seconds()))
                 due = seconds if due is None else min(due, seconds)
@@ -671,11 +591,16 @@ class Exchange:
             self._work(order, now, open_now)
 
     def _work(self, order: PaperOrder, now: datetime, open_now: bool) -> None:
-        if not order.is_open:
+        if not order.is_open or order.status == "held":
+            return
+        if order.auction_at is not None:
+            if now >= order.auction_at:
+                self._auction(order, now)
             return
         if order.expires_at is not None and now >= order.expires_at:
             order.expired_at = now
             self._touch(order, now, "expired")
+            self._close_legs(order, now)
             return
         if not open_now:
             return
@@ -684,31 +609,73 @@ class Exchange:
         if now >= order.live_at:
             self._execute(order, now)
 
+    def _auction(self, order: PaperOrder, now: datetime) -> None:
+        """An opg/cls order executes once, in full or not at all, at the quote when the book is first
+        worked at or after its open/close (the paper exchange has no auction price); any rest is
+        canceled, as Alpaca cancels what the auction did not fill."""
+        if order.status == "accepted":
+            self._touch(order, now, "new")
+        self._execute(order, now)
+        if order.is_open:
+            self._cancel(order, now)
+
     def _execute(self, order: PaperOrder, now: datetime) -> None:
+        if order.type in STOP_TYPES and not order.triggered:
+            if not self._stop_crossed(order, now):
+                return
+            order.triggered = True  # from here a stop is a market order, a stop_limit a limit order
+            log.debug("stop %s triggered at %s", order.id, order.stop_price)
         quote = self.prices.quote(order.symbol, now)
         buy = order.side == "buy"
         price = quote.ask if buy else quote.bid
-        if order.type == "limit":
-            assert order.limit_price is not None
+        immediate = order.time_in_force in ("ioc", "fok")
+        if order.limit_price is not None:
             marketable = price <= order.limit_price if buy else price >= order.limit_price
             if not marketable:
-                if order.time_in_force == "ioc":
+                if immediate:
                     self._cancel(order, now)
                 return
         wanted = order.remaining_qty(price)
         qty = wanted
-        if order.time_in_force == "ioc":
+        if immediate:
             qty = min(qty, Decimal(quote.ask_size if buy else quote.bid_size))
         if buy:
             qty = min(qty, self._affordable(order, price))
         else:
             holding = self._book.holdings.get(order.symbol)
             qty = min(qty, holding.qty if holding else Decimal(0))
+        if order.time_in_force == "fok" and qty < wanted:
+            self._cancel(order, now)  # fill or kill: the whole qty at once, or nothing
+            return
         if qty > 0:
             self._fill(order, qty, price, now)
         if qty < wanted and order.is_open:
             # IOC rest, or a fill cut short by cash/shares: the remainder is canceled
             self._cancel(order, now)
+
+    def _stop_crossed(self, order: PaperOrder, now: datetime) -> bool:
+        """Stops trigger on the last trade (as Alpaca's do): a buy at or above its stop, a sell at
+        or below. A trailing stop first follows the price."""
+        last = self._last_price(order.symbol, now)
+        if order.type == "trailing_stop":
+            self._trail(order, last)
+        assert order.stop_price is not None
+        return last >= order.stop_price if order.side == "buy" else last <= order.stop_price
+
+    @staticmethod
+    def _trail(order: PaperOrder, last: Decimal) -> None:
+        """Alpaca's trailing stop: hwm is the highest (a buy: lowest) price since submission, the
+        stop trails it by trail_price dollars or trail_percent percent. Seen at each tick, so a
+        swing between two ticks is missed (the walk is sampled, not streamed)."""
+        buy = order.side == "buy"
+        if order.hwm is None or (last < order.hwm if buy else last > order.hwm):
+            order.hwm = last
+        if order.trail_price is not None:
+            offset = order.trail_price
+        else:
+            assert order.trail_percent is not None
+            offset = order.hwm * order.trail_percent / 100
+        order.stop_price = to_tick(order.hwm + offset if buy else order.hwm - offset)
 
     def _affordable(self, order: PaperOrder, price: Decimal) -> Decimal:
         free = self._book.cash - (self._buy_holds() - order.buy_hold())
@@ -740,10 +707,109 @@ class Exchange:
                      "execution_id": str(uuid.uuid4())}
         self._touch(order, now, "filled" if done else "partially_filled", execution)
         log.debug("fill %s %s %s @ %s", order.id, order.side, qty, price)
+        if done and order.parent_id is None and order.order_class in ("bracket", "oto"):
+            self._activate_legs(order, now)
+        self._one_cancels_other(order, now)
 
     def _cancel(self, order: PaperOrder, now: datetime) -> None:
         order.canceled_at = now
         self._touch(order, now, "canceled")
+        self._close_legs(order, now)
+
+    # --- order classes: bracket, oco, oto --------------------------------------------------------
+    def _legs(self, order: PaperOrder) -> list[PaperOrder]:
+        return [self._book.orders[leg_id] for leg_id in order.leg_ids]
+
+    def _add_legs(self, parent: PaperOrder, ticket: Ticket, now: datetime) -> None:
+        """The exits of an advanced order, as orders of their own. Bracket/oto legs are "held" until
+        the entry fills; an OCO's stop leg works beside the OCO's own limit from the start."""
+        if ticket.order_class == "simple":
+            return
+        exit_side = ticket.exit_side
+        base = replace(ticket, side=exit_side, type="limit", limit_price=None, stop_price=None, trail_price=None,
+                       trail_percent=None, order_class="simple", take_profit=None, stop_loss=None,
+                       client_order_id=None, position_intent=f"{exit_side}_to_close")
+        legs = []
+        if ticket.take_profit is not None and ticket.order_class != "oco":
+            legs.append((replace(base, limit_price=ticket.take_profit), True))
+        if ticket.stop_loss is not None:
+            stop = ticket.stop_loss
+            # the stop-loss shares the take-profit's hold: only one of them can ever fill
+            legs.append((replace(base, type="stop" if stop.limit_price is None else "stop_limit",
+                                 stop_price=stop.stop_price, limit_price=stop.limit_price),
+                         ticket.order_class == "oto"))
+        for leg_ticket, holds in legs:
+            leg = self._new_order(leg_ticket, now, *self._leg_holds(leg_ticket))
+            leg.order_class, leg.parent_id, leg.holds = parent.order_class, parent.id, holds
+            if ticket.order_class != "oco":
+                leg.status = "held"
+            self._book.add(leg)
+            parent.leg_ids.append(leg.id)
+
+    @staticmethod
+    def _leg_holds(ticket: Ticket) -> tuple[Decimal, Decimal]:
+        price = ticket.limit_price or ticket.stop_price or Decimal(0)
+        return price, ticket.qty if ticket.side == "sell" and ticket.qty is not None else Decimal(0)
+
+    def _activate_legs(self, parent: PaperOrder, now: datetime) -> None:
+        for leg in self._legs(parent):
+            if leg.status == "held":
+                leg.live_at = now
+                self._touch(leg, now, "new")
+
+    def _one_cancels_other(self, order: PaperOrder, now: datetime) -> None:
+        """A fill of one exit of a bracket/oco cancels the other exit (a bracket's entry is no exit)."""
+        if order.order_class not in ("bracket", "oco") or (order.parent_id is None and order.order_class == "bracket"):
+            return
+        root = self._book.orders[order.parent_id] if order.parent_id else order
+        exits = self._legs(root) + ([root] if root.order_class == "oco" else [])
+        for other in exits:
+            if other is not order and other.is_open:
+                other.canceled_at = now
+                self._touch(other, now, "canceled")
+
+    def _close_legs(self, order: PaperOrder, now: datetime) -> None:
+        """A parent that ends without filling (canceled, expired) takes its open legs with it."""
+        for leg in self._legs(order):
+            if leg.is_open:
+                self._cancel(leg, now)
+
+    # --- replace ---------------------------------------------------------------------------------
+    @staticmethod
+    def _check_replaceable(order: PaperOrder) -> None:
+        if not order.is_open:
+            raise unprocessable(f'order is already in "{order.status}" state')
+        if order.status in ("accepted", "pending_new", "pending_cancel", "pending_replace"):
+            raise unprocessable(f'order is not replaceable in "{order.status}" state')
+        if order.notional is not None:
+            raise unprocessable("notional orders cannot be replaced")
+
+    @staticmethod
+    def _replacement_request(old: PaperOrder, body: Any) -> dict[str, Any]:
+        trail_field = None
+        if old.type == "trailing_stop":
+            trail_field = "trail_price" if old.trail_price is not None else "trail_percent"
+        merged = replacement_body(old.request_body(), body, trail_field)
+        if old.filled_qty and merged["qty"] == fmt(old.qty):
+            merged["qty"] = fmt(old.remaining_qty(Decimal(1)))  # by default the new order works the rest
+        return merged
+
+    def _carry_over(self, old: PaperOrder, new: PaperOrder, now: datetime) -> None:
+        """What the replacing order inherits: its place in a bracket/oco/oto, a held leg's waiting,
+        a triggered stop's trigger, a trailing stop's hwm."""
+        new.order_class, new.parent_id, new.holds = old.order_class, old.parent_id, old.holds
+        new.triggered = old.triggered
+        if old.status == "held":
+            new.status = "held"
+        new.leg_ids = old.leg_ids
+        for leg in self._legs(new):
+            leg.parent_id = new.id
+        if old.parent_id is not None:
+            parent = self._book.orders[old.parent_id]
+            parent.leg_ids = [new.id if i == old.id else i for i in parent.leg_ids]
+        if new.type == "trailing_stop" and old.hwm is not None:
+            new.hwm = old.hwm
+            self._trail(new, self._last_price(new.symbol, now))
 
     # closed orders hold nothing (buy_hold/sell_hold are 0 for them): only open ones are summed
     def _buy_holds(self) -> Decimal:
@@ -752,14 +818,15 @@ class Exchange:
     def _sell_holds(self, symbol: str) -> Decimal:
         return sum((o.sell_hold() for o in self._book.open_orders.values() if o.symbol == symbol), Decimal(0))
 
-    def _check_funds(self, ticket: Ticket, quote: Quote) -> tuple[Decimal, Decimal]:
-        """403s for buying power / shares; returns (hold price, sell hold qty)."""
+    def _check_funds(self, ticket: Ticket, quote: Quote, released: PaperOrder | None = None) -> tuple[Decimal, Decimal]:
+        """403s for buying power / shares, counting the holds of every open order but `released`
+        (the order a replace retires); returns (hold price, sell hold qty)."""
         if ticket.side == "buy":
-            price = ticket.limit_price if ticket.limit_price is not None else quote.ask
+            price = ticket.limit_price or ticket.stop_price or quote.ask
             cost = ticket.notional if ticket.notional is not None else ticket.qty * price  # type: ignore[operator]
             if ticket.fractional and cost < 1:
                 raise BrokerError(403, "cost basis must be >= 1", CODE_FORBIDDEN)
-            buying_power = self._book.cash - self._buy_holds()
+            buying_power = self._book.cash - self._buy_holds() + (released.buy_hold() if released else 0)
             if cost > buying_power:
                 raise BrokerError(403, "insufficient buying power", CODE_FORBIDDEN,
                                   buying_power=fmt(max(buying_power, Decimal(0)), 2), cost_basis=fmt(cost, 2))
@@ -768,7 +835,7 @@ class Exchange:
             (ticket.notional / quote.bid).quantize(QTY_STEP, ROUND_DOWN)  # type: ignore[operator]
         holding = self._book.holdings.get(ticket.symbol)
         existing = holding.qty if holding else Decimal(0)
-        held = self._sell_holds(ticket.symbol)
+        held = self._sell_holds(ticket.symbol) - (released.sell_hold() if released else 0)
         available = existing - held
         if requested > available:
             raise BrokerError(
@@ -781,14 +848,68 @@ class Exchange:
         ids = self._book.ids
         order_id = str(uuid.UUID(int=ids.getrandbits(128), version=4))
         client_order_id = ticket.client_order_id or str(uuid.UUID(int=ids.getrandbits(128), version=4))
-        expires_at = self.clock.day_order_expiry(now) if ticket.time_in_force == "day" else None
-        return PaperOrder(
+        expires_at, shown_expiry = self._expiry(ticket.time_in_force, now)
+        order = PaperOrder(
             id=order_id, client_order_id=client_order_id, symbol=ticket.symbol, side=ticket.side,
             type=ticket.type, time_in_force=ticket.time_in_force, qty=ticket.qty, notional=ticket.notional,
             limit_price=ticket.limit_price, extended_hours=ticket.extended_hours,
             position_intent=ticket.position_intent or ("buy_to_open" if ticket.side == "buy" else "sell_to_close"),
             created_at=now, live_at=now + timedelta(seconds=self.fill_delay), expires_at=expires_at,
-            hold_price=hold_price, sell_hold_qty=sell_hold_qty, seq=len(self._book.orders), updated_at=now)
+            shown_expiry=shown_expiry, hold_price=hold_price, sell_hold_qty=sell_hold_qty,
+            seq=len(self._book.orders), updated_at=now, stop_price=ticket.stop_price,
+            trail_price=ticket.trail_price, trail_percent=ticket.trail_percent,
+            order_class="" if ticket.order_class == "simple" else ticket.order_class)
+        if ticket.time_in_force in AUCTION_TIF:
+            order.auction_at = shown_expiry
+        if ticket.type == "trailing_stop":
+            self._trail(order, self._last_price(ticket.symbol, now))  # Alpaca shows hwm and stop_price at once
+        return order
+
+    def _expiry(self, tif: str, now: datetime) -> tuple[datetime | None, datetime]:
+        """(when the book expires the order, the expires_at it shows). day/ioc/fok: the close of the
+        session they work in, which the always-open mode shows but never enforces; gtc: 90 days
+        out; opg/cls: the auction they execute in (the always-open mode has none: at once)."""
+        state = self.clock.state(now)
+        if tif == "gtc":
+            return now + GTC_LIFETIME, now + GTC_LIFETIME
+        if tif in AUCTION_TIF:
+            if self.clock.always_open:
+                return None, now
+            return None, state.next_open if tif == "opg" else state.next_close
+        return self.clock.day_order_expiry(now), state.next_close
+
+    def _check_auction_window(self, ticket: Ticket, now: datetime) -> None:
+        """Alpaca refuses opg between 9:28 and 19:00 ET and cls between 15:50 and 19:00 ET (the
+        auctions' cut-offs); only the real clock has those hours."""
+        if ticket.time_in_force not in AUCTION_TIF or self.clock.mode != "real":
+            return
+        local = now.astimezone(NEW_YORK).time()
+        cutoff = time(9, 28) if ticket.time_in_force == "opg" else time(15, 50)
+        if cutoff <= local < time(19, 0):
+            raise unprocessable(f"{ticket.time_in_force} orders are not accepted between "
+                                f"{cutoff.strftime('%H:%M')} and 19:00 ET")
+
+    def _check_new_client_id(self, client_order_id: str | None) -> None:
+        if client_order_id is not None and client_order_id in self._book.by_client_id:
+            raise invalid("client_order_id must be unique")
+
+    def _json(self, order: PaperOrder, nested: bool = False) -> dict[str, Any]:
+        legs = [leg.to_json() for leg in self._legs(order)] if nested and order.leg_ids else None
+        return order.to_json(legs)
+
+    def _cursor(self, query: OrderQuery) -> tuple[datetime, int] | None:
+        """The (created_at, seq) position of after_order_id/before_order_id, if either is given."""
+        cursor_id = query.after_order_id or query.before_order_id
+        if cursor_id is None:
+            return None
+        if query.after_order_id and query.before_order_id:
+            raise invalid("after_order_id and before_order_id cannot both be specified")
+        if query.after is not None or query.until is not None:
+            raise invalid("after_order_id and before_order_id cannot be combined with after or until")
+        order = self._book.orders.get(cursor_id)
+        if order is None:
+            raise invalid(f"order {cursor_id} not found")
+        return order.created_at, order.seq
 
     def _order(self, order_id: str) -> PaperOrder:
         try:

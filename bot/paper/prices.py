@@ -12,16 +12,24 @@ import logging
 import math
 import random
 import threading
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta, timezone
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.paper.clock import NEW_YORK
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_STEPS_PER_CATCHUP = 3600
+# How much history a walk keeps for the historical endpoints (older entries are dropped): ticks
+# (one trade and one quote per step) cover ~5.5 hours at the default 1 s step, minute bars ~35
+# days; daily bars are all kept. Bounded so a long-running broker's memory stays flat.
+TICK_HISTORY = 20_000
+MINUTE_HISTORY = 50_000
 CENT = Decimal("0.01")
 SUB_CENT = Decimal("0.0001")
 IEX = "V"  # exchange code of IEX, the free feed
@@ -83,6 +91,11 @@ class Bar:
     def opening(cls, t: datetime, price: Decimal) -> Bar:
         return cls(t, price, price, price, price)
 
+    def merged(self, later: Bar) -> Bar:
+        """This bar and the one right after it as one bar (timeframes longer than a minute)."""
+        return Bar(self.t, self.o, max(self.h, later.h), min(self.l, later.l), later.c, self.v + later.v,
+                   self.n + later.n, self.turnover + later.turnover)
+
     def add(self, price: Decimal, size: int) -> None:
         self.h = max(self.h, price)
         self.l = min(self.l, price)
@@ -143,6 +156,11 @@ class SymbolWalk:
         self.last_trade = Trade(start, first, 100, 0)
         self.minute_bar = Bar.opening(_minute_start(start), first)
         self.daily_bar = Bar.opening(_ny_midnight(start), first)
+        # the history the historical endpoints serve: exactly what the latest endpoints showed
+        self.trades: deque[Trade] = deque(maxlen=TICK_HISTORY)
+        self.quotes: deque[Quote] = deque(maxlen=TICK_HISTORY)
+        self.minute_bars: deque[Bar] = deque(maxlen=MINUTE_HISTORY)  # completed minutes
+        self.daily_bars: list[Bar] = [self.prev_daily]  # completed days
         self._draw_step(start)
 
     # --- stepping -----------------------------------------------------------------------
@@ -179,6 +197,8 @@ class SymbolWalk:
         self.trade_id += 1
         price = self.quote.ask if trade_at_ask else self.quote.bid
         self.last_trade = Trade(at, price, trade_size, self.trade_id)
+        self.trades.append(self.last_trade)
+        self.quotes.append(self.quote)
         self._record(at, price, trade_size)
 
     def _make_quote(self, at: datetime, bid_size: int, ask_size: int) -> Quote:
@@ -197,11 +217,14 @@ class SymbolWalk:
 
     def _record(self, at: datetime, price: Decimal, size: int) -> None:
         if at >= self.next_midnight:
+            self.daily_bars.append(self.daily_bar)
             self.prev_daily = self.daily_bar
             self.daily_bar = Bar.opening(_ny_midnight(at), price)
             self.next_midnight = _ny_midnight(at, 1)
         minute = _minute_start(at)
         if minute != self.minute_bar.t:
+            if self.minute_bar.n:  # the opening placeholder of the first minute has no trades yet
+                self.minute_bars.append(self.minute_bar)
             self.minute_bar = Bar.opening(minute, price)
         self.minute_bar.add(price, size)
         self.daily_bar.add(price, size)
@@ -216,7 +239,11 @@ class SymbolWalk:
             # pinned price: positions and equity are valued at the last trade, and one from before
             # the pin (the walk's, far away) would misstate them until the next step
             self.quote = self._make_quote(self.quote.t, self.quote.bid_size, self.quote.ask_size)
-            self.last_trade = Trade(self.last_trade.t, pin.price, self.last_trade.size, self.last_trade.id)
+            self.last_trade = replace(self.last_trade, price=pin.price)
+            # history shows what latest shows: the re-quote, and the last trade at the pinned price
+            self.quotes.append(self.quote)
+            if self.trades:
+                self.trades[-1] = self.last_trade
 
     # --- views --------------------------------------------------------------------------
     def snapshot_json(self) -> dict[str, Any]:
@@ -259,6 +286,11 @@ class PriceBook:
 
     def quote(self, symbol: str, at: datetime) -> Quote:
         return self.walk(symbol, at).quote
+
+    def read(self, symbol: str, at: datetime, reader: Callable[[SymbolWalk], T]) -> T:
+        """`reader(walk)` under the lock: the walk's history deques must not grow while copied."""
+        with self._lock:
+            return reader(self.walk(symbol, at))
 
     def pin(self, symbol: str, pin: Pin | None, at: datetime) -> Quote:
         with self._lock:

@@ -112,9 +112,25 @@ class Decider:
         except ValueError as exc:  # the strategy cannot size it (weight 0, no qty...)
             raise Refused(str(exc)) from None
         plan = plan.sized(reservation.qty)  # the ledger's qty: the strategy's, or what the cash buys
+        legs = signal.stop_loss is not None or signal.take_profit is not None
+        if legs:
+            self._check_legs(signal, quote, plan.qty)
+        # Alpaca takes bracket/OTO entries as DAY (or GTC) orders only, never IOC
+        tif = "day" if extended or legs else plan.time_in_force
         return OrderRequest(symbol=signal.ticker, side=signal.side, client_order_id=job.coid, qty=plan.qty,
-                            type=plan.order_type, time_in_force="day" if extended else plan.time_in_force,
-                            limit_price=plan.limit_price, extended_hours=extended)
+                            type=plan.order_type, time_in_force=tif, limit_price=plan.limit_price,
+                            extended_hours=extended, stop_loss=signal.stop_loss, take_profit=signal.take_profit)
+
+    @staticmethod
+    def _check_legs(signal: Signal, quote: Decimal, qty: Decimal | None) -> None:
+        """Alpaca's bracket rules against the price now: a whole-share entry, the take-profit above
+        and the stop-loss below the price (a buy's legs), so the broker does not refuse the order."""
+        if qty is None or qty != qty.to_integral_value():
+            raise Refused(f"protective legs need a whole-share entry, got {qty}")
+        if signal.take_profit is not None and signal.take_profit <= quote:
+            raise Refused(f"take_profit {signal.take_profit} is not above the price {quote}")
+        if signal.stop_loss is not None and signal.stop_loss >= quote:
+            raise Refused(f"stop_loss {signal.stop_loss} is not below the price {quote}")
 
     def _size_buy(self, job: Job, ask: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
         signal = job.signal
@@ -124,8 +140,6 @@ class Decider:
         if account.trading_blocked or account.account_blocked:
             which = "account_blocked" if account.account_blocked else "trading_blocked"
             raise Refused(f"the broker reports the account {which}: no buys (see the Alpaca dashboard)", gate=True)
-        if signal.stop_loss is not None or signal.take_profit is not None:
-            raise Refused("stop_loss/take_profit: protective (bracket) orders are not sent by this version yet")
         held = _held_qty(job.market)
         limit_price = self._limit_price(job, "buy", ask, order_type)
         price = limit_price if limit_price is not None else ask

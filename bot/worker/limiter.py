@@ -28,8 +28,9 @@ class BoundedLimiter:
             bound = min(bound, left)
         self.limiter.acquire(bucket, timeout=max(0.0, bound))
 
-    def observe(self, bucket: str, remaining: int | None, reset: float | None) -> None:
-        self.limiter.observe(bucket, remaining, reset)
+    def observe(self, bucket: str, remaining: int | None, reset: float | None, limit: int | None = None) -> None:
+        """The broker's rate headers, its announced X-RateLimit-Limit included, to the fleet's bucket."""
+        self.limiter.observe(bucket, remaining, reset, limit=limit)
 
     @contextlib.contextmanager
     def tight(self, wait: float = SUBMIT_LIMITER_WAIT) -> Iterator[None]:

@@ -23,7 +23,7 @@ from bot.order_events import OrderEvents
 from bot.ratelimit import RateLimiter
 from bot.redisconn import connect
 from bot.risk import RiskLimits
-from bot.signals import CANCEL_ALL
+from bot.signals import CANCEL_ALL, FLATTEN
 from bot.streams import delete_consumer_if_idle, ensure_group
 from bot.worker.config import WorkerConfig
 from bot.worker.controls import Controls
@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("triage", "decide", "submit", "follow", "record", "controls")
 LEDGER_SWEEP_EVERY = 30.0  # seconds between sweeps of settled, reflected reservations out of the ledger
+FLATTEN_REFRESH_WAIT = 5.0  # seconds a flatten waits for positions polled after its cancels
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,10 @@ class Worker:
         if job.existing is not None:  # an earlier delivery placed it: follow that order, never a second
             sent = self._adopt(job, job.existing, "exists")
         else:
+            if job.signal.control == FLATTEN and self.controls.cancel_all(job).canceled:
+                # open orders went first (a bracket's exit legs hold the shares a flatten sells):
+                # size it on positions read after that
+                job = self.triage.resnapshot(job, wait_positions=FLATTEN_REFRESH_WAIT)
             decision = self.decider.decide(job)
             posted = isinstance(decision, OrderRequest)
             sent = self.submitter.submit(job, decision) if isinstance(decision, OrderRequest) else decision

@@ -6,6 +6,7 @@ the other way round the done marker would stop the replay and the reservation wo
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -60,7 +61,8 @@ class Recorder:
         else:
             self.ledger.release(job.coid)
         result = self._journal(job, outcome, reason=reason, order=order, qty=placed.qty,
-                               submitted_at=placed.submitted_at, final_at=final.final_at, adopted=placed.adopted)
+                               submitted_at=placed.submitted_at, final_at=final.final_at, adopted=placed.adopted,
+                               legs=legs_of(order, job.signal))
         if order.filled_qty > 0:
             self.market.request_refresh()
             if self.cooldown and job.signal.control is None:
@@ -108,7 +110,7 @@ class Recorder:
 
     def _journal(self, job: Job, outcome: str, *, reason: str = "", order: Order | None = None,
                  qty: Decimal | None = None, submitted_at: float | None = None, final_at: float | None = None,
-                 adopted: bool = False) -> str:
+                 adopted: bool = False, legs: str = "") -> str:
         signal = job.signal
         entry = JournalEntry(
             source_stream=signal.source_stream, source_id=signal.source_id, ticker=signal.ticker,
@@ -121,7 +123,7 @@ class Recorder:
             filled_avg_price=order.filled_avg_price if order is not None else None,
             source_at=signal.source_at, routed_at=signal.routed_at, claimed_at=job.claimed_at,
             submitted_at=submitted_at, final_at=final_at if final_at is not None else self.clock(),
-            consumer=self.consumer, deliveries=job.deliveries, adopted=adopted)
+            consumer=self.consumer, deliveries=job.deliveries, adopted=adopted, legs=legs)
         if not record_outcome(self.r, self.keys, entry, ack_stream=self.stream, group=self.group,
                               entry_id=job.entry_id, ttl=self.marker_ttl, pending_only=True):
             return DUPLICATE
@@ -172,3 +174,20 @@ def _origin(fields: Mapping[Any, Any], stream: str, entry_id: str) -> tuple[str,
     if source_stream and len(source_stream) <= 256 and is_stream_id(source_id):
         return source_stream, source_id
     return stream, entry_id
+
+
+def legs_of(order: Order, signal: Any) -> str:
+    """The protective legs of a bracket/OTO entry as JSON, for the journal: what the broker shows
+    (type, price, order id, status) when its answer carries them, else what the signal asked for."""
+    legs = order.raw.get("legs") if isinstance(order.raw, Mapping) else None
+    if isinstance(legs, list) and legs:
+        shown = [{"type": str(leg.get("type", "")), "limit_price": leg.get("limit_price"),
+                  "stop_price": leg.get("stop_price"), "order_id": str(leg.get("id", "")),
+                  "status": str(leg.get("status", ""))} for leg in legs if isinstance(leg, Mapping)]
+        return json.dumps(shown)
+    asked = []
+    if getattr(signal, "take_profit", None) is not None:
+        asked.append({"type": "take_profit", "limit_price": decimal_text(signal.take_profit)})
+    if getattr(signal, "stop_loss", None) is not None:
+        asked.append({"type": "stop_loss", "stop_price": decimal_text(signal.stop_loss)})
+    return json.dumps(asked) if asked else ""

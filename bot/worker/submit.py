@@ -107,6 +107,7 @@ class Submitter:
 
 def _refusal(exc: Exception) -> str:
     """The journal reason of a refused order: the broker's own words, and what kind of refusal."""
-    message = getattr(exc, "message", "") or str(exc)
+    said = getattr(exc, "reason", None)  # bot.alpaca.errors: the broker's words and its reject_reason
+    message = said if isinstance(said, str) and said else getattr(exc, "message", "") or str(exc)
     kind = getattr(exc, "kind", None)
     return f"{kind.replace('_', ' ')}: {message}" if isinstance(kind, str) else message

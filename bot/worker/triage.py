@@ -3,6 +3,7 @@ often, or delivered before (then its order may exist and is looked up, never siz
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -53,6 +54,20 @@ class Triage:
             # the lookup took time: the checks read the cache afresh
             job = replace(job, market=self.market.snapshot(signal.ticker, self._gate_keys(signal)))
         return job
+
+    def resnapshot(self, job: Job, *, wait_positions: float = 0.0) -> Job:
+        """The job with a fresh snapshot; with ``wait_positions``, first (at most that long) until
+        the poller has read the positions again (asked for at once)."""
+        if wait_positions > 0:
+            since = self.clock()
+            self.market.request_refresh()
+            deadline = time.monotonic() + wait_positions
+            while time.monotonic() < deadline:
+                polled = self.market.positions_as_of()
+                if polled is not None and polled > since:
+                    break
+                time.sleep(0.05)
+        return replace(job, market=self.market.snapshot(job.signal.ticker, self._gate_keys(job.signal)))
 
     def _gate_keys(self, signal: Signal) -> tuple[str, ...]:
         """The keys the decide stage's gates read: the trading state and the ticker's cooldown."""

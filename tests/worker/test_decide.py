@@ -115,15 +115,23 @@ def test_a_signals_notional_limit_price_and_strategy_are_used(bench: Bench):
     assert isinstance(skip, Skip) and skip.reason.startswith("unknown strategy 'nope'")
 
 
-def test_a_blocked_account_takes_no_buy_and_legs_are_refused_plainly(bench: Bench):
+def test_a_blocked_account_takes_no_buy(bench: Bench):
     bench.r.hset(bench.keys.account, "trading_blocked", "1")
     skip = decider(bench).decide(bench.job())
     assert isinstance(skip, Skip) and skip.gate and "trading_blocked" in skip.reason
-    bench.r.hset(bench.keys.account, "trading_blocked", "0")
-    legs = bench.job(bench.deliver(replace(bench.signal(), stop_loss=Decimal(90), take_profit=Decimal(120))))
-    skip = decider(bench).decide(legs)
-    assert isinstance(skip, Skip) and "protective (bracket) orders" in skip.reason
     assert bench.ledger.reservations() == []
+
+
+def test_protective_legs_make_a_day_bracket_and_wrong_sides_are_refused(bench: Bench):
+    legs = bench.job(bench.deliver(replace(bench.signal(qty="2"), stop_loss=Decimal(90), take_profit=Decimal(120))))
+    request = decider(bench).decide(legs)
+    assert isinstance(request, OrderRequest) and request.order_class == "bracket" and request.time_in_force == "day"
+    assert request.to_json()["stop_loss"] == {"stop_price": "90"}
+    one = bench.job(bench.deliver(replace(bench.signal(qty="1"), stop_loss=Decimal(95))))
+    assert decider(bench).decide(one).order_class == "oto"  # type: ignore[union-attr]
+    above = bench.job(bench.deliver(replace(bench.signal(qty="1"), stop_loss=Decimal(101))))
+    skip = decider(bench).decide(above)
+    assert isinstance(skip, Skip) and skip.reason == "stop_loss 101 is not below the price 100.01"
 
 
 def test_an_old_signal_is_a_skip_but_not_a_gate(bench: Bench):
