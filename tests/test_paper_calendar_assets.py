@@ -65,3 +65,17 @@ def test_the_assets_csv_flag_is_checked() -> None:
 
     result = CliRunner().invoke(main, ["--assets-csv", "/nonexistent.csv"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_orders_need_a_listed_asset_and_dotted_share_classes_trade() -> None:
+    from bot.paper.testing import paper_transport
+
+    transport, exchange = paper_transport(always_open=True, seed=3, symbols=("NVDA",))
+    base = {"side": "buy", "type": "market", "time_in_force": "day", "qty": "1"}
+    with pytest.raises(BrokerError) as unknown:
+        exchange.submit({**base, "symbol": "QQQQQ", "client_order_id": "a"})
+    assert (unknown.value.status, unknown.value.message) == (422, 'asset "QQQQQ" not found')
+    exchange.set_price("BRK.B", "450.00", spread="0.02", bid_size=1000, ask_size=1000)
+    order = exchange.submit({**base, "symbol": "BRK.B", "client_order_id": "b"})
+    assert order["symbol"] == "BRK.B" and order["status"] == "filled"
+    transport.close()

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bot.paper.exchange import CODE_NOT_FOUND, BrokerError, asset_id
+from bot.paper.orders import CODE_NOT_FOUND, BrokerError, asset_id
 
 COLUMNS = ("symbol", "name", "exchange", "class", "tradable", "shortable", "marginable", "easy_to_borrow",
            "fractionable")

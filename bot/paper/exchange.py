@@ -32,6 +32,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from bot.paper import PaperConfig
+from bot.paper.assets import AssetTable
 from bot.paper.clock import NEW_YORK, MarketClock
 from bot.paper.events import EVENT_OF_STATUS, EventHub, TradeEvent
 from bot.paper.orders import (
@@ -269,6 +270,7 @@ class Exchange:
         self.config = config
         self.clock = clock or MarketClock("open" if config.always_open else "real", config.now)
         self.seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
+        self.assets = AssetTable.build(config.assets_csv, config.symbols)
         self.fill_delay = config.fill_delay
         self._lock = threading.RLock()
         self._book = self._new_book(config.cash)
@@ -407,6 +409,7 @@ class Exchange:
         """POST /v2/orders. Returns the Order JSON (200; an advanced order with its legs) or raises
         BrokerError."""
         ticket = parse_ticket(body)
+        self._check_asset(ticket.symbol)
         with self._lock:
             now = self._sync()
             book = self._book
@@ -421,6 +424,16 @@ class Exchange:
             log.debug("order %s %s %s %s", order.id, order.side, order.symbol, order.client_order_id)
             self._work(order, now, self.clock.is_open(now))
             return self._json(order, nested=bool(order.leg_ids))
+
+    def _check_asset(self, symbol: str) -> None:
+        """Only listed, tradable assets take orders (the asset table: the defaults, the
+        --assets-csv rows and the configured symbols), as at Alpaca; QQQQQ is no asset."""
+        try:
+            asset = self.assets.find(symbol)
+        except BrokerError:
+            raise BrokerError(422, f'asset "{symbol}" not found', CODE_INVALID) from None
+        if not asset.tradable or asset.status != "active":
+            raise BrokerError(422, f"asset {symbol} is not tradable", CODE_INVALID)
 
     def get_order(self, order_id: str, nested: bool = False) -> dict[str, Any]:
         with self._lock:

@@ -26,7 +26,8 @@ POSITION_INTENTS = ("buy_to_open", "buy_to_close", "sell_to_open", "sell_to_clos
 MAX_CLIENT_ORDER_ID = 128
 MAX_DECIMALS = 9
 QTY_STEP = Decimal(1).scaleb(-MAX_DECIMALS)
-SYMBOL_RE = re.compile(r"^[A-Z]{1,5}$")
+# 1-5 letters, or a share class after a dot (BRK.B, BF.B)
+SYMBOL_RE = re.compile(r"^[A-Z]{1,5}(\.[A-Z]{1,2})?$")
 ASSET_NAMESPACE = uuid.UUID("6f1d7c3e-3b0a-4c4e-9a51-7a0b5e0c2a11")
 
 # Alpaca's error codes
@@ -78,7 +79,7 @@ def asset_id(symbol: str) -> str:
 
 
 def check_symbol(raw: Any) -> str | None:
-    """Upper-cased symbol if it looks like a US equity ticker (1-5 letters), else None."""
+    """Upper-cased symbol if it looks like a US equity ticker (1-5 letters, maybe a .class), else None."""
     if not isinstance(raw, str):
         return None
     symbol = raw.strip().upper()
