@@ -303,6 +303,27 @@ def test_the_fleet_end_to_end(fleet_env: tuple[Path, dict[str, str]], tmp_path: 
         assert streams[KEYS.signals]["groups"][0]["pending"] == 0 and status["dlq"] == 0
         child_pids = [p["pid"] for p in processes.values()]
 
+        # the trading controls on the real processes: reduce-only holds a buy back and lets a sell
+        # through; a flatten sells what is left while halted, a control signal journaled once
+        def signal_entry(direction: str) -> dict[str, str]:
+            added = tradebot("signal", "NVDA", direction, "--var-dir", str(var_dir), env=env)
+            assert added.returncode == 0, added.stderr
+            source_id = added.stdout.split()[1]
+            return wait_for(f"the journal entry of {source_id}", lambda: next(
+                (f for _, f in r.xrange(KEYS.orders) if f["source_id"] == source_id), None))
+
+        assert signal_entry("b")["outcome"] == "filled"
+        assert tradebot("halt", "--reduce-only", "--reason", "drill", "--var-dir", str(var_dir), env=env).returncode == 0
+        held_back = signal_entry("b")
+        assert (held_back["outcome"], held_back["reason"]) == ("skipped", "reduce-only: drill: a buy would add exposure")
+        assert signal_entry("s")["outcome"] == "filled"
+        assert tradebot("halt", "--reason", "drill", "--var-dir", str(var_dir), env=env).returncode == 0
+        flattened = tradebot("flatten", "--all", "--var-dir", str(var_dir), env=env)
+        assert flattened.returncode == 0 and "NVDA: sold" in flattened.stdout and "flat" in flattened.stdout, \
+            flattened.stdout + flattened.stderr
+        assert tradebot("resume", "--var-dir", str(var_dir), env=env).returncode == 0
+        journaled_in_all = r.xlen(KEYS.orders)
+
         late_worker.send_signal(signal.SIGTERM)
         assert late_worker.wait(30) == 0
     finally:
@@ -317,7 +338,7 @@ def test_the_fleet_end_to_end(fleet_env: tuple[Path, dict[str, str]], tmp_path: 
     assert not [pid for pid in child_pids if alive(pid)]
     with EmbeddedRedis(data_dir=var_dir / "redis", port=free_port()) as restarted:  # the fleet's own AOF
         check = redis.Redis.from_url(restarted.url, decode_responses=True)
-        assert check.xlen(KEYS.orders) == 100
+        assert check.xlen(KEYS.orders) == journaled_in_all
         assert check.xpending("nvda", KEYS.router_group)["pending"] == 0
         assert check.xpending(KEYS.signals, KEYS.workers_group)["pending"] == 0
         check.close()
