@@ -20,7 +20,7 @@ DEFAULT_MAX_QUOTE_AGE = 60.0
 # Alpaca's market-data budget depends on the plan: 200 requests/min free, 10,000/min Algo Trader Plus.
 DEFAULT_DATA_RATE_LIMIT = 200
 # Fields that are bookkeeping, not settings: kept out of public_view().
-_INTERNAL_FIELDS = ("data_url_given",)
+_INTERNAL_FIELDS = ("data_url_given", "rate_limit_given", "data_rate_limit_given")
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,10 @@ class Settings:
     dlq_maxlen: int = DEFAULT_DLQ_MAXLEN
     # ALPACA_DATA_URL was given (env or flag); otherwise alpaca_data_url follows the base URL
     data_url_given: bool = field(default=False, repr=False, compare=False)
+    # TRADEBOT_RATE_LIMIT / TRADEBOT_DATA_RATE_LIMIT were set: the broker's X-RateLimit-Limit is then
+    # not followed (bot.ratelimit); unset, the fleet follows the plan Alpaca announces
+    rate_limit_given: bool = field(default=False, repr=False, compare=False)
+    data_rate_limit_given: bool = field(default=False, repr=False, compare=False)
 
     @property
     def keys(self) -> Keys:
@@ -183,6 +187,8 @@ class Settings:
             alpaca_base_url=get("ALPACA_BASE_URL", ALPACA_PAPER_URL).rstrip("/"),
             alpaca_data_url=get("ALPACA_DATA_URL", "").rstrip("/") or _default_data_url(get("ALPACA_BASE_URL", "")),
             data_url_given=bool(get("ALPACA_DATA_URL", "").strip()),
+            rate_limit_given=bool(get("TRADEBOT_RATE_LIMIT", "").strip()),
+            data_rate_limit_given=bool(get("TRADEBOT_DATA_RATE_LIMIT", "").strip()),
             data_feed=get("ALPACA_DATA_FEED", "iex"),
             data_feed_fallback=get("TRADEBOT_DATA_FEED_FALLBACK", "").strip().lower(),
             symbols=symbols,

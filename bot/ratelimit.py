@@ -19,8 +19,10 @@ supervisord waits for a stopping process, so once stop is set a wait longer than
 Tokens that are there (or come within that short wait) are still granted while stopping: a
 stopping worker must still be able to follow and cancel the order in hand.
 
-The limit the broker announces wins over the configured one. ``per_minute`` (TRADEBOT_RATE_LIMIT,
-TRADEBOT_DATA_RATE_LIMIT) is the budget assumed until an answer carries X-RateLimit-Limit (a
+The limit the broker announces wins over the default one; a rate the operator set
+(TRADEBOT_RATE_LIMIT / TRADEBOT_DATA_RATE_LIMIT given: ``fixed`` buckets) is kept, since it may be
+lower on purpose (budget left for another program). ``per_minute`` is the budget assumed until an
+answer carries X-RateLimit-Limit (a
 1,000/min trading tier, 10,000/min on Algo Trader Plus data, or fewer than configured); ``observe(...,
 limit=N)`` then stores N in the bucket hash (field ``limit``) and every process's scripts refill at
 N/60 per second from then on, higher or lower than configured: the broker counts the account's
@@ -34,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bot import lua
@@ -98,8 +100,12 @@ class RateLimiter:
 
     def __init__(self, r: Any, keys: Keys, per_minute: Mapping[str, int],
                  burst: Mapping[str, int] | None = None, sleep: Callable[[float], None] = time.sleep,
-                 *, now: Callable[[], float] | None = None, stop: threading.Event | None = None) -> None:
+                 *, now: Callable[[], float] | None = None, stop: threading.Event | None = None,
+                 fixed: Iterable[str] = ()) -> None:
         self.r = r
+        # buckets whose rate the operator set: the broker's X-RateLimit-Limit is not followed there
+        # (a lower TRADEBOT_RATE_LIMIT may leave budget for another program on the account)
+        self.fixed = frozenset(fixed)
         self.keys = keys
         self.sleep = sleep
         self.now = now
@@ -124,8 +130,10 @@ class RateLimiter:
         """Trading bucket at ``settings.rate_limit_per_minute`` (TRADEBOT_RATE_LIMIT), data bucket at
         ``settings.data_rate_limit_per_minute`` (TRADEBOT_DATA_RATE_LIMIT: 200/min on Alpaca's free
         plan, 10,000/min on Algo Trader Plus)."""
+        fixed = [bucket for bucket, given in ((TRADING, getattr(settings, "rate_limit_given", False)),
+                                              (DATA, getattr(settings, "data_rate_limit_given", False))) if given]
         return cls(r, settings.keys, {TRADING: settings.rate_limit_per_minute,
-                                      DATA: settings.data_rate_limit_per_minute}, **kw)
+                                      DATA: settings.data_rate_limit_per_minute}, fixed=fixed, **kw)
 
     # ------------------------------------------------------------------ taking tokens
 
@@ -184,7 +192,7 @@ class RateLimiter:
         """
         if bucket not in self.per_minute:
             return
-        announce = self._limit_to_send(bucket, limit)
+        announce = None if bucket in self.fixed else self._limit_to_send(bucket, limit)
         if announce is None and (remaining is None or remaining > self.burst_of(bucket)):
             # the bucket never holds more than its burst, so the script would change nothing (no
             # pause, min(tokens, remaining) = tokens): spare the round trip on every response

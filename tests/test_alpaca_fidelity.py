@@ -197,6 +197,18 @@ def test_an_announced_higher_limit_is_followed_by_every_process(r):
     assert r.pttl(KEYS.ratelimit("trading")) > 500_000  # the announcement outlives a full bucket
 
 
+def test_an_operators_rate_limit_is_kept_whatever_the_broker_announces(r):
+    from bot.config import Settings
+
+    settings = Settings.from_env({"TRADEBOT_PREFIX": KEYS.prefix, "TRADEBOT_RATE_LIMIT": "100"})
+    fixed = RateLimiter.from_settings(r, settings)
+    fixed.observe("trading", remaining=150, reset=None, limit=1000)
+    assert fixed.per_minute["trading"] == 100 and r.hget(KEYS.ratelimit("trading"), "limit") is None
+    following = RateLimiter.from_settings(r, Settings.from_env({"TRADEBOT_PREFIX": KEYS.prefix}))
+    following.observe("data", remaining=150, reset=None, limit=1000)  # TRADEBOT_DATA_RATE_LIMIT unset
+    assert r.hget(KEYS.ratelimit("data"), "limit") == "1000"
+
+
 def test_an_announced_lower_limit_slows_the_bucket_and_a_garbage_one_is_ignored(r):
     clock = Clock()
     lim = RateLimiter(r, KEYS, {"trading": 200}, {"trading": 5}, now=clock.now)
