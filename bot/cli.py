@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
@@ -358,6 +359,51 @@ def _control_tickers(settings: Any, symbols: tuple[str, ...], every: bool) -> li
     if unknown:
         raise InputError(f"unknown symbol {', '.join(unknown)} (configured: {','.join(settings.symbols)})")
     return list(dict.fromkeys(tickers))
+
+
+@cli.command("record")
+@click.option("--since", default=None, metavar="TIME", help="From TIME (ISO, Unix seconds, or 30m / 12h / 7d ago).")
+@click.option("--until", default=None, metavar="TIME", help="Up to TIME [default: now].")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The recording to write (JSONL).")
+@click.option("--signals-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Import signals instead: time,ticker,direction[,qty,...] (e.g. a TradingView alert log).")
+@click.option("--prices-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Import prices instead: time,symbol,bid,ask,last (bars: close as last).")
+@redis_url_option
+@var_dir_option
+@expected_errors
+def record_command(since: str | None, until: str | None, out_path: Path, signals_csv: Path | None,
+                   prices_csv: Path | None, redis_url: str | None, var_dir: str | None) -> None:
+    """Write a recording for replay: the source streams' entries and the polled prices (kept while
+    TRADEBOT_PRICE_HISTORY is set) between --since and --until, or signals and prices from CSV files."""
+    import time
+
+    from bot import ops
+    from bot.ops.orders import parse_since
+    from bot.recording import Recording, load_prices_csv, load_signals_csv, record_from_redis
+
+    if signals_csv or prices_csv:
+        if since or until:
+            raise InputError("--since/--until read a fleet's Redis; with --signals-csv/--prices-csv give neither")
+        recording = Recording(signals=load_signals_csv(signals_csv) if signals_csv else [],
+                              prices=load_prices_csv(prices_csv) if prices_csv else [])
+    else:
+        if since is None:
+            raise InputError("give --since (and maybe --until), or --signals-csv / --prices-csv")
+        start, end = parse_since(since), parse_since(until) if until else time.time()
+        if end <= start:
+            raise InputError("--until must be after --since")
+        settings = ops.operator_settings(redis_url, var_dir)
+        r = ops.open_redis(settings)
+        try:
+            recording = record_from_redis(r, settings.keys, settings.source_streams, start, end)
+        finally:
+            r.close()
+    written = recording.write(out_path)
+    click.echo(f"wrote {out_path}: {len(recording.signals)} signals, {len(recording.prices)} prices "
+               f"({written} records)" + ("" if recording.prices else "; no prices: set TRADEBOT_PRICE_HISTORY "
+                                         "for the poller to keep them, or give --prices-csv"))
 
 
 @cli.command("resume")

@@ -65,6 +65,12 @@ class Keys:
         return self._k("notify")
 
     @property
+    def price_history(self) -> str:
+        """Stream: every polled price (symbol, bid, ask, last, at) for `tradebot record`; only while
+        TRADEBOT_PRICE_HISTORY is set, trimmed to that many seconds."""
+        return self._k("price_history")
+
+    @property
     def equity(self) -> str:
         """Stream: account equity and cash at the poller's account cadence, trimmed by age."""
         return self._k("equity")

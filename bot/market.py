@@ -205,6 +205,22 @@ def write_prices(pipe_or_r: Any, keys: Keys, snapshots: Mapping[str, Snapshot], 
     return skipped
 
 
+def record_prices(r: Any, keys: Keys, snapshots: Mapping[str, Snapshot], now: float, *, keep: float) -> None:
+    """Append each snapshot's prices to the price history (for `tradebot record`), trimmed to
+    ``keep`` seconds by MINID on every write (approximate: whole nodes, cheap)."""
+    pipe = r.pipeline(transaction=False)
+    minid = f"{max(int((now - keep) * 1000), 0)}-0"
+    for symbol, snapshot in snapshots.items():
+        fields = {"symbol": symbol.upper(), "at": _num(now)}
+        for name in ("bid", "ask", "last"):
+            value = getattr(snapshot, name)
+            if value is not None:
+                fields[name] = format(value, "f")
+        if len(fields) > 2:
+            pipe.xadd(keys.price_history, fields, minid=minid, approximate=True)
+    pipe.execute()
+
+
 def write_account(r: Any, keys: Keys, account: Account, polled_at: float, *, as_of: float | None = None) -> bool:
     """Replace the account hash; False when it already held newer data."""
     as_of = polled_at if as_of is None else as_of

@@ -39,7 +39,7 @@ import redis
 from bot.alpaca.errors import AlpacaError, FeedNotPermitted
 from bot.breakers import Breakers
 from bot.keys import Keys
-from bot.market import write_account, write_clock, write_positions, write_prices
+from bot.market import record_prices, write_account, write_clock, write_positions, write_prices
 from bot.pnl import EQUITY_EVERY, record_equity
 from bot.runtime import capped_backoff
 
@@ -94,7 +94,7 @@ class Poller:
                  now: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
                  max_backoff: float = 30.0, stop_event: threading.Event | None = None,
                  refresh_min_interval: float = 1.0, breakers: Breakers | None = None,
-                 invalid_symbol_retry: float = INVALID_SYMBOL_RETRY) -> None:
+                 invalid_symbol_retry: float = INVALID_SYMBOL_RETRY, price_history: float = 0.0) -> None:
         if interval <= 0 or account_interval <= 0 or clock_interval <= 0:
             raise ValueError("poller intervals must be > 0")
         if not refresh_min_interval >= 0:
@@ -114,6 +114,7 @@ class Poller:
         self.refresh_min_interval = refresh_min_interval
         self.stop_event = stop_event  # set by run(); checked between the calls of a tick
         self.breakers = breakers  # the equity breakers, judged after every account poll
+        self.price_history = price_history  # seconds of polled prices kept for `tradebot record` (0: none)
         self._account_due = -math.inf
         self._equity_at = -math.inf  # monotonic time of the last equity point
         self._clock_due = -math.inf
@@ -174,6 +175,8 @@ class Poller:
         skipped = write_prices(self.r, self.keys, snapshots, self.now(), as_of=sent, symbols=valid,
                                log_skips=False)
         self._log_skip_changes(skipped)
+        if self.price_history > 0:
+            record_prices(self.r, self.keys, snapshots, self.now(), keep=self.price_history)
 
     def _note_invalid(self, asked: list[str], invalid: dict[str, str], retried: bool) -> None:
         """Warn once per symbol Alpaca refuses; note when one is accepted again."""

@@ -77,6 +77,7 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
             alpaca_data_url=alpaca_data_url or None,
         ).with_demo_credentials("to poll")
         limits = BreakerLimits.from_env(lambda name, default: os.environ.get(name, default))
+        history = _history_seconds(os.environ.get("TRADEBOT_PRICE_HISTORY", ""))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -89,8 +90,22 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
             poller = Poller(client, r, settings.keys, settings.symbols, interval=interval,
                             account_interval=account_interval, clock_interval=clock_interval,
                             max_backoff=max_backoff, refresh_min_interval=refresh_min_interval,
-                            breakers=Breakers(r, settings.keys, limits) if limits.watches_equity else None)
+                            breakers=Breakers(r, settings.keys, limits) if limits.watches_equity else None,
+                            price_history=history)
             poller.on_tick = heartbeat.progress
             poller.run(stop)
     finally:
         r.close()
+
+
+def _history_seconds(text: str) -> float:
+    """TRADEBOT_PRICE_HISTORY: seconds of polled prices to keep for `tradebot record` (unset: none)."""
+    if not text.strip():
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"TRADEBOT_PRICE_HISTORY={text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"TRADEBOT_PRICE_HISTORY must be >= 0 seconds, got {text}")
+    return value

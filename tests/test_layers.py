@@ -32,7 +32,7 @@ LAYERS: dict[str, int] = {
                      "bot.runtime", "bot.errors", "bot.embedded_redis"), LEAF),
     **dict.fromkeys(("bot.streams", "bot.signals", "bot.market", "bot.ledger", "bot.journal", "bot.risk",
                      "bot.strategies", "bot.ratelimit", "bot.alpaca", "bot.paper", "bot.order_events",
-                     "bot.lease", "bot.heartbeat", "bot.pnl", "bot.retention", "bot.trading", "bot.strategy", "bot.breakers"), DOMAIN),
+                     "bot.lease", "bot.heartbeat", "bot.pnl", "bot.retention", "bot.trading", "bot.strategy", "bot.breakers", "bot.recording"), DOMAIN),
     **dict.fromkeys(("bot.router", "bot.poller", "bot.worker", "bot.generator", "bot.consumer",
                      "bot.listener", "bot.reconcile"), LOOPS),
     **dict.fromkeys(("bot.ops", "bot.fleet", "bot.web", "bot.notify"), OPERATOR),
