@@ -125,12 +125,16 @@ class Router:
     # ------------------------------------------------------------------ the loop
 
     def setup(self) -> None:
-        """Create the consumer group on each source stream: new entries only, unless from_start.
+        """Create the consumer group on each source stream: entries of the last max_signal_age
+        seconds on, or all of them with from_start.
 
         After an outage a missing group is created at ``0``: Redis lost it (restart without data),
         so whatever is in the stream now arrived since and must not be skipped.
         """
-        start = "0" if self.from_start or self.outages else "$"
+        # a new group starts max_signal_age back, not at "$": a signal written just before the
+        # router's first start is routed, an older one would only be skipped as too old anyway
+        recent = f"{max(int((self.clock() - self.settings.max_signal_age) * 1000), 0)}-0"
+        start = "0" if self.from_start or self.outages else recent
         for stream in self.streams:
             # an operator's control entry written before the first router start still runs
             ensure_group(self.r, stream, self.group, "0" if stream == self.keys.control else start)

@@ -47,7 +47,7 @@ def _checked(parser: Callable[[str], object]) -> Callable[[click.Context, click.
 @click.option("--cash", default="100000", show_default=True, callback=_cash, envvar="PAPER_BROKER_CASH",
               help="Starting cash of the paper account.")
 @click.option("--symbols", default="", envvar="TRADEBOT_SYMBOLS",
-              help="Comma-separated symbols to create at start (any 1-5 letter symbol appears on first request).")
+              help="Comma-separated symbols listed (and priced) besides the default asset table.")
 @click.option("--assets-csv", type=click.Path(exists=True, dir_okay=False), default=None,
               envvar="PAPER_BROKER_ASSETS_CSV",
               help="CSV of extra assets (symbol,name,exchange,class,tradable,shortable,marginable,"

@@ -144,12 +144,13 @@ def test_the_router_trims_acknowledged_source_entries_by_default_and_keeps_the_r
                     maintenance_interval_s=3600)
     router.setup()
     router.step()  # routes (and acks) all four
-    r.xadd("nvda", {"ticker": "NVDA", "direction": "b"}, id=f"{old + 10}-0")  # old, but never delivered
+    r.xadd("nvda", {"ticker": "NVDA", "direction": "b"}, id=f"{old + 10}-0")  # old, but never acked:
+    r.xreadgroup(KEYS.router_group, "router-2", {"nvda": ">"})  # another router holds it (pending)
     assert router.trim_policy.min_age_s == 3600
     wait_for(lambda: router.step() is not None and r.xlen("nvda") == 1, 10,
              "a trim on the trim interval, not the maintenance one")
-    assert [i for i, _ in r.xrange("nvda")] == [f"{old + 10}-0"]  # acked old ones went, the unread one stays
-    assert r.xlen(KEYS.signals) == 5  # young entries the workers have not read stay
+    assert [i for i, _ in r.xrange("nvda")] == [f"{old + 10}-0"]  # acked old ones went, the pending one stays
+    assert r.xlen(KEYS.signals) == 4  # young entries the workers have not read stay
 
 
 def test_a_consumer_that_held_an_entry_past_its_marker_records_nothing(r: redis.Redis) -> None:

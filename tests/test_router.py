@@ -151,14 +151,19 @@ def test_own_pending_entries_are_drained_first_on_restart(r, rb):
     assert pending(r) == 0
 
 
-def test_a_new_group_starts_at_new_entries(r, rb):
-    r.xadd("nvda", {"ticker": "NVDA", "direction": "b"})
+def test_a_new_group_starts_max_signal_age_back(r, rb):
+    """A signal written just before the router's first start is routed; one older than
+    max_signal_age (it would only be skipped as too old) is left in the stream, unread."""
+    stale = r.xadd("nvda", {"ticker": "NVDA", "direction": "b"},
+                   id=f"{int((time.time() - SETTINGS.max_signal_age - 30) * 1000)}-0")
+    recent = r.xadd("nvda", {"ticker": "NVDA", "direction": "b"})
     router = make_router(rb)
     router.step()
-    assert signals(r) == [] and dead(r) == []
+    assert [f["source_id"] for f in signals(r)] == [recent] and dead(r) == []
     newer = r.xadd("nvda", {"ticker": "NVDA", "direction": "s"})
     router.step()
-    assert [f["source_id"] for f in signals(r)] == [newer]
+    assert [f["source_id"] for f in signals(r)] == [recent, newer]
+    assert stale in [i for i, _ in r.xrange("nvda")]
 
 
 def test_from_start_reads_existing_entries(r, rb):

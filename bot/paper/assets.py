@@ -108,6 +108,9 @@ class AssetTable:
     def __len__(self) -> int:
         return len(self._by_symbol)
 
+    def has(self, symbol: str) -> bool:
+        return symbol.upper() in self._by_symbol
+
     def find(self, symbol_or_id: str) -> Asset:
         asset = self._by_symbol.get(symbol_or_id.upper()) or self._by_id.get(symbol_or_id.lower())
         if asset is None:

@@ -546,13 +546,13 @@ class Exchange:
             return self.clock.state(now).to_json()
 
     def market_data(self, symbols: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Snapshot JSON per valid symbol (invalid ones are simply absent, as at Alpaca)."""
+        """Snapshot JSON per listed symbol (unknown ones are simply absent, as at Alpaca)."""
         with self._lock:
             now = self._sync()
             out: dict[str, dict[str, Any]] = {}
             for raw in symbols:
                 symbol = check_symbol(raw)
-                if symbol is not None and symbol not in out:
+                if symbol is not None and symbol not in out and self.assets.has(symbol):
                     out[symbol] = self.prices.walk(symbol, now).snapshot_json()
             return out
 
