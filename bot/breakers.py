@@ -103,7 +103,7 @@ class Breakers:
             return None
         day = trading_day(self.now())
         stored = {display(k): display(v) for k, v in self.r.hgetall(self.keys.breakers).items()}
-        self._new_day(day, stored)
+        self._new_day(day, stored, last_equity)
         peak = max(_dec(stored.get("peak")) or equity, equity)
         if peak != _dec(stored.get("peak")):
             self.r.hset(self.keys.breakers, "peak", str(peak))
@@ -111,48 +111,57 @@ class Breakers:
         if daily is not None and last_equity and stored.get("acknowledged", "") != day:
             loss = last_equity - equity
             if loss > 0 and loss >= daily.of(last_equity):
-                return self.trip(f"{DAILY} {loss:.2f} from the day's start {last_equity:.2f} (limit {daily})", day)
+                return self.trip(f"{DAILY} {loss:.2f} from the day's start {last_equity:.2f} (limit {daily})", day,
+                                 last_equity=last_equity)
         if drawdown is not None:
             fall = peak - equity
             if fall > 0 and fall >= drawdown.of(peak):
                 return self.trip(f"drawdown {fall:.2f} from the equity peak {peak:.2f} (limit {drawdown})", day)
         return None
 
-    def count_order(self) -> str | None:
-        """Before each POST: one more order this minute; the trip's reason when past the limit."""
+    def count_order(self, client_order_id: str) -> str | None:
+        """Before an order's POST: it counts in this minute's orders (once, however often its signal
+        is replayed or its POST retried); the trip's reason when that is past the limit."""
         limit = self.limits.max_orders_per_minute
         if limit is None:
             return None
         minute = int(self.now() // 60)
         key = self.keys.orders_per_minute(minute)
         pipe = self.r.pipeline(transaction=True)
-        pipe.incr(key)
+        pipe.sadd(key, client_order_id)
         pipe.expire(key, 120)
-        count = int(pipe.execute()[0])
+        pipe.scard(key)
+        count = int(pipe.execute()[2])
         if count <= limit:
             return None
         return self.trip(f"{count} orders this minute (limit {limit} a minute)", trading_day(self.now()))
 
-    def trip(self, reason: str, day: str) -> str:
-        """Switch to the breaker action (from active; from reduce-only only to halted), recorded."""
+    def trip(self, reason: str, day: str, *, last_equity: Decimal | None = None) -> str:
+        """Switch to the breaker action (from active; from reduce-only only to halted), recorded;
+        a state an operator set between the read and the switch is left alone."""
         state = read_state(self.r, self.keys)
         action = self.limits.action
         if state.state == ACTIVE or (state.state == REDUCE_ONLY and action == HALTED):
-            set_state(self.r, self.keys, action, PREFIX + reason)
+            if set_state(self.r, self.keys, action, PREFIX + reason, only_if=state) != state:
+                return reason  # changed meanwhile: by an operator, or another process's trip
             self.r.hset(self.keys.breakers, mapping={"tripped": reason, "tripped_at": repr(self.now()),
-                                                     "tripped_day": day, "action": action})
+                                                     "tripped_day": day, "action": action,
+                                                     "tripped_base": "" if last_equity is None else str(last_equity)})
             log.warning("breaker tripped: %s: trading is %s", reason, action)
         return reason
 
-    def _new_day(self, day: str, stored: dict[str, str]) -> None:
-        """A daily-loss trip of an earlier day ends: trading resumes if its state is still the trip's."""
+    def _new_day(self, day: str, stored: dict[str, str], last_equity: Decimal | None) -> None:
+        """A daily-loss trip of an earlier day ends once the broker has started the new day too (its
+        ``last_equity`` moved on from the trip's): trading resumes if the state is still the trip's."""
         if stored.get("tripped_day", day) == day or not stored.get("tripped", "").startswith(DAILY):
             return
+        if last_equity is not None and stored.get("tripped_base") == str(last_equity):
+            return  # the broker's day has not rolled over yet: the same loss would trip again
         state = read_state(self.r, self.keys)
         if state.reason and state.reason.startswith(PREFIX + DAILY):
-            set_state(self.r, self.keys, ACTIVE)
+            set_state(self.r, self.keys, ACTIVE, only_if=state)
             log.warning("breaker reset: a new trading day (%s) ends the daily-loss trip", day)
-        self.r.hdel(self.keys.breakers, "tripped", "tripped_day")
+        self.r.hdel(self.keys.breakers, "tripped", "tripped_day", "tripped_base")
 
 
 def acknowledge(r: redis.Redis, keys: Keys, now: float | None = None) -> None:

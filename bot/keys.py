@@ -156,7 +156,7 @@ class Keys:
         return self._k("breakers")
 
     def orders_per_minute(self, minute: int) -> str:
-        """Counter: orders sent in that minute (Unix minutes), for the order-rate breaker; expires."""
+        """Set: the client_order_ids sent in that minute (Unix minutes), for the order-rate breaker; expires."""
         return self._k("orders_minute", str(minute))
 
     def cooldown(self, symbol: str) -> str:

@@ -236,7 +236,7 @@ class RateLimiter:
     def _args(self, bucket: str) -> list[str]:
         rate = self.per_minute[bucket] / 60.0
         now = "" if self.now is None else repr(float(self.now()))
-        return [repr(rate), str(self.burst_of(bucket)), now]
+        return [repr(rate), str(self.burst_of(bucket)), now, "0" if bucket in self.fixed else "1"]
 
 
 def _positive_int(what: str, value: Any) -> int:

@@ -25,16 +25,21 @@ import redis
 from bot import lua
 from bot.alpaca.models import Order
 from bot.codec import decimal_text, text
+from bot.errors import TradebotError
 from bot.journal import JournalEntry, journal_entries
 from bot.keys import Keys
 from bot.ledger import Ledger
 from bot.market import write_account, write_positions
+from bot.retention import TRIMMED_TO
 from bot.signals import COID_PREFIX, client_order_id
 from bot.streams import DONE_TTL_SECONDS
 from bot.worker.record import outcome_of
 
 log = logging.getLogger(__name__)
 
+
+class ReconcileError(TradebotError, RuntimeError):
+    """Reconciliation could not get a consistent view of the books (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,10 @@ class Reconciler:
                 self._adopt(order, report, apply)
         external_fills = self._external_fills(report.external, apply)
         adopted_fills = {} if apply else _signed_fills(report.adopted)
-        if apply:
-            journaled, fills = self._journal()
+        journaled, fills, baseline = self._books()  # after any adoption, and as of one journal trim
         positions = self.client.list_positions()
-        report.position_drift = [asdict(d) for d in self._drift(positions, fills, adopted_fills, external_fills)]
+        report.position_drift = [asdict(d) for d in self._drift(positions, fills, adopted_fills, external_fills,
+                                                                baseline)]
         report.released = self._stale_reservations(orders, journaled, now, apply)
         if apply:
             write_positions(self.r, self.keys, positions, now)
@@ -182,9 +187,8 @@ class Reconciler:
         return _signed_fills([*{**known, **new}.values()])
 
     def _drift(self, positions: Iterable[Any], fills: Mapping[str, Decimal], adopted: Mapping[str, Decimal],
-               external: Mapping[str, Decimal]) -> list[Drift]:
+               external: Mapping[str, Decimal], baseline: Mapping[str, Decimal]) -> list[Drift]:
         broker = {p.symbol: p.qty for p in positions}
-        baseline = self._baseline()
         drifts = []
         for symbol in sorted({*broker, *fills, *adopted, *external, *baseline}):
             journaled = fills.get(symbol, Decimal(0)) + adopted.get(symbol, Decimal(0))
@@ -195,6 +199,18 @@ class Reconciler:
                                     decimal_text(external.get(symbol, Decimal(0))),
                                     decimal_text(baseline.get(symbol, Decimal(0)))))
         return drifts
+
+    def _books(self) -> tuple[set[str], dict[str, Decimal], dict[str, Decimal]]:
+        """The journal's client_order_ids and fills, and the baseline, as of one journal trim: a trim
+        folds fills from the journal into the baseline, and reading one before it and the other after
+        would count them twice or not at all (a false drift)."""
+        for _ in range(5):
+            before = self.r.hget(self.keys.reconcile, TRIMMED_TO)
+            coids, fills = self._journal()
+            baseline = self._baseline()
+            if self.r.hget(self.keys.reconcile, TRIMMED_TO) == before:
+                return coids, fills, baseline
+        raise ReconcileError("the journal kept being trimmed while it was read: try again")
 
     def _baseline(self) -> dict[str, Decimal]:
         out = {}
@@ -207,17 +223,24 @@ class Reconciler:
     def set_baseline(self) -> dict[str, str]:
         """Take the broker's positions now, less what the books explain, as the account's positions
         from before the fleet (so that a fleet started on a non-empty account shows no drift)."""
-        _coids, fills = self._journal()
+        positions = self.client.list_positions()
         external = self._external_fills([], apply=False)
-        baseline = {p.symbol: p.qty - fills.get(p.symbol, Decimal(0)) - external.get(p.symbol, Decimal(0))
-                    for p in self.client.list_positions()}
-        pipe = self.r.pipeline(transaction=True)
-        for name in [n for n in self.r.hkeys(self.keys.reconcile) if text(n).startswith("baseline:")]:
-            pipe.hdel(self.keys.reconcile, name)
-        for symbol, qty in baseline.items():
-            if qty:
-                pipe.hset(self.keys.reconcile, f"baseline:{symbol}", decimal_text(qty))
-        pipe.execute()
+        baseline: dict[str, Decimal] = {}
+
+        def write(pipe: Any) -> None:  # watched: a journal trim folding fills meanwhile makes it retry
+            _coids, fills = self._journal()
+            baseline.clear()
+            baseline.update({p.symbol: p.qty - fills.get(p.symbol, Decimal(0)) - external.get(p.symbol, Decimal(0))
+                             for p in positions})
+            names = [n for n in pipe.hkeys(self.keys.reconcile) if text(n).startswith("baseline:")]
+            pipe.multi()
+            for name in names:
+                pipe.hdel(self.keys.reconcile, name)
+            for symbol, qty in baseline.items():
+                if qty:
+                    pipe.hset(self.keys.reconcile, f"baseline:{symbol}", decimal_text(qty))
+
+        self.r.transaction(write, self.keys.reconcile)
         return {symbol: decimal_text(qty) for symbol, qty in baseline.items() if qty}
 
     def _stale_reservations(self, orders: list[Order], journaled: set[str], now: float, apply: bool) -> list[str]:

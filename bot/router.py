@@ -8,6 +8,7 @@ routers racing on one entry (a reclaim, a replay after a crash) cannot route or 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -133,7 +134,8 @@ class Router:
         """
         # a new group starts max_signal_age back, not at "$": a signal written just before the
         # router's first start is routed, an older one would only be skipped as too old anyway
-        recent = f"{max(int((self.clock() - self.settings.max_signal_age) * 1000), 0)}-0"
+        age = self.settings.max_signal_age
+        recent = f"{max(int((self.clock() - age) * 1000), 0)}-0" if math.isfinite(age) else "0"
         start = "0" if self.from_start or self.outages else recent
         for stream in self.streams:
             # an operator's control entry written before the first router start still runs
@@ -223,6 +225,11 @@ class Router:
                            symbols=self.settings.symbols, routed_at=self.clock())
         except SignalError as exc:
             return self._dead(stream, entry_id, fields, exc.reason)
+        if signal.received_at is not None and check_deliveries:
+            # timed by its receipt (its id is ahead of the clock): a redelivery cannot know when it
+            # first arrived, and this receipt would make an old signal look fresh
+            return self._dead(stream, entry_id, fields, "entry id ahead of the router's clock and delivered "
+                              "again: when it first arrived is unknown, so its age cannot be judged")
         return self._route(signal)
 
     def _route(self, signal: Signal) -> str:

@@ -53,20 +53,29 @@ def read_state(r: redis.Redis, keys: Keys) -> TradingState:
                     None if reduce_value is None else display(reduce_value))
 
 
-def set_state(r: redis.Redis, keys: Keys, state: str, reason: str = "") -> TradingState:
-    """Switch the fleet to ``state`` (``reason`` required unless active), atomically; the state it had."""
+def set_state(r: redis.Redis, keys: Keys, state: str, reason: str = "", *,
+              only_if: TradingState | None = None) -> TradingState:
+    """Switch the fleet to ``state`` (``reason`` required unless active), atomically; the state it
+    had. With ``only_if``, only while the state is still that one (a breaker's compare-and-set: an
+    operator's halt set meanwhile is never overwritten); the state found is returned either way."""
     if state not in STATES:
         raise ValueError(f"trading state {state!r} is not one of {', '.join(STATES)}")
     if state != ACTIVE and not reason.strip():
         raise ValueError("a reason is required")
-    pipe = r.pipeline(transaction=True)
-    pipe.get(keys.halt)
-    pipe.get(keys.reduce_only)
-    pipe.delete(keys.halt, keys.reduce_only)
-    if state == HALTED:
-        pipe.set(keys.halt, reason.strip())
-    elif state == REDUCE_ONLY:
-        pipe.set(keys.reduce_only, reason.strip())
-    halt_value, reduce_value, *_ = pipe.execute()
-    return state_of(None if halt_value is None else display(halt_value),
-                    None if reduce_value is None else display(reduce_value))
+    found: list[TradingState] = []
+
+    def switch(pipe: redis.client.Pipeline) -> None:
+        halt_value, reduce_value = pipe.get(keys.halt), pipe.get(keys.reduce_only)
+        found[:] = [state_of(None if halt_value is None else display(halt_value),
+                             None if reduce_value is None else display(reduce_value))]
+        if only_if is not None and found[0] != only_if:
+            return
+        pipe.multi()
+        pipe.delete(keys.halt, keys.reduce_only)
+        if state == HALTED:
+            pipe.set(keys.halt, reason.strip())
+        elif state == REDUCE_ONLY:
+            pipe.set(keys.reduce_only, reason.strip())
+
+    r.transaction(switch, keys.halt, keys.reduce_only)
+    return found[0]

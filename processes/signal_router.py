@@ -46,6 +46,11 @@ def main(redis_url: str | None, symbols: str | None, source_streams: str | None,
             source_streams=parse_list(source_streams) or None if source_streams else None,
             prefix=prefix or None,
         )
+        if trim_minid_age is not None and settings.stream_retention and trim_minid_age > settings.stream_retention:
+            # the dedup markers last as long as TRADEBOT_STREAM_RETENTION covers: entries kept longer
+            # would outlive their markers, and a group recreated at 0 would deliver them again
+            raise ConfigError(f"--trim-minid-age {trim_minid_age:g} is longer than TRADEBOT_STREAM_RETENTION "
+                              f"{settings.stream_retention:g}: raise TRADEBOT_STREAM_RETENTION instead")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     router = Router(

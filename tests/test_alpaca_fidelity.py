@@ -207,6 +207,12 @@ def test_an_operators_rate_limit_is_kept_whatever_the_broker_announces(r):
     following = RateLimiter.from_settings(r, Settings.from_env({"TRADEBOT_PREFIX": KEYS.prefix}))
     following.observe("data", remaining=150, reset=None, limit=1000)  # TRADEBOT_DATA_RATE_LIMIT unset
     assert r.hget(KEYS.ratelimit("data"), "limit") == "1000"
+    # a process without the setting announces a limit on the trading bucket: the fixed one keeps its rate
+    following.observe("trading", remaining=150, reset=None, limit=6000)
+    assert r.hget(KEYS.ratelimit("trading"), "limit") == "6000"
+    clock = Clock()
+    strict = RateLimiter(r, KEYS, {"trading": 60}, {"trading": 1}, now=clock.now, fixed=["trading"])
+    assert drain(strict) == pytest.approx(1.0, abs=1e-3)  # 60/min still: not 6000/min
 
 
 def test_an_announced_lower_limit_slows_the_bucket_and_a_garbage_one_is_ignored(r):

@@ -83,10 +83,24 @@ def test_a_drawdown_from_the_peak_halts_and_resume_restarts_the_peak(r: redis.Re
 
 def test_the_order_rate_trips_and_a_trip_never_softens_a_halt(r: redis.Redis) -> None:
     breakers = Breakers(r, KEYS, BreakerLimits(max_orders_per_minute=3), now=lambda: DAY1)
-    assert [breakers.count_order() for _ in range(3)] == [None, None, None]
-    reason = breakers.count_order()
+    assert [breakers.count_order(f"c{i}") for i in range(3)] == [None, None, None]
+    assert breakers.count_order("c1") is None  # a replayed signal, a retried POST: the same order
+    reason = breakers.count_order("c4")
     assert reason == "4 orders this minute (limit 3 a minute)" and read_state(r, KEYS).state == REDUCE_ONLY
     set_state(r, KEYS, HALTED, "operator")
     breakers.trip("something else", "2026-12-01")
     assert read_state(r, KEYS).reason == "operator"  # reduce-only would let buys' exits through a halt
     assert r.ttl(KEYS.orders_per_minute(int(DAY1 // 60))) > 0
+
+
+def test_the_daily_reset_waits_for_the_brokers_day_and_never_undoes_a_newer_state(r: redis.Redis) -> None:
+    clock = [DAY1]
+    breakers = Breakers(r, KEYS, BreakerLimits(daily_loss=Amount(D(100))), now=lambda: clock[0])
+    breakers.check_equity(D(9800), D(10000))
+    clock[0] = DAY2
+    breakers.check_equity(D(9800), D(10000))  # Alpaca has not rolled last_equity over yet
+    assert read_state(r, KEYS).state == REDUCE_ONLY
+    stale = read_state(r, KEYS)
+    set_state(r, KEYS, HALTED, "operator")
+    assert set_state(r, KEYS, ACTIVE, only_if=stale) != stale  # a compare-and-set that lost
+    assert read_state(r, KEYS).reason == "operator"

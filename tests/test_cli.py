@@ -202,6 +202,34 @@ def test_dlq_replay_of_a_worker_entry_turns_the_routed_signal_back_into_source_f
                       "client_order_id": "tb-alerts-1700000000000-0"}
 
 
+def _worker_dead_letter(r: redis.Redis, signal_fields: dict[str, str]) -> str:
+    ensure_group(r, KEYS.signals, KEYS.workers_group, "0")
+    entry_id = r.xadd(KEYS.signals, signal_fields)
+    r.xreadgroup(KEYS.workers_group, "worker-00@h", {KEYS.signals: ">"})
+    dead_letter(r, KEYS, ack_stream=KEYS.signals, group=KEYS.workers_group, entry_id=entry_id,
+                source_stream=signal_fields["source_stream"], source_id=signal_fields["source_id"],
+                reason="delivered 6 times", deliveries=6, raw_fields=signal_fields)
+    return r.xrevrange(KEYS.dlq, count=1)[0][0]
+
+
+def test_dlq_replay_keeps_a_signals_order_fields_and_a_control_stays_a_control(env: Path, r: redis.Redis) -> None:
+    buy = _worker_dead_letter(r, {"ticker": "NVDA", "side": "buy", "notional": "100", "limit_price": "99.5",
+                                  "stop_loss": "90", "strategy": "fixed", "source_stream": "alerts",
+                                  "source_id": "1700000000000-1", "routed_at": "1700000000.5"})
+    assert run("dlq", "replay", buy).exit_code == 0
+    [(_, fields)] = r.xrange("alerts")
+    assert (fields["notional"], fields["limit_price"], fields["stop_loss"], fields["strategy"]) == (
+        "100", "99.5", "90", "fixed")
+    cancel = _worker_dead_letter(r, {"ticker": "NVDA", "side": "cancel", "control": "cancel-all",
+                                     "source_stream": KEYS.control, "source_id": "1700000000000-2",
+                                     "routed_at": "1700000000.5"})
+    assert run("dlq", "replay", cancel, "--stream", "alerts").exit_code == 2  # never a plain sell
+    result = run("dlq", "replay", cancel)
+    assert result.exit_code == 0, result.output
+    [(_, control)] = r.xrange(KEYS.control)
+    assert control["action"] == "cancel-all" and control["ticker"] == "NVDA" and "direction" not in control
+
+
 def test_dlq_replay_errors(env: Path, r: redis.Redis) -> None:
     result = run("dlq", "replay", "not-an-id")
     assert result.exit_code == 2 and "is not a stream entry id" in result.output

@@ -401,3 +401,15 @@ def test_an_entry_written_with_a_future_id_goes_to_the_dlq_and_does_not_stop_lat
     routed = [Signal.from_fields(fields) for fields in signals(r)]
     assert [s.source_id for s in routed] == later
     assert all(before - 1 <= s.source_at <= time.time() + 1 for s in routed)  # the receipt, not the id
+
+
+def test_an_entry_timed_by_its_receipt_is_dead_lettered_when_delivered_again(r, rb):
+    ahead = int((time.time() + 600) * 1000)
+    r.xadd("nvda", {"ticker": "NVDA", "direction": "b"}, id=f"{ahead}-0")
+    inherited = r.xadd("nvda", {"ticker": "NVDA", "direction": "s"})
+    router = make_router(rb, claim_idle_ms=0)
+    router.setup()
+    r.xreadgroup(KEYS.router_group, "router-2", {"nvda": ">"})  # a router that then died with both
+    router.reclaim()
+    reasons = {d["source_id"]: d["reason"] for d in dead(r)}
+    assert "its age cannot be judged" in reasons[inherited] and signals(r) == []

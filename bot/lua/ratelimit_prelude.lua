@@ -1,6 +1,7 @@
 -- Shared prelude of the rate-limit scripts (bot.ratelimit), included by each of them.
 -- KEYS[1] bucket hash; ARGV[1] tokens per second; ARGV[2] burst; ARGV[3] now
--- (Unix seconds, or "" for the server's TIME). Leaves tokens refilled up to now in `tokens`.
+-- (Unix seconds, or "" for the server's TIME); ARGV[4] "1" = follow an announced limit, "0" = the
+-- operator fixed this rate (TRADEBOT_RATE_LIMIT set). Leaves tokens refilled up to now in `tokens`.
 -- A `limit` field (requests per minute the broker announced in X-RateLimit-Limit, written by
 -- ratelimit_observe) replaces the caller's rate, so the whole fleet follows one announcement;
 -- while it is set the hash lives at least LIMIT_TTL seconds (refreshed by every observed answer).
@@ -20,8 +21,9 @@ local tokens = tonumber(state[1])
 local ts = tonumber(state[2])
 local paused_until = tonumber(state[3]) or 0
 local limit = tonumber(state[4])
+local follows = ARGV[4] ~= '0'
 local function follow_limit()
-  if limit ~= nil and limit > 0 then
+  if follows and limit ~= nil and limit > 0 then
     rate = limit / 60
     burst = math.min(burst_given, limit)
   end

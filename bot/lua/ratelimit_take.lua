@@ -1,4 +1,4 @@
--- Take one token (bot.ratelimit.RateLimiter.try_acquire). KEYS and ARGV 1-3: see ratelimit_prelude.
+-- Take one token (bot.ratelimit.RateLimiter.try_acquire). KEYS and ARGV 1-4: see ratelimit_prelude.
 -- Returns the wait in seconds as a string: "0" = granted.
 --!include ratelimit_prelude
 local wait

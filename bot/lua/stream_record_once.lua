@@ -16,9 +16,19 @@ end
 -- An entry delivered and no longer pending was acked by whoever recorded it: a consumer that held
 -- it past the marker's ttl (paused, partitioned) must not record it a second time. NOGROUP (Redis
 -- lost the group) records: the group is recreated at 0 and the marker set here guards the redelivery.
-local function id_parts(id)
+-- ids compared as digit strings (by length, then lexically): tonumber would lose digits past 2^53
+local function cmp_digits(x, y)
+  if #x ~= #y then return #x < #y and -1 or 1 end
+  if x == y then return 0 end
+  return x < y and -1 or 1
+end
+local function id_at_or_below(id, bound)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+  local bms, bseq = string.match(bound, '^(%d+)-(%d+)$')
+  if not ms or not bms then return false end
+  local c = cmp_digits(ms, bms)
+  if c ~= 0 then return c < 0 end
+  return cmp_digits(seq, bseq) <= 0
 end
 local function acked(stream, group, id)
   local pending = redis.pcall('XPENDING', stream, group, id, id, 1)
@@ -29,10 +39,7 @@ local function acked(stream, group, id)
     local fields = {}
     for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
     if fields['name'] == group then
-      local ms, seq = id_parts(id)
-      local lms, lseq = id_parts(fields['last-delivered-id'])
-      if not ms or not lms then return false end
-      return ms < lms or (ms == lms and seq <= lseq)
+      return id_at_or_below(id, fields['last-delivered-id'])
     end
   end
   return false

@@ -13,8 +13,8 @@ from bot.config import Settings
 from bot.keys import Keys
 from bot.ops.errors import OpsError, OpsInputError
 from bot.ops.times import unix_time
-from bot.signals import client_order_id
-from bot.streams import format_id, is_stream_id, next_id, original_fields, parse_id
+from bot.signals import SOURCE_FIELDS, client_order_id
+from bot.streams import delete_below, format_id, is_stream_id, next_id, original_fields, parse_id
 
 
 @dataclass
@@ -58,24 +58,30 @@ def _dlq_entry(entry_id: Any, fields: Mapping[Any, Any]) -> DlqEntry:
                     dead_at=unix_time(text.get("dead_at")), original=original)
 
 
-def _replay_fields(fields: Mapping[Any, Any], keys: Keys) -> dict[FieldT, EncodableT]:
-    """The fields to put back on the source stream: the original ones; a DLQ entry made by a
-    worker holds a routed signal (ticker/side/qty), turned back into the source format, with the
-    client_order_id of the original's order: an order of it that may exist at the broker (a POST
-    whose outcome was unknown, landed late) is then found, never placed a second time."""
+def _replay_fields(fields: Mapping[Any, Any], keys: Keys) -> tuple[str | None, dict[FieldT, EncodableT]]:
+    """(the stream it must go back to, or None for the caller's; the fields to put there): the
+    original ones; a DLQ entry made by a worker holds a routed signal, turned back into the source
+    format with every order field it carried and the client_order_id of the original's order (an
+    order of it that may exist at the broker, a POST whose outcome was unknown, landed late, is
+    then found, never placed a second time). A control signal (flatten, cancel-all) goes back to the
+    control stream as the control it was, never as a plain sell."""
     original = original_fields(fields)
     entry_stream = display(fields.get(b"entry_stream", fields.get("entry_stream", b"")))
     if entry_stream == keys.signals and b"side" in original and b"direction" not in original:
+        control = display(original.get(b"control", b""))
+        if control:
+            return keys.control, {b"action": control.encode(), b"ticker": original.get(b"ticker", b"")}
         side = display(original[b"side"]).lower()
         source: dict[FieldT, EncodableT] = {b"ticker": original.get(b"ticker", b""),
                                             b"direction": b"b" if side == "buy" else b"s"}
-        if b"qty" in original:
-            source[b"qty"] = original[b"qty"]
+        for name in SOURCE_FIELDS:
+            if name not in ("ticker", "direction", "client_order_id") and name.encode() in original:
+                source[name.encode()] = original[name.encode()]
         coid = _original_coid(fields, original)
         if coid:
             source[b"client_order_id"] = coid.encode()
-        return source
-    return {name: value for name, value in original.items()}
+        return None, source
+    return None, {name: value for name, value in original.items()}
 
 
 def _original_coid(fields: Mapping[Any, Any], original: Mapping[bytes, Any]) -> str | None:
@@ -103,13 +109,18 @@ def dlq_replay(rb: redis.Redis, keys: Keys, entry_id: str, settings: Settings,
             raise OpsError(f"DLQ entry {entry_id} kept only the start of an oversized value "
                            f"({display(fields.get(b'truncated', fields.get('truncated', b'')))}): it cannot be "
                            "replayed; `tradebot dlq purge` removes it")
-        target = stream or display(fields.get(b"source_stream", fields.get("source_stream", b"")))
+        back_to, replay = _replay_fields(fields, keys)
+        source_stream = display(fields.get(b"source_stream", fields.get("source_stream", b"")))
+        if back_to is None and source_stream == keys.control:
+            back_to = keys.control  # a control entry the router refused: back where it came from
+        if back_to is not None and stream is not None and stream != back_to:
+            raise OpsInputError(f"DLQ entry {entry_id} is a control signal: it goes back to {back_to}, not {stream}")
+        target = back_to or stream or source_stream
         if not target:
             raise OpsError(f"DLQ entry {entry_id} names no source stream; give --stream")
-        if target not in settings.source_streams:
+        if target not in (*settings.source_streams, keys.control):
             raise OpsInputError(f"stream {target!r} is not a source stream the router reads "
                                 f"(TRADEBOT_SOURCE_STREAMS={','.join(settings.source_streams)}); give --stream")
-        replay = _replay_fields(fields, keys)
         if not replay:
             raise OpsError(f"DLQ entry {entry_id} has no original fields to replay")
         replay[b"replay_of"] = entry_id.encode()  # extra fields are ignored by the router: an audit trail
@@ -137,4 +148,9 @@ def dlq_purge(rb: redis.Redis, keys: Keys, up_to_id: str | None = None) -> int:
         up_to_id = dlq_newest_id(rb, keys)
         if up_to_id is None:
             return 0
-    return int(rb.xtrim(keys.dlq, minid=format_id(next_id(parse_id(up_to_id))), approximate=False))
+    below, removed = format_id(next_id(parse_id(up_to_id))), 0
+    while True:  # by id, not XTRIM MINID (see bot.streams.delete_below), a chunk at a time
+        went = delete_below(rb, keys.dlq, below)
+        removed += went
+        if went == 0:
+            return removed

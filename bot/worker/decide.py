@@ -178,7 +178,8 @@ class Decider:
     def _size_sell(self, job: Job, bid: Decimal, quote: Decimal, order_type: str) -> tuple[OrderPlan, Reservation]:
         signal, config = job.signal, self.config
         limit_price = self._limit_price(job, "sell", bid, order_type)
-        price = limit_price if limit_price is not None else quote
+        # a sell limit below the bid fills at the bid: the notional caps count that, not the limit
+        price = max(limit_price, quote) if limit_price is not None else quote
         account = job.market.account()
         if account is None:
             raise Refused("account not in the market cache: is the price poller running?")
@@ -258,7 +259,7 @@ class Decider:
                                               signal.notional), view, self.strategy_settings(signal.ticker))
         except Exception as exc:  # a plug-in's bug: this signal is skipped with it, the worker carries on
             log.exception("worker %s: strategy %r failed on %s", self.config.consumer, strategy.name, job.entry_id)
-            raise Refused(f"strategy {strategy.name!r} failed: {type(exc).__name__}: {exc}") from None
+            raise Refused(f"strategy {strategy.name!r} failed: {type(exc).__name__}: {str(exc)[:200]}") from None
         if isinstance(answer, Pass):
             raise Refused(answer.reason)
         if not isinstance(answer, Intent):

@@ -42,7 +42,7 @@ class Submitter:
         if self.breakers is not None:
             # one more order this minute; past the limit this trips the trading state, which the
             # re-check below then applies to this very order (an exit still goes)
-            self.breakers.count_order()
+            self.breakers.count_order(job.coid)
         for attempt in range(1, attempts + 1):
             if self.grace.stopping:  # no new order; the reservation stays with the entry, which is replayed
                 return Unsent(f"stopping before order {job.coid} was sent")
