@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import redis
 
 from bot.codec import display
-from bot.config import ConfigError
+from bot.config import ConfigError, seconds_setting
 from bot.keys import Keys
 from bot.trading import ACTIVE, HALTED, REDUCE_ONLY, read_state, set_state
 
@@ -78,7 +78,7 @@ class BreakerLimits:
                    drawdown=Amount.parse("TRADEBOT_MAX_DRAWDOWN", get("TRADEBOT_MAX_DRAWDOWN", "")),
                    max_orders_per_minute=_count(get, "TRADEBOT_MAX_ORDERS_PER_MINUTE"), action=action,
                    max_open_positions=_count(get, "TRADEBOT_MAX_OPEN_POSITIONS"),
-                   cooldown=_seconds(get, "TRADEBOT_COOLDOWN"))
+                   cooldown=seconds_setting(get, "TRADEBOT_COOLDOWN", None, allow_zero=False))
 
     @property
     def watches_equity(self) -> bool:
@@ -183,19 +183,6 @@ def _count(get: Callable[[str, str], str], name: str) -> int | None:
         raise ConfigError(f"{name}={raw!r} is not a whole number") from None
     if value < 1:
         raise ConfigError(f"{name} must be >= 1, got {raw}")
-    return value
-
-
-def _seconds(get: Callable[[str, str], str], name: str) -> float | None:
-    raw = get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"{name} must be > 0 seconds, got {raw}")
     return value
 
 

@@ -297,15 +297,24 @@ def _int(get: Any, name: str, default: int, minimum: int | None = None) -> int:
 
 def _seconds(get: Any, name: str, default: float) -> float:
     """A duration in seconds, >= 0 (0 = keep forever)."""
-    raw = get(name, "")
+    value = seconds_setting(get, name, default, allow_zero=True)
+    return default if value is None else value
+
+
+def seconds_setting(get: Any, name: str, default: float | None, *, allow_zero: bool) -> float | None:
+    """A finite duration in seconds from the environment (``default`` when unset): > 0, or >= 0 with
+    ``allow_zero``; ConfigError in one line otherwise. Shared by the settings, the breakers and the
+    poller's price history."""
+    raw = str(get(name, "")).strip()
     if raw == "":
         return default
     try:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if not (value >= 0 and value != float("inf")):
-        raise ConfigError(f"{name} must be >= 0 seconds (0 keeps everything), got {raw}")
+    if value == float("inf") or not (value >= 0 if allow_zero else value > 0):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds"
+                          + (" (0 keeps everything)" if allow_zero else "") + f", got {raw}")
     return value
 
 

@@ -12,7 +12,7 @@ import redis
 
 from bot.alpaca.client import AlpacaClient
 from bot.breakers import BreakerLimits, Breakers
-from bot.config import ConfigError, Settings, parse_symbols
+from bot.config import ConfigError, Settings, parse_symbols, seconds_setting
 from bot.heartbeat import Heartbeat, broker_requests_extra
 from bot.logs import configure_logging, redact_url
 from bot.poller import Poller
@@ -77,7 +77,8 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
             alpaca_data_url=alpaca_data_url or None,
         ).with_demo_credentials("to poll")
         limits = BreakerLimits.from_env(lambda name, default: os.environ.get(name, default))
-        history = _history_seconds(os.environ.get("TRADEBOT_PRICE_HISTORY", ""))
+        # seconds of polled prices kept for `tradebot record` (unset: none)
+        history = seconds_setting(os.environ.get, "TRADEBOT_PRICE_HISTORY", 0.0, allow_zero=True) or 0.0
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -96,16 +97,3 @@ def main(redis_url: str | None, symbols: str | None, prefix: str | None, interva
             poller.run(stop)
     finally:
         r.close()
-
-
-def _history_seconds(text: str) -> float:
-    """TRADEBOT_PRICE_HISTORY: seconds of polled prices to keep for `tradebot record` (unset: none)."""
-    if not text.strip():
-        return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"TRADEBOT_PRICE_HISTORY={text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise ConfigError(f"TRADEBOT_PRICE_HISTORY must be >= 0 seconds, got {text}")
-    return value

@@ -31,6 +31,7 @@ from bot.reconcile import ReconcileConfig, Reconciler
 from bot.redisconn import connect, parse_cluster_url
 from bot.router import Router
 from bot.worker import Worker, WorkerConfig
+from test_sentinel import _answers
 from waiting import wait_for
 
 SYMBOL = "NVDA"
@@ -135,14 +136,6 @@ def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
             if node.poll() is None:
                 node.kill()
             node.wait(10)
-
-
-def _answers(port: int) -> bool:
-    try:
-        with redis.Redis(port=port, socket_timeout=0.5) as client:
-            return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 def test_the_fleet_on_a_three_master_cluster(cluster: RedisCluster) -> None:

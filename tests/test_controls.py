@@ -3,6 +3,7 @@ HTTP): reduce-only, flatten (while halted, under concurrent buys, over several o
 over-selling) and cancel-all, each a control signal journaled exactly once."""
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -64,15 +65,36 @@ class Fleet:
         return CliRunner().invoke(cli, list(args), env=self.env)
 
 
+def fleet_env(redis_url: str, broker: PaperBrokerServer, **extra: str) -> dict[str, str]:
+    return {"REDIS_URL": redis_url, "TRADEBOT_PREFIX": PREFIX, "TRADEBOT_SYMBOLS": SYMBOL,
+            "ALPACA_BASE_URL": broker.base_url, "ALPACA_DATA_URL": broker.base_url,
+            "ALPACA_API_KEY": broker.api_key, "ALPACA_SECRET_KEY": broker.secret_key,
+            "TRADEBOT_RATE_LIMIT": "60000", **extra}
+
+
+@contextlib.contextmanager
+def running(loops: list[Any], clients: list[AlpacaClient]) -> Iterator[None]:
+    """Each loop's run() in a thread of its own; stopped, joined and its clients closed on the way out."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=loop.run, args=(stop,), daemon=True) for loop in loops]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        for client in clients:
+            client.close()
+    assert not any(thread.is_alive() for thread in threads)
+
+
 @pytest.fixture
 def fleet(redis_url: str, r: redis.Redis) -> Iterator[Fleet]:
-    stop = threading.Event()
     with PaperBrokerServer(always_open=True, seed=5, symbols=(SYMBOL,), rate_limit=100000) as broker:
         broker.set_price(SYMBOL, "100.00", spread="0.02", bid_size=100000, ask_size=100000)
-        env = {"REDIS_URL": redis_url, "TRADEBOT_PREFIX": PREFIX, "TRADEBOT_SYMBOLS": SYMBOL,
-               "ALPACA_BASE_URL": broker.base_url, "ALPACA_DATA_URL": broker.base_url,
-               "ALPACA_API_KEY": broker.api_key, "ALPACA_SECRET_KEY": broker.secret_key,
-               "TRADEBOT_RATE_LIMIT": "60000", "TRADEBOT_MAX_ORDER_NOTIONAL": "1500"}  # 14 shares an order
+        env = fleet_env(redis_url, broker, TRADEBOT_MAX_ORDER_NOTIONAL="1500")  # 14 shares an order
         settings = Settings.from_env(env)
         clients = [AlpacaClient.from_settings(settings) for _ in range(3)]
         loops = [Poller(clients[0], r, KEYS, [SYMBOL], interval=0.2, account_interval=0.3, clock_interval=1,
@@ -80,21 +102,11 @@ def fleet(redis_url: str, r: redis.Redis) -> Iterator[Fleet]:
                  Router(settings, consumer="router-1", block_ms=50, backoff_cap_s=0.3),
                  *(Worker(settings, WorkerConfig(consumer=f"w{n}", block_ms=50, backoff_max=0.3, strategy="fixed",
                                                  fixed_qty=Decimal(1)), client=clients[n]) for n in (1, 2))]
-        threads = [threading.Thread(target=loop.run, args=(stop,), daemon=True) for loop in loops]
-        for thread in threads:
-            thread.start()
-        try:
+        with running(loops, clients):
             built = Fleet(r, broker, env)
             wait_for(lambda: r.exists(KEYS.prices(SYMBOL)) and r.exists(KEYS.positions)
                      and any(True for _ in r.xinfo_groups(KEYS.control)), 30, "the fleet")
             yield built
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(30)
-            for client in clients:
-                client.close()
-    assert not any(thread.is_alive() for thread in threads)
 
 
 def _seed(fleet: Fleet, qty: int) -> None:
@@ -209,14 +221,10 @@ def test_bad_control_input_is_one_line(fleet: Fleet) -> None:
 def test_a_daily_loss_breach_halts_the_next_order_and_alerts(redis_url: str, r: redis.Redis) -> None:
     """The poller sees the day's loss past TRADEBOT_MAX_DAILY_LOSS: the fleet halts, the next buy is
     journaled with the breaker's reason, the notifier alerts; a flatten still runs."""
-    stop = threading.Event()
     sent: list[Alert] = []
     with PaperBrokerServer(always_open=True, seed=6, symbols=(SYMBOL,), rate_limit=100000, cash="10000") as broker:
         broker.set_price(SYMBOL, "100.00", spread="0.02", bid_size=100000, ask_size=100000)
-        env = {"REDIS_URL": redis_url, "TRADEBOT_PREFIX": PREFIX, "TRADEBOT_SYMBOLS": SYMBOL,
-               "ALPACA_BASE_URL": broker.base_url, "ALPACA_DATA_URL": broker.base_url,
-               "ALPACA_API_KEY": broker.api_key, "ALPACA_SECRET_KEY": broker.secret_key,
-               "TRADEBOT_RATE_LIMIT": "60000", "TRADEBOT_MAX_DAILY_LOSS": "2%", "TRADEBOT_BREAKER_ACTION": "halted"}
+        env = fleet_env(redis_url, broker, TRADEBOT_MAX_DAILY_LOSS="2%", TRADEBOT_BREAKER_ACTION="halted")
         settings = Settings.from_env(env)
         limits = BreakerLimits.from_env(lambda name, default: env.get(name, default))
         clients = [AlpacaClient.from_settings(settings) for _ in range(2)]
@@ -227,11 +235,8 @@ def test_a_daily_loss_breach_halts_the_next_order_and_alerts(redis_url: str, r: 
                  Router(settings, consumer="router-1", block_ms=50, backoff_cap_s=0.3),
                  Worker(settings, WorkerConfig(consumer="w1", block_ms=50, backoff_max=0.3, strategy="fixed",
                                                fixed_qty=Decimal(50), breakers=limits), client=clients[1])]
-        threads = [threading.Thread(target=loop.run, args=(stop,), daemon=True) for loop in loops]
-        for thread in threads:
-            thread.start()
         fleet = Fleet(r, broker, env)
-        try:
+        with running(loops, clients):
             wait_for(lambda: r.exists(KEYS.prices(SYMBOL)) and r.exists(KEYS.account), 30, "the fleet")
             bought = fleet.entry_for(fleet.signal("b"))
             assert bought.outcome == "filled" and read_state(r, KEYS).state == "active"
@@ -251,10 +256,4 @@ def test_a_daily_loss_breach_halts_the_next_order_and_alerts(redis_url: str, r: 
             again = fleet.entry_for(fleet.signal("b"))
             assert again.outcome == "filled", again.reason
             assert read_state(r, KEYS).state == "active"
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(30)
-            for client in clients:
-                client.close()
-    assert not any(thread.is_alive() for thread in threads)
+
