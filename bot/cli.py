@@ -406,6 +406,59 @@ def record_command(since: str | None, until: str | None, out_path: Path, signals
                                          "for the poller to keep them, or give --prices-csv"))
 
 
+@cli.command("replay")
+@click.argument("signals", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Prices: a recording (JSONL) or a CSV time,symbol,bid,ask,last [default: SIGNALS' own].")
+@click.option("--speed", default="max", show_default=True, metavar="N|max",
+              help="Market seconds per wall second (60: an hour a minute); max: as fast as the fleet goes.")
+@click.option("--strategy", default=None, help="The workers' TRADEBOT_STRATEGY (all-in, fixed, NVDA=fixed,*=all-in).")
+@click.option("--settings", "settings", multiple=True, metavar="KEY=VALUE|FILE",
+              help="A TRADEBOT_* setting for the replay's fleet, or a file of KEY=VALUE lines; repeatable.")
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Workers (more than one may order the signals of one instant differently run to run).")
+@click.option("--cash", default="100000", show_default=True, help="The paper account's starting cash.")
+@click.option("--seed", type=int, default=1, show_default=True, help="The paper broker's seed (account and order ids).")
+@click.option("--always-open", is_flag=True, help="Ignore the NYSE session: the market is open at every instant.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report as JSON here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report as an HTML page (with the equity and exposure charts) here.")
+@click.option("--compare", "compare_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A report from another replay (--json): print the two side by side.")
+@click.option("--keep-logs", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the replay fleet's process logs into this folder.")
+@expected_errors
+def replay_command(signals: Path, prices: Path | None, speed: str, strategy: str | None, settings: tuple[str, ...],
+                   workers: int, cash: str, seed: int, always_open: bool, json_path: Path | None,
+                   html_path: Path | None, compare_path: Path | None, keep_logs: Path | None) -> None:
+    """Run recorded signals and prices through a fleet of its own (embedded Redis, the paper broker in
+    replay mode, poller, listener, router, workers; nothing touches a live fleet) and report what
+    it did: orders, fills, skips, DLQ, P&L and equity over market time, latency, broker requests."""
+    import json
+
+    from bot.replay.options import load_inputs, parse_settings, parse_speed
+    from bot.replay.page import html_page, print_report
+    from bot.replay.report import compare
+    from bot.replay.run import ReplayOptions, replay
+
+    recording = load_inputs(signals, prices)
+    other = json.loads(compare_path.read_text(encoding="utf-8")) if compare_path else None
+    if other is not None and not isinstance(other, dict):
+        raise InputError(f"{compare_path}: not a replay report (--json)")
+    options = ReplayOptions(speed=parse_speed(speed), strategy=strategy, settings=parse_settings(settings),
+                            workers=workers, cash=cash, seed=seed, always_open=always_open, keep=keep_logs)
+    click.echo(f"replaying {len(recording.signals)} signals and {len(recording.prices)} prices ...", err=True)
+    result = replay(recording, options)
+    print_report(result, compared=compare(result, other) if other is not None else None)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    if html_path:
+        html_path.write_text(html_page(result), encoding="utf-8")
+    if result["signals"]["missing"]:
+        raise TradebotError(f"{result['signals']['missing']} signals ended neither journaled nor dead-lettered")
+
+
 @cli.command("resume")
 @redis_url_option
 @var_dir_option

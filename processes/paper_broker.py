@@ -79,18 +79,21 @@ def _checked(parser: Callable[[str], object]) -> Callable[[click.Context, click.
               envvar="PAPER_BROKER_RATE_LIMIT", help="Requests per minute per bucket (trading, data) in X-RateLimit-*.")
 @click.option("--enforce-rate-limit", is_flag=True, envvar="PAPER_BROKER_ENFORCE_RATE_LIMIT",
               help="Answer 429 once a bucket's minute quota is used (default: headers only).")
+@click.option("--replay", "replay", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Serve a recording's prices (JSONL or prices CSV) at the market time POST /_paper/replay sets "
+                   "(tradebot replay drives it).")
 @click.option("--log-level", default=None, envvar="TRADEBOT_LOG_LEVEL", help="DEBUG, INFO, WARNING...")
 def main(host: str, port: int, always_open: bool, seed: int | None, cash: Decimal, symbols: str,
          assets_csv: str | None, fill_delay: float, latency: str, latency_jitter: float, fault_500: str,
          fault_500_when: str,
          fault_429: str, fault_hang: str, hang_seconds: float, retry_after: float, rate_limit: int,
-         enforce_rate_limit: bool, log_level: str | None) -> None:
+         enforce_rate_limit: bool, replay: str | None, log_level: str | None) -> None:
     """Local Alpaca-compatible paper broker: trading + market data under one base URL.
 
     Accepts the key pair in ALPACA_API_KEY/ALPACA_SECRET_KEY when set, else the demo pair
     (bot.paper.DEMO_API_KEY / DEMO_SECRET_KEY). Admin endpoints (loopback only, no auth):
     GET /_paper/stats, POST /_paper/reset, POST /_paper/price, GET|POST /_paper/faults,
-    GET|POST /_paper/latency, GET|POST /_paper/clock, GET|POST /_paper/fill_delay.
+    GET|POST /_paper/latency, GET|POST /_paper/clock, GET|POST /_paper/fill_delay, GET|POST /_paper/replay.
     """
     configure_logging(log_level)
     try:
@@ -104,7 +107,7 @@ def main(host: str, port: int, always_open: bool, seed: int | None, cash: Decima
         cash=cash, symbols=tuple(symbols.split(",")), assets_csv=assets_csv, fill_delay=fill_delay, latency=latency,
         latency_jitter=latency_jitter, fault_500=fault_500, fault_429=fault_429, fault_hang=fault_hang,
         hang_seconds=hang_seconds, fault_500_when=fault_500_when, retry_after=retry_after,
-        rate_limit=rate_limit, enforce_rate_limit=enforce_rate_limit)
+        rate_limit=rate_limit, enforce_rate_limit=enforce_rate_limit, replay=replay)
     serve(config, echo=lambda text: click.echo(text, file=sys.stdout))
 
 

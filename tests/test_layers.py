@@ -35,7 +35,7 @@ LAYERS: dict[str, int] = {
                      "bot.lease", "bot.heartbeat", "bot.pnl", "bot.retention", "bot.trading", "bot.strategy", "bot.breakers", "bot.recording"), DOMAIN),
     **dict.fromkeys(("bot.router", "bot.poller", "bot.worker", "bot.generator", "bot.consumer",
                      "bot.listener", "bot.reconcile"), LOOPS),
-    **dict.fromkeys(("bot.ops", "bot.fleet", "bot.web", "bot.notify"), OPERATOR),
+    **dict.fromkeys(("bot.ops", "bot.fleet", "bot.web", "bot.notify", "bot.replay"), OPERATOR),
     **dict.fromkeys(("bot.cli", "processes"), ENTRY),
 }
 # exact module name -> layer: the bot package's own __init__ (as a prefix it would place every module)

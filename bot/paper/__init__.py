@@ -49,6 +49,7 @@ class PaperConfig:
     step_seconds: float = 1.0  # price walk step
     volatility: float = 0.0002  # stdev of the log-return per step
     now: Callable[[], datetime] | None = field(default=None, repr=False, compare=False)  # tests pin time
+    replay: str | None = None  # a recording (JSONL) or prices CSV: recorded prices at a driven market time
 
     def __post_init__(self) -> None:
         self.cash = Decimal(str(self.cash))

@@ -33,6 +33,7 @@ from bot.paper.account import PaperExtras
 from bot.paper.clock import CLOCK_MODES
 from bot.paper.exchange import CODE_INVALID, CODE_UNAUTHORIZED, BrokerError, Exchange, OrderQuery
 from bot.paper.faults import FaultInjector, RateWindow, SettingError
+from bot.paper.replay import Replay, session_closes_between
 from bot.paper.stream import TradingStream
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class BrokerState:
     stream: TradingStream
     stats: Stats = field(default_factory=Stats)
     extras: PaperExtras = field(default_factory=PaperExtras)  # configurations, assets (bot.paper.account)
+    replay: Replay | None = None  # the replay mode's market time and recorded ticks
 
     def reset(self) -> None:
         self.extras.reset()
@@ -423,6 +425,27 @@ async def admin_stream(request: Request, st: BrokerState, body: dict[str, Any]) 
             "events_published": st.exchange.events.published}
 
 
+def admin_replay(request: Request, st: BrokerState, body: dict[str, Any]) -> Any:
+    """GET: the market instant; POST {"at": Unix seconds}: move it forward and work the book there
+    (day orders expire when a session close was passed)."""
+    if st.replay is None:
+        raise SettingError("not a replay: start the broker with --replay RECORDING")
+    if body:
+        at = body.get("at")
+        if set(body) != {"at"} or isinstance(at, bool) or not isinstance(at, (int, float, Decimal)) \
+                or not math.isfinite(at):
+            raise SettingError('body: {"at": Unix seconds}')
+        target = datetime.fromtimestamp(float(at), timezone.utc)
+        try:
+            before = st.replay.market.move_to(target)
+        except BrokerError as error:
+            raise SettingError(error.message) from None
+        if session_closes_between(st.exchange.clock, before, target):
+            st.exchange.expire_day_orders()
+        st.exchange.tick()
+    return st.replay.to_json(st.exchange)
+
+
 def admin_fill_delay(request: Request, st: BrokerState, body: dict[str, Any]) -> Any:
     if body:
         value = body.get("fill_delay")
@@ -482,6 +505,7 @@ def routes() -> list[Route]:
         admin_route("/_paper/clock", ["GET", "POST"], admin_clock),
         admin_route("/_paper/fill_delay", ["GET", "POST"], admin_fill_delay),
         admin_route("/_paper/stream", ["GET", "POST"], admin_stream),
+        admin_route("/_paper/replay", ["GET", "POST"], admin_replay),
     ]
 
 
@@ -505,8 +529,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(config: PaperConfig) -> Starlette:
     """The broker as an ASGI app; `app.state.broker` holds exchange, faults, stats."""
-    exchange = Exchange(config)
-    state = BrokerState(config=config, exchange=exchange,
+    replay = load_replay(config.replay) if config.replay else None
+    if replay is None:
+        exchange = Exchange(config)
+    else:
+        exchange = Exchange(config, clock=replay.clock("open" if config.always_open else "real", config.now),
+                            prices=replay.book)
+    state = BrokerState(config=config, exchange=exchange, replay=replay,
                         faults=FaultInjector(config.fault_settings(), exchange.seed),
                         rates=RateWindow(config.rate_limit, config.enforce_rate_limit),
                         stream=TradingStream(exchange.events, exchange, config.api_key, config.secret_key))
@@ -515,6 +544,19 @@ def create_app(config: PaperConfig) -> Starlette:
     app.state.broker = state
     app.state.exchange = exchange
     return app
+
+
+def load_replay(path: str) -> Replay:
+    """The replay of a recording (JSONL, as `tradebot record` writes) or of a prices CSV."""
+    from pathlib import Path
+
+    from bot.recording import load, load_prices_csv
+
+    source = Path(path)
+    if source.suffix.lower() == ".csv":
+        return Replay.of(load_prices_csv(source))
+    recording = load(source)
+    return Replay.of(recording.prices, start=recording.start)
 
 
 # --- running it ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import random
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, time, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
@@ -266,9 +266,12 @@ class _Book:
 class Exchange:
     """One paper account on a simulated exchange. Thread-safe."""
 
-    def __init__(self, config: PaperConfig, clock: MarketClock | None = None) -> None:
+    def __init__(self, config: PaperConfig, clock: MarketClock | None = None,
+                 prices: Callable[[], PriceBook] | None = None) -> None:
         self.config = config
         self.clock = clock or MarketClock("open" if config.always_open else "real", config.now)
+        # the price source of each book: the seeded walk, or a replay's recorded ticks (bot.paper.replay)
+        self._price_source = prices
         self.seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
         self.assets = AssetTable.build(config.assets_csv, config.symbols)
         self.fill_delay = config.fill_delay
@@ -278,10 +281,10 @@ class Exchange:
 
     def _new_book(self, cash: Decimal) -> _Book:
         now = self.clock.now()
-        prices = PriceBook(self.seed, start=now, step_seconds=self.config.step_seconds,
-                           volatility=self.config.volatility)
+        prices = self._price_source() if self._price_source else PriceBook(
+            self.seed, start=now, step_seconds=self.config.step_seconds, volatility=self.config.volatility)
         for symbol in self.config.symbols:
-            if check_symbol(symbol):
+            if check_symbol(symbol) and prices.has(symbol):
                 prices.walk(symbol, now)
         ids = random.Random(f"{self.seed}:ids")
         account_id = str(uuid.UUID(int=ids.getrandbits(128), version=4))
@@ -552,13 +555,27 @@ class Exchange:
             out: dict[str, dict[str, Any]] = {}
             for raw in symbols:
                 symbol = check_symbol(raw)
-                if symbol is not None and symbol not in out and self.assets.has(symbol):
+                if symbol is not None and symbol not in out and self.assets.has(symbol) and self.prices.has(symbol):
                     out[symbol] = self.prices.walk(symbol, now).snapshot_json()
             return out
 
     def quote(self, symbol: str) -> Quote:
         with self._lock:
             return self.prices.quote(symbol, self._sync())
+
+    def expire_day_orders(self) -> int:
+        """Expire every open day order now: a replay's market time has passed a session close (its
+        clock never expires them by wall time). How many expired."""
+        with self._lock:
+            now = self.clock.now()
+            expired = 0
+            for order in list(self._book.open_orders.values()):
+                if order.is_open and order.status != "held" and order.time_in_force == "day":
+                    order.expired_at = now
+                    self._touch(order, now, "expired")
+                    self._close_legs(order, now)
+                    expired += 1
+            return expired
 
     def tick(self) -> None:
         """Work the book now (the stream's ticker: fills and expiries happen without a request)."""

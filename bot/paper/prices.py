@@ -271,6 +271,10 @@ class PriceBook:
         self._walks: dict[str, SymbolWalk] = {}
         self._lock = threading.RLock()
 
+    def has(self, symbol: str) -> bool:
+        """Can this book quote the symbol? The walk quotes any (a replay only what it recorded)."""
+        return True
+
     def step_at(self, at: datetime) -> int:
         return max(0, math.floor((at - self.start).total_seconds() / self.step_seconds))
 
