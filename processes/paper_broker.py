@@ -100,7 +100,13 @@ def main(host: str, port: int, always_open: bool, seed: int | None, cash: Decima
         api_key, secret_key = keys_from_env()
     except ValueError as error:
         raise click.UsageError(str(error)) from None
-    from bot.paper.app import serve
+    from bot.paper.app import load_replay, serve
+
+    if replay:
+        try:
+            load_replay(replay)  # a bad recording is a one-line error here, not a traceback from the server
+        except ValueError as error:
+            raise click.UsageError(f"--replay: {error}") from None
 
     config = PaperConfig(
         host=host, port=port, api_key=api_key, secret_key=secret_key, always_open=always_open, seed=seed,

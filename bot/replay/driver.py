@@ -18,7 +18,7 @@ import httpx
 import redis
 
 from bot.keys import Keys
-from bot.market import AS_OF, POSITIONS_AS_OF
+from bot.market import AS_OF, POSITIONS_AS_OF, MarketCache
 from bot.recording import RecordedPrice, RecordedSignal, Recording
 from bot.replay.fleet import ReplayError, ReplayFleet
 
@@ -94,6 +94,7 @@ class Driver:
         self.progress = progress
         self.http = httpx.Client(base_url=fleet.broker_url, timeout=10.0)
         self.r: redis.Redis = fleet.client()
+        self.cache = MarketCache(self.r, self.keys)
         self.priced = set(fleet.spec.symbols)  # a signal for another ticker is the router's to dead-letter
 
     def close(self) -> None:
@@ -155,6 +156,7 @@ class Driver:
     def _await_fresh_cache(self, moved: float, ticker: str) -> tuple[str, str]:
         """Wait until every hash a worker reads was polled after ``moved``; the trading state then."""
         deadline = time.monotonic() + BARRIER_TIMEOUT
+        self.cache.request_refresh()  # account and positions at the poller's next tick, not its next account poll
         price_key = self.keys.prices(ticker) if ticker in self.priced else None
         names = ["clock", "account", "positions", *([price_key] if price_key else [])]
         while True:

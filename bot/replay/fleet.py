@@ -21,8 +21,9 @@ from bot.errors import TradebotError
 from bot.keys import Keys
 
 # The poller's cadences in a replay: the driver waits, before each signal, for a poll sent after it
-# moved market time, so these bound the wait per signal (and cost the paper broker ~60 requests/s).
-POLLER_FLAGS = ("--interval", "0.02", "--account-interval", "0.05", "--clock-interval", "0.05",
+# moved market time, so these bound the wait per signal (prices and clock ~100 requests/s to the
+# replay's broker; account and positions when the driver asks, at the next tick).
+POLLER_FLAGS = ("--interval", "0.02", "--account-interval", "1", "--clock-interval", "0.02",
                 "--refresh-min-interval", "0")
 # The replay's broker is its own, polled far more often than a live one (above): its request budget
 # must not slow the fleet. Orders per market minute are reported against Alpaca's 200 instead.
