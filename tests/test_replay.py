@@ -245,3 +245,5 @@ def test_reasons_count_by_kind() -> None:
     assert reason_kind("no NVDA shares to sell", "NVDA") == "no SYM shares to sell"
     assert reason_kind("cooldown: NVDA filled 3s ago (TRADEBOT_COOLDOWN 60s)", "NVDA") == \
         "cooldown: SYM filled Ns ago (TRADEBOT_COOLDOWN Ns)"
+    long = "no cash left to buy NVDA (all-in: at most 12.50): InsufficientCash: wanted 13.20, free 12.50 of 100000"
+    assert reason_kind(long, "NVDA") == "no cash left to buy SYM"

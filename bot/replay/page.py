@@ -38,7 +38,7 @@ def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("equity", f"{pnl['start_equity']} -> {pnl['final_equity']}, max drawdown {pnl['max_drawdown']}"),
         ("max gross exposure", f"{report['exposure']['max_gross']:.2f}"),
         ("broker requests", f"{requests['total']} in all; order routes {requests['order_requests']} "
-                            f"({requests['order_requests_per_signal']} per signal), peak "
+                            f"({requests['order_requests_per_order']} per order), peak "
                             f"{requests['peak_order_requests_per_market_minute']} in one market minute "
                             f"(budget {requests['budget_per_minute']}/min)"),
     ]

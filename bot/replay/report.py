@@ -56,7 +56,7 @@ def reason_kind(reason: str, ticker: str = "") -> str:
     of a long one), so reasons count by kind."""
     text = reason.replace(ticker, "SYM") if ticker else reason
     text = re.sub(r"\d+(\.\d+)?", "N", text)
-    head, _, _rest = text.partition(": ")
+    head = re.sub(r"\s*\([^)]*$", "", text.partition(": ")[0])  # and an aside the cut left open
     return (head if len(text) > 60 else text)[:80] or "(none)"
 
 
@@ -80,7 +80,7 @@ def build(run: ReplayRun, recording: Recording, journal: Sequence[JournalEntry],
         "exposure": {"max_gross": float(max((x for _t, _e, x in curve), default=Decimal(0))),
                      "curve": [[t, float(x)] for t, _e, x in curve]},
         "latency_ms": _latency(journal),
-        "requests": _requests(run, broker_stats),
+        "requests": _requests(run, broker_stats, sum(1 for e in journal if e.order_id)),
         "controls": {"state_changes": [{"market_at": s.market_at, "state": s.state, "reason": s.reason}
                                        for s in run.states],
                      "breaker_skips": sum(1 for e in journal if "breaker" in e.reason),
@@ -182,7 +182,7 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def _requests(run: ReplayRun, stats: Mapping[str, Any]) -> dict[str, Any]:
+def _requests(run: ReplayRun, stats: Mapping[str, Any], placed: int) -> dict[str, Any]:
     per_minute: Counter[int] = Counter()
     for signal in run.signals:
         per_minute[int(signal.market_at // 60)] += signal.order_requests
@@ -191,6 +191,7 @@ def _requests(run: ReplayRun, stats: Mapping[str, Any]) -> dict[str, Any]:
     return {"total": int(stats.get("requests", 0)), "by_group": dict(stats.get("by_group", {})),
             "order_requests": order_requests,
             "order_requests_per_signal": round(order_requests / len(run.signals), 3) if run.signals else 0.0,
+            "order_requests_per_order": round(order_requests / placed, 3) if placed else 0.0,
             "peak_order_requests_per_market_minute": max(per_minute.values(), default=0),
             "budget_per_minute": RATE_BUDGET,
             "all_requests_per_wall_minute": round(int(stats.get("requests", 0)) / wall_minutes, 1)}
@@ -227,6 +228,7 @@ COMPARED = (
     ("final equity", "pnl", "final_equity"), ("max drawdown", "pnl", "max_drawdown"),
     ("max gross exposure", "exposure", "max_gross"),
     ("order requests per signal", "requests", "order_requests_per_signal"),
+    ("order requests per order", "requests", "order_requests_per_order"),
     ("peak order requests / market min", "requests", "peak_order_requests_per_market_minute"),
 )
 
