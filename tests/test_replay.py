@@ -19,7 +19,7 @@ from bot.cli import cli
 from bot.paper.testing import PaperAdmin, paper_client, paper_transport
 from bot.recording import RecordedPrice, RecordedSignal, Recording, load
 from bot.replay.report import reason_kind
-from bot.replay.run import ReplayOptions, replay
+from bot.replay.run import ReplayOptions, replay, shown_settings
 
 DATA = Path(__file__).parent / "data"
 DAY = DATA / "replay-day.jsonl"
@@ -247,3 +247,9 @@ def test_reasons_count_by_kind() -> None:
         "cooldown: SYM filled Ns ago (TRADEBOT_COOLDOWN Ns)"
     long = "no cash left to buy NVDA (all-in: at most 12.50): InsufficientCash: wanted 13.20, free 12.50 of 100000"
     assert reason_kind(long, "NVDA") == "no cash left to buy SYM"
+
+
+def test_a_report_masks_settings_that_look_secret() -> None:
+    shown = shown_settings({"TRADEBOT_WEB_TOKEN": "s3cret", "TRADEBOT_NOTIFY": "tgram://tok/chat",
+                            "TRADEBOT_COOLDOWN": "60", "TRADEBOT_STRATEGY": "fixed"})
+    assert shown == {"TRADEBOT_WEB_TOKEN": "***", "TRADEBOT_NOTIFY": "***", "TRADEBOT_COOLDOWN": "60"}

@@ -77,6 +77,16 @@ def replay(recording: Recording, options: ReplayOptions,
                     shutil.copy(log, options.keep / log.name)
 
 
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY", "URL", "NOTIFY")  # TRADEBOT_NOTIFY: apprise URLs
+
+
+def shown_settings(settings: Mapping[str, str]) -> dict[str, str]:
+    """The settings as the report shows them: a value whose name suggests a secret (a token, a
+    notifier URL) is masked, since reports get shared."""
+    return {k: "***" if any(word in k for word in SECRET_WORDS) else v for k, v in settings.items()
+            if k != "TRADEBOT_STRATEGY"}
+
+
 def _report(fleet: ReplayFleet, run: ReplayRun, recording: Recording, options: ReplayOptions,
             settings: Mapping[str, str]) -> dict[str, Any]:
     stats = httpx.get(f"{fleet.broker_url}/_paper/stats", timeout=10.0).json()  # before our own reads add to it
@@ -91,6 +101,6 @@ def _report(fleet: ReplayFleet, run: ReplayRun, recording: Recording, options: R
         r.close()
         client.close()
     meta = {"speed": options.speed, "strategy": options.strategy or settings.get("TRADEBOT_STRATEGY", "all-in"),
-            "settings": {k: v for k, v in settings.items() if k != "TRADEBOT_STRATEGY"}, "workers": options.workers,
+            "settings": shown_settings(settings), "workers": options.workers,
             "cash": options.cash, "seed": options.seed}
     return report.build(run, recording, journal, dead, orders, stats, meta)
