@@ -247,12 +247,30 @@ class Ledger:
         Nothing filled = ``release``. ``filled_avg_price`` None: the reserved (buffered) price.
         Idempotent: settling again updates the amounts but keeps the first settle time.
         """
+        args = self.settle_args(client_order_id, filled_qty, filled_avg_price)
+        outcome = "missing" if args is None else self._settle(keys=[self.keys.ledger], args=args)
+        self.settled(client_order_id, codec.text(outcome), filled_qty)
+
+    def settle_args(self, client_order_id: str, filled_qty: Decimal,
+                    filled_avg_price: Decimal | None) -> list[str] | None:
+        """The settle script's ARGV (``ledger_settle_common.lua``: id, filled qty, its nano-shares, the
+        filled cost in micro-dollars, the price, the settle time), also queued by the worker's journal
+        script. With a usable fill price nothing is read: the cost is a buy's (a sell's settle uses only
+        the shares). Without one the reservation is read first (its side and reserved price; one more
+        round trip); None when there is no reservation to settle."""
         filled_qty = non_negative("filled_qty", filled_qty)
+        qty_u = _units(filled_qty, SHARE_SCALE, ROUND_CEILING, what="filled_qty")
+        if filled_avg_price is not None and filled_avg_price.is_finite() and filled_avg_price > 0:
+            try:
+                cash_u = _units(filled_qty * filled_avg_price, CASH_SCALE, ROUND_CEILING, what="filled cost")
+            except LedgerError:
+                pass  # too large for a buy: a sell's settle still works from the reservation below
+            else:
+                return [client_order_id, decimal_text(filled_qty), str(qty_u), str(cash_u),
+                        decimal_text(filled_avg_price), repr(self.now())]
         reservation = self.get(client_order_id)
         if reservation is None:
-            log.warning("settle %s: no reservation in the ledger (released, expired or never made)", client_order_id)
-            return
-        qty_u = _units(filled_qty, SHARE_SCALE, ROUND_CEILING, what="filled_qty")
+            return None
         cash_u, price = 0, Decimal(0)
         if reservation.side == "buy":
             if filled_avg_price is None:
@@ -261,10 +279,16 @@ class Ledger:
             else:
                 per_share = price = positive("filled_avg_price", filled_avg_price)
             cash_u = _units(filled_qty * per_share, CASH_SCALE, ROUND_CEILING, what="filled cost")
-        outcome = self._settle(keys=[self.keys.ledger],
-                               args=[client_order_id, decimal_text(filled_qty), str(qty_u), str(cash_u),
-                                     decimal_text(price), repr(self.now())])
-        log.debug("settle %s: %s (filled %s)", client_order_id, outcome, filled_qty)
+        return [client_order_id, decimal_text(filled_qty), str(qty_u), str(cash_u), decimal_text(price),
+                repr(self.now())]
+
+    @staticmethod
+    def settled(client_order_id: str, outcome: str, filled_qty: Decimal) -> None:
+        """Log what a settle did (``outcome``: the script's answer, 'missing' when nothing was there)."""
+        if outcome == "missing":
+            log.warning("settle %s: no reservation in the ledger (released, expired or never made)", client_order_id)
+        else:
+            log.debug("settle %s: %s (filled %s)", client_order_id, outcome, filled_qty)
 
     def release(self, client_order_id: str) -> None:
         """No order was placed (or it filled nothing): drop the reservation now."""

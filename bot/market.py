@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -54,6 +54,8 @@ POSITIONS_POLLED_AT = "_polled_at"
 POSITIONS_AS_OF = "_as_of"
 # A cache entry stamped further in the future than this is a clock problem between hosts: not fresh.
 FUTURE_TOLERANCE = 5.0
+# Refresh asks kept in the list at most (the poller empties it at once; this bounds it while it is down).
+REFRESH_ASKS_KEPT = 10
 
 # The replace-if-newer write is bot/lua/market_replace_if_newer.lua.
 _REPLACE_SCRIPT = "market_replace_if_newer"
@@ -115,6 +117,10 @@ class NotPolled(MarketDataError):
 
 class CorruptEntry(MarketDataError):
     """A cached field cannot be read (the hash was written by something other than the poller)."""
+
+
+class NotRead(MarketDataError):
+    """A snapshot taken without this read (``MarketCache.snapshot(..., account=False)``) was asked for it."""
 
 
 class NotReady(MarketDataError):
@@ -452,15 +458,18 @@ class MarketCache:
 
     # everything an order needs, in one round trip
     def snapshot(self, symbol: str, extra_keys: Sequence[str] = (), *,
-                 also: Callable[[Any], None] | None = None) -> MarketSnapshot:
+                 also: Callable[[Any], None] | None = None, account: bool = True) -> MarketSnapshot:
         """Price of ``symbol``, account, its position, the clock and the string values of
         ``extra_keys`` (e.g. the kill switch), read in ONE pipeline: one round trip instead of one
-        per read. ``also(pipe)`` may queue more commands after these; their replies (a Redis error
-        as an exception object) are the snapshot's ``more``.
+        per read. ``account=False`` leaves the account and the position out (a re-check of the
+        gates and the price needs neither): their accessors raise NotRead. ``also(pipe)`` may queue
+        more commands after these; their replies (a Redis error as an exception object) are the
+        snapshot's ``more``.
 
-        Nothing is parsed or checked here: each accessor of the snapshot does that when called,
-        exactly like the read of the same name (ages counted from the snapshot's ``read_at``), so
-        the caller's checks keep their order and a bad entry it never looks at stops nothing.
+        Nothing is parsed or checked here: each accessor of the snapshot does that when called
+        (once; a second call answers the same), exactly like the read of the same name (ages
+        counted from the snapshot's ``read_at``), so the caller's checks keep their order and a bad
+        entry it never looks at stops nothing.
         A Redis error of one read (WRONGTYPE...) is raised by that read's accessor; a connection
         error or timeout is raised here, as by any read.
         """
@@ -468,21 +477,29 @@ class MarketCache:
         extra_keys = tuple(extra_keys)
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.keys.prices(symbol))
-        pipe.hgetall(self.keys.account)
         pipe.hgetall(self.keys.clock)
-        self._queue_position(pipe, symbol)
+        if account:
+            pipe.hgetall(self.keys.account)
+            self._queue_position(pipe, symbol)
         for key in extra_keys:
             pipe.get(key)
         if also is not None:
             also(pipe)
         replies = pipe.execute(raise_on_error=False)
         read_at = self.now()
-        price, account, clock, position, polled = replies[:5]
-        values = replies[5:5 + len(extra_keys)]
-        return MarketSnapshot(cache=self, symbol=symbol, read_at=read_at, price_data=price, account_data=account,
-                              clock_data=clock, position_data=position, positions_polled=polled,
-                              values=dict(zip(extra_keys, values, strict=True)),
-                              more=tuple(replies[5 + len(extra_keys):]))
+        price, clock = replies[:2]
+        if account:
+            account_data, position, polled = replies[2:5]
+            start = 5
+        else:
+            account_data = position = polled = NotRead(f"{symbol}: this snapshot did not read the account and "
+                                                       "positions")
+            start = 2
+        values = replies[start:start + len(extra_keys)]
+        return MarketSnapshot(cache=self, symbol=symbol, read_at=read_at, price_data=price,
+                              account_data=account_data, clock_data=clock, position_data=position,
+                              positions_polled=polled, values=dict(zip(extra_keys, values, strict=True)),
+                              more=tuple(replies[start + len(extra_keys):]))
 
     # coordination with the poller
     def request_refresh(self) -> None:
@@ -492,9 +509,13 @@ class MarketCache:
         two of its reads cost one refresh. The trim bounds the list while the poller is down.
         """
         pipe = self.r.pipeline(transaction=False)
-        pipe.lpush(self.keys.refresh_request, _num(self.now()))
-        pipe.ltrim(self.keys.refresh_request, 0, 9)
+        pipe.lpush(self.keys.refresh_request, self.refresh_ask())
+        pipe.ltrim(self.keys.refresh_request, 0, REFRESH_ASKS_KEPT - 1)
         pipe.execute()
+
+    def refresh_ask(self) -> str:
+        """The value of one refresh ask (when it was asked), for a script that pushes it itself."""
+        return _num(self.now())
 
     def missing(self, symbols: Iterable[str]) -> list[str]:
         """Keys the poller has not filled yet (prices per symbol, account, positions, the market clock).
@@ -545,8 +566,9 @@ class MarketSnapshot:
 
     The accessors have the names, results and errors of the MarketCache reads (``price``:
     NoPrice, StalePrice, StaleQuote, CorruptEntry; ``position``: NotPolled, CorruptEntry; ...),
-    evaluated when called, with ages counted from ``read_at``. A Redis error of one read is
-    raised by its accessor, the way the separate read would have raised it.
+    evaluated when first called, with ages counted from ``read_at``; a later call answers the same
+    without parsing again (an error is raised again). A Redis error of one read is raised by its
+    accessor, the way the separate read would have raised it.
     """
 
     cache: MarketCache
@@ -559,19 +581,30 @@ class MarketSnapshot:
     positions_polled: Any
     values: Mapping[str, Any]  # extra key -> its GET reply (or error)
     more: tuple[Any, ...] = ()  # replies of the commands ``also`` queued, in order
+    _parsed: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def price(self) -> Price:
-        data = _reply(self.price_data)
-        return self.cache._price_from(self.symbol, self.cache.keys.prices(self.symbol), data, self.read_at)
+        if "price" not in self._parsed:
+            data = _reply(self.price_data)
+            self._parsed["price"] = self.cache._price_from(self.symbol, self.cache.keys.prices(self.symbol), data,
+                                                           self.read_at)
+        return self._parsed["price"]
 
     def account(self) -> AccountState | None:
-        return self.cache._account_from(_reply(self.account_data), self.read_at)
+        if "account" not in self._parsed:
+            self._parsed["account"] = self.cache._account_from(_reply(self.account_data), self.read_at)
+        return self._parsed["account"]
 
     def position(self) -> PositionState | None:
-        return self.cache._position_from(self.symbol, _reply(self.position_data), _reply(self.positions_polled))
+        if "position" not in self._parsed:
+            self._parsed["position"] = self.cache._position_from(self.symbol, _reply(self.position_data),
+                                                                 _reply(self.positions_polled))
+        return self._parsed["position"]
 
     def clock(self) -> ClockState | None:
-        return self.cache._clock_from(_reply(self.clock_data), self.read_at)
+        if "clock" not in self._parsed:
+            self._parsed["clock"] = self.cache._clock_from(_reply(self.clock_data), self.read_at)
+        return self._parsed["clock"]
 
     def value(self, key: str) -> str | None:
         """The string value of an extra key (None when absent)."""

@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from redis.cluster import ClusterPipeline
+
 from bot import lua
 from bot.config import DEFAULT_DATA_RATE_LIMIT
 from bot.errors import TradebotError
@@ -142,6 +144,30 @@ class RateLimiter:
         if bucket not in self.per_minute:
             return 0.0
         return float(self._take(keys=[self.keys.ratelimit(bucket)], args=self._args(bucket)))
+
+    def queue_take(self, pipe: Any, bucket: str) -> bool:
+        """Queue ``try_acquire(bucket)`` on ``pipe`` (one round trip with the caller's other commands);
+        False when the bucket is unlimited (nothing queued). Pass its reply to ``taken``. EVALSHA
+        directly: a script registered on the pipeline would cost a SCRIPT EXISTS round trip."""
+        if bucket not in self.per_minute:
+            return False
+        key, args = self.keys.ratelimit(bucket), self._args(bucket)
+        if isinstance(pipe, ClusterPipeline):  # EVALSHA is refused there: see bot.lua.call
+            pipe.execute_command("EVAL", self._take.script, 1, key, *args)
+        else:
+            pipe.evalsha(self._take.sha, 1, key, *args)
+        return True
+
+    @staticmethod
+    def taken(reply: Any) -> bool:
+        """Did the take ``queue_take`` queued get a token? False for a wait, and for an error reply
+        (Redis lost its scripts, refused the write...): then the next ``acquire`` asks again itself."""
+        if isinstance(reply, Exception):
+            return False
+        try:
+            return float(reply) <= 0
+        except (TypeError, ValueError):
+            return False
 
     def acquire(self, bucket: str, timeout: float | None = None) -> None:
         """Block until a token of ``bucket`` is taken; RateLimitTimeout after ``timeout`` seconds.

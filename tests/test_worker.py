@@ -624,6 +624,31 @@ def test_bounded_limiter_gives_up_instead_of_waiting(rig: Rig):
         bounded.acquire("trading", timeout=0.5)  # the caller's own bound (the client's submit deadline)
 
 
+def test_a_token_taken_with_the_recheck_serves_the_post_and_nothing_later(rig: Rig):
+    from bot import lua
+
+    limiter = RateLimiter(rig.r, rig.keys, {"trading": 1}, burst={"trading": 1})
+    bounded = BoundedLimiter(limiter, wait=5.0)
+    rig.r.script_flush()  # a Redis restarted without its scripts: no token, the POST's acquire asks itself
+    pipe = rig.r.pipeline(transaction=False)
+    assert bounded.queue_token(pipe, "trading") and not bounded.queue_token(pipe, "unlimited")
+    [missing] = pipe.execute(raise_on_error=False)
+    assert isinstance(missing, redis.exceptions.NoScriptError) and not RateLimiter.taken(missing)
+    rig.r.script_load(lua.source("ratelimit_take"))
+    pipe = rig.r.pipeline(transaction=False)
+    bounded.queue_token(pipe, "trading")
+    assert RateLimiter.taken(pipe.execute()[0])  # the one token of the minute, in the re-check's round trip
+    with bounded.tight(taken="trading"):
+        bounded.acquire("trading")  # the POST: its token is taken already
+        with pytest.raises(RateLimitTimeout):
+            bounded.acquire("trading")  # any further request asks the bucket
+    with bounded.tight(taken="trading"):
+        pass  # a token the block did not use goes with it
+    with pytest.raises(RateLimitTimeout):
+        bounded.acquire("trading")
+    assert not RateLimiter.taken("0.5")  # a wait: nothing taken
+
+
 def test_a_submit_cannot_leave_long_after_the_recheck(rig: Rig):
     import httpx
 
@@ -1151,22 +1176,27 @@ def _counted_worker(rig: Rig, trips: _RoundTrips, **config: Any) -> Worker:
     options: dict[str, Any] = dict(consumer="counted", block_ms=20, claim_idle=600.0, strategy="fixed",
                                    fixed_qty=Decimal(1))
     options.update(config)
-    worker = Worker(rig.settings, WorkerConfig(**options), r=r, rb=rb, client=client)
+    worker = Worker(rig.settings, WorkerConfig(**options), r=r, rb=rb, client=client, limiter=limiter)
     rig.workers.append(worker)
     worker.setup()
     return worker
 
 
-# Per order, today: XREADGROUP; ONE pipeline with the done marker, kill switch, clock, price, account
-# and position; the ledger reservation; ONE pipeline re-checking halt, clock and price with the
-# entry's re-claim; the rate-limit token for the POST; then the ledger settle (read + script), the
-# journal script and the refresh ask. Before the pipelines a buy took 18, a sell 16 (measured with
-# this test).
-ROUND_TRIPS_PER_ORDER = 9
+# Per order, today: XREADGROUP; ONE pipeline with the done marker, the trading state, the cooldown,
+# clock, price, account and position; the ledger reservation; ONE pipeline re-checking halt, clock and
+# price with the entry's re-claim and the POST's rate-limit token; then ONE script settling the
+# reservation, writing the journal entry with the XACK and asking the poller for a refresh. Before the
+# pipelines a buy took 18, a sell 16; then 9, until the token joined the re-check and the settle, the
+# journal and the refresh ask became one script (measured with this test).
+ROUND_TRIPS_PER_ORDER = 5
 
 
 @pytest.mark.parametrize("side", ["buy", "sell"])
 def test_round_trips_per_order_are_pinned(rig: Rig, side: str):
+    import hashlib
+
+    from bot import lua
+
     trips = _RoundTrips()
     worker = _counted_worker(rig, trips)
     for warm_up in ("buy", "sell", "buy"):  # connections made, scripts loaded, own PEL replayed; 1 share held
@@ -1180,4 +1210,7 @@ def test_round_trips_per_order_are_pinned(rig: Rig, side: str):
     assert len(packets) <= ROUND_TRIPS_PER_ORDER, packets
     reads = [p for p in packets if "HGETALL" in p]
     assert len(reads) == 2, packets  # the pre-trade snapshot and the pre-submit re-check
+    assert sum(name.startswith("EVALSHA") for name in reads[1]) == 2, packets  # the re-claim and the token
+    record = hashlib.sha1(lua.source("journal_record").encode("utf-8")).hexdigest()[:8]
+    assert packets[-1] == [f"EVALSHA:{record}"], packets  # settle + journal + XACK + refresh ask
     assert {"GET", "HGET", "HEXISTS"} <= set(reads[0]) and reads[0].count("HGETALL") == 3

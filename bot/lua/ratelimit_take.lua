@@ -3,7 +3,7 @@
 --!include ratelimit_prelude
 local wait
 if paused_until > now then
-  wait = paused_until - now
+  wait = math.max(paused_until - now, 1e-6)  -- never '0.000000', which reads as a grant
 elseif tokens >= 1 - 1e-6 then
   -- (a hair short of 1 is float noise of the refill: granted, so that a "wait" is never so short
   -- that it prints as "0.000000", which the caller would read as granted without a token taken)

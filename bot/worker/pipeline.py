@@ -80,8 +80,10 @@ class Worker:
 
     Everything it talks to can be injected; by default it builds its own Redis clients, its
     AlpacaClient (``CLIENT_KNOBS``, the fleet-wide RateLimiter behind a BoundedLimiter), the market
-    cache and the ledger. ``wrap`` maps a stage name (``STAGES``) to a function that gets the
-    stage built here and returns the one to use: the seam for tests and middleware.
+    cache and the ledger (an injected client comes with its own ``limiter``: given too, a
+    BoundedLimiter lets each submit take its token in the re-check's round trip). ``wrap`` maps a
+    stage name (``STAGES``) to a function that gets the stage built here and returns the one to
+    use: the seam for tests and middleware.
     """
 
     def __init__(self, settings: Settings, config: WorkerConfig | None = None, *,
@@ -102,7 +104,11 @@ class Worker:
         self.r = r if r is not None else self._own(connect(settings.redis_url, decode=True, socket_timeout=timeout))
         self.rb = rb if rb is not None else self._own(connect(settings.redis_url, decode=False, socket_timeout=timeout))
         self.grace = StopGrace(config.stop_grace)
-        self.limiter: Any = None  # the BoundedLimiter of the client built here (None when injected)
+        # the BoundedLimiter of the client: built here, or given with an injected client (None otherwise)
+        # (only when it is that client's own: a token taken from another limiter would leave the POST to
+        # take a second one from its own)
+        self.limiter: Any = (limiter if isinstance(limiter, BoundedLimiter) and client is not None
+                             and getattr(client, "_limiter", None) is limiter else None)
         if client is None:
             from bot.alpaca.client import AlpacaClient  # not imported by workers given a client (tests)
 

@@ -1,8 +1,9 @@
-"""Record: the ledger settled or released, then ONE journal entry written atomically with the XACK
-(or one DLQ entry), then a refresh request to the poller after a fill.
+"""Record: the ledger settled or released, ONE journal entry with the XACK and, after a fill, the
+poller's refresh ask and the symbol's cooldown: all in one script (``journal_record.lua``), one round
+trip (or one DLQ entry).
 
-Settle before the journal: a crash in between replays the settle (idempotent per client_order_id);
-the other way round the done marker would stop the replay and the reservation would never settle.
+Inside the script the settle still comes first: Lua does not roll back, so a journal entry (whose
+done marker stops every replay) never stands beside an unsettled reservation.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from typing import Any
 
 import redis
 
+from bot import lua
 from bot.alpaca.models import Order
-from bot.codec import decimal_text, text_or_none
-from bot.journal import JournalEntry, record_outcome
+from bot.codec import decimal_text, text, text_or_none
+from bot.journal import JournalEntry
 from bot.keys import Keys
 from bot.ledger import Ledger
-from bot.market import MarketCache
+from bot.market import REFRESH_ASKS_KEPT, MarketCache
 from bot.streams import DONE_TTL_SECONDS, dead_letter, is_stream_id
 from bot.worker.records import (
     DEAD,
@@ -36,6 +38,8 @@ from bot.worker.records import (
 
 log = logging.getLogger(__name__)
 
+NO_LEDGER: tuple[str, ...] = ("", "", "", "", "", "", "")  # journal_record.lua's ARGV[6..12]: leave the ledger
+
 
 class Recorder:
     def __init__(self, *, r: redis.Redis, rb: redis.Redis, keys: Keys, consumer: str, ledger: Ledger,
@@ -49,40 +53,46 @@ class Recorder:
         self.marker_ttl = marker_ttl
         self.cooldown = cooldown  # seconds a symbol takes no new order after a fill (TRADEBOT_COOLDOWN)
         self.outcomes: dict[str, int] = {}  # journal outcome -> entries written by this worker
+        self._record = lua.script(r, "journal_record")
 
     def final(self, job: Job, placed: Placed, final: Final) -> str:
-        """A final order: settle what filled (or release the reservation), journal it, ask for a refresh."""
+        """A final order: settle what filled (or release the reservation), journal it, and after a fill
+        ask for a refresh and start the symbol's cooldown: one script."""
         order = final.order
         outcome, reason = outcome_of(order, final.canceled_by_us, self.order_timeout)
         if final.canceled_by_us and final.stopping and outcome == "canceled":
             reason = "canceled unfilled: the worker was stopping"
-        if order.filled_qty > 0:
-            self.ledger.settle(job.coid, order.filled_qty, order.filled_avg_price)
-        else:
-            self.ledger.release(job.coid)
-        result = self._journal(job, outcome, reason=reason, order=order, qty=placed.qty,
-                               submitted_at=placed.submitted_at, final_at=final.final_at, adopted=placed.adopted,
-                               legs=legs_of(order, job.signal))
-        if order.filled_qty > 0:
-            self.market.request_refresh()
-            if self.cooldown and job.signal.control is None:
-                self.r.set(self.keys.cooldown(order.symbol or job.signal.ticker), repr(self.clock()),
-                           px=max(1, int(self.cooldown * 1000)))
-        return result
+        filled = order.filled_qty > 0
+        ledger = self._release(job.coid)
+        if filled:
+            settle = self.ledger.settle_args(job.coid, order.filled_qty, order.filled_avg_price)
+            if settle is None:  # no reservation, and without a fill price nothing to settle it from
+                self.ledger.settled(job.coid, "missing", order.filled_qty)
+                ledger = NO_LEDGER
+            else:
+                ledger = ("settle", *settle)
+        cooldown = ""
+        if filled and self.cooldown and job.signal.control is None:
+            cooldown = order.symbol or job.signal.ticker
+        return self._journal(job, outcome, reason=reason, order=order, qty=placed.qty,
+                             submitted_at=placed.submitted_at, final_at=final.final_at, adopted=placed.adopted,
+                             legs=legs_of(order, job.signal), ledger=ledger, refresh=filled, cooldown=cooldown)
 
     def skipped(self, job: Job, skip: Skip) -> str:
         """No order: a reservation of an earlier delivery (crash before the submit) goes too."""
-        self.ledger.release(job.coid)
-        return self._journal(job, "skipped", reason=skip.reason, qty=skip.qty)
+        return self._journal(job, "skipped", reason=skip.reason, qty=skip.qty, ledger=self._release(job.coid))
 
     def canceled_all(self, job: Job, reason: str) -> str:
         """A cancel-all control signal: one journal entry saying what it canceled."""
         return self._journal(job, "canceled", reason=reason)
 
     def rejected(self, job: Job, rejected: Rejected) -> str:
-        self.ledger.release(job.coid)
         return self._journal(job, "rejected", reason=rejected.reason, qty=rejected.qty,
-                             submitted_at=rejected.submitted_at)
+                             submitted_at=rejected.submitted_at, ledger=self._release(job.coid))
+
+    @staticmethod
+    def _release(coid: str) -> tuple[str, ...]:
+        return ("release", coid, "", "0", "", "", "")
 
     def duplicate(self, duplicate: Duplicate) -> str:
         self.rb.xack(self.stream, self.group, duplicate.entry_id)
@@ -110,7 +120,10 @@ class Recorder:
 
     def _journal(self, job: Job, outcome: str, *, reason: str = "", order: Order | None = None,
                  qty: Decimal | None = None, submitted_at: float | None = None, final_at: float | None = None,
-                 adopted: bool = False, legs: str = "") -> str:
+                 adopted: bool = False, legs: str = "", ledger: tuple[str, ...] = NO_LEDGER, refresh: bool = False,
+                 cooldown: str = "") -> str:
+        """Journal the outcome (once per signal, with the XACK), after the ``ledger`` step (ARGV 6-12 of
+        journal_record.lua), and then the refresh ask and the ``cooldown`` of that symbol when asked."""
         signal = job.signal
         entry = JournalEntry(
             source_stream=signal.source_stream, source_id=signal.source_id, ticker=signal.ticker,
@@ -124,13 +137,28 @@ class Recorder:
             source_at=signal.source_at, routed_at=signal.routed_at, claimed_at=job.claimed_at,
             submitted_at=submitted_at, final_at=final_at if final_at is not None else self.clock(),
             consumer=self.consumer, deliveries=job.deliveries, adopted=adopted, legs=legs)
-        if not record_outcome(self.r, self.keys, entry, ack_stream=self.stream, group=self.group,
-                              entry_id=job.entry_id, ttl=self.marker_ttl, pending_only=True):
+        keys = self.keys
+        marker = keys.done(signal.source_stream, signal.source_id)
+        args: list[Any] = [self.group, job.entry_id, int(self.marker_ttl), "", "1", *ledger,
+                           self.market.refresh_ask() if refresh else "", REFRESH_ASKS_KEPT,
+                           repr(self.clock()) if cooldown else "", max(1, int((self.cooldown or 0) * 1000))]
+        for name, value in entry.to_fields().items():
+            args += [name, value]
+        written, value, settled = lua.call(
+            self.r, self._record, [marker, keys.orders, self.stream, keys.ledger, keys.refresh_request,
+                                   keys.cooldown(cooldown or signal.ticker)], args)
+        if ledger[0] == "settle":
+            self.ledger.settled(job.coid, text(settled), entry.filled_qty or Decimal(0))
+        if not int(written):
+            log.info("worker %s: signal %s %s already recorded (%s); acked %s only", self.consumer,
+                     signal.source_stream, signal.source_id, text(value), job.entry_id)
             return DUPLICATE
+        entry.journal_id = text(value)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         level = logging.WARNING if outcome == "rejected" else logging.INFO
-        log.log(level, "worker %s: %s %s %s: %s%s", self.consumer, signal.side, signal.ticker, signal.source_id,
-                outcome, f" ({reason})" if reason else "")
+        order_text = f" (order {order.id}, {decimal_text(order.filled_qty)} filled)" if order is not None else ""
+        log.log(level, "worker %s: %s %s %s: %s%s%s", self.consumer, signal.side, signal.ticker, signal.source_id,
+                outcome, f" ({reason})" if reason else "", order_text)
         return JOURNALED
 
 

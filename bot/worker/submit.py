@@ -14,6 +14,7 @@ from bot.breakers import Breakers
 from bot.keys import Keys
 from bot.market import MarketCache
 from bot.order_events import OrderEvents
+from bot.ratelimit import TRADING, RateLimiter
 from bot.worker.config import WorkerConfig
 from bot.worker.decide import Gates, Refused
 from bot.worker.keeper import EntryKeeper
@@ -47,7 +48,7 @@ class Submitter:
             if self.grace.stopping:  # no new order; the reservation stays with the entry, which is replayed
                 return Unsent(f"stopping before order {job.coid} was sent")
             try:
-                still_ours = self._recheck(job, request)
+                still_ours, token = self._recheck(job, request)
             except Refused as refused:
                 return replace(refused.skip, qty=request.qty)
             if not still_ours:
@@ -57,7 +58,7 @@ class Submitter:
                 return Lost()
             submitted_at = self.clock()
             try:
-                with self._tight_limiter():
+                with self._tight_limiter(token):
                     order = self.client.submit_order(request)
             except Exception as exc:
                 if isinstance(exc, OrderOutcomeUnknown):
@@ -78,25 +79,39 @@ class Submitter:
                             self.config.consumer, job.coid, exc, pause, attempt + 1, attempts)
                 self.grace.pause(pause)  # a stop ends the pause: the next round leaves it pending
                 continue
-            log.info("worker %s: submitted %s %s %s (%s) -> %s %s", self.config.consumer, request.side, request.qty,
-                     request.symbol, job.coid, order.id, order.status)
+            # DEBUG: the journal line (bot.worker.record) says it for every order, once
+            log.debug("worker %s: submitted %s %s %s (%s) -> %s %s", self.config.consumer, request.side,
+                      request.qty, request.symbol, job.coid, order.id, order.status)
             return Placed(order, submitted_at, request.qty, after_unknown=unknown)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _recheck(self, job: Job, request: OrderRequest) -> bool:
+    def _recheck(self, job: Job, request: OrderRequest) -> tuple[bool, bool]:
         """The cheap checks again, right before the submit: time may have passed since the plan
         (a rate-limit wait, a broker retry, a pause between attempts). The same round trip
-        re-claims the entry: True when this worker still holds it."""
-        market = self.market.snapshot(job.signal.ticker, self.gates.state_keys,
-                                      also=lambda pipe: self.keeper.queue_still_holds(pipe, job.entry_id))
+        re-claims the entry and takes the POST's rate-limit token: (this worker still holds the
+        entry, a token was taken). A token taken for a submit the checks then stop is spent unused:
+        the checks passed a moment earlier on the snapshot, so that is the rare race, and it saves
+        the round trip of every other submit."""
+        limiter = self.limiter if isinstance(self.limiter, BoundedLimiter) else None
+        queued: list[bool] = []
+
+        def also(pipe: Any) -> None:
+            self.keeper.queue_still_holds(pipe, job.entry_id)
+            queued.append(limiter is not None and limiter.queue_token(pipe, TRADING))
+
+        # the gates and the price only: the sizing (account, position) is done and reserved
+        market = self.market.snapshot(job.signal.ticker, self.gates.state_keys, also=also, account=False)
         session_open = self.gates.session_open(job.signal, market)
         if not request.extended_hours and not session_open:
             raise Refused("market closed while the order was being sent", gate=True)
         self.gates.fresh_price(market)
-        return self.keeper.still_holds_after(job.entry_id, market.more[0])
+        token = bool(queued and queued[0]) and RateLimiter.taken(market.more[1])
+        return self.keeper.still_holds_after(job.entry_id, market.more[0]), token
 
-    def _tight_limiter(self) -> Any:
-        return self.limiter.tight() if isinstance(self.limiter, BoundedLimiter) else contextlib.nullcontext()
+    def _tight_limiter(self, token: bool = False) -> Any:
+        if isinstance(self.limiter, BoundedLimiter):
+            return self.limiter.tight(taken=TRADING if token else None)
+        return contextlib.nullcontext()
 
     def _retry_pause(self, exc: Exception, attempt: int) -> float | None:
         """The pause before the next attempt; None when the broker asks for longer."""

@@ -140,6 +140,40 @@ def test_a_signal_is_journaled_once(bench: Bench):
     assert stage.outcomes == {"skipped": 1}
 
 
+def test_a_fill_starts_the_cooldown_in_the_same_script(bench: Bench):
+    job = reserved_job(bench)
+    order = order_of(job, "filled", "2", "100.02")
+    stage = Recorder(r=bench.r, rb=bench.rb, keys=bench.keys, consumer=CONSUMER, ledger=bench.ledger,
+                     market=bench.market, order_timeout=10.0, clock=lambda: FINAL_AT, cooldown=30.0)
+    assert stage.final(job, Placed(order, FINAL_AT - 1, Decimal(2)), Final(order, FINAL_AT)) == JOURNALED
+    assert bench.r.get(bench.keys.cooldown(SYMBOL)) == repr(FINAL_AT)
+    assert 29_000 < bench.r.pttl(bench.keys.cooldown(SYMBOL)) <= 30_000
+
+
+def test_a_fill_recorded_again_settles_again_and_journals_nothing(bench: Bench):
+    """A redelivery that meets the done marker (the journal was written) still settles (idempotent,
+    the first settle time kept), acks, and asks for a refresh; it writes no second entry."""
+    job = reserved_job(bench)
+    order = order_of(job, "filled", "2", "100.02")
+    stage = recorder(bench)
+    assert stage.final(job, Placed(order, FINAL_AT - 1, Decimal(2)), Final(order, FINAL_AT)) == JOURNALED
+    first = bench.ledger.get(job.coid)
+    again = bench.job(bench.deliver(job.signal))
+    assert stage.final(again, Placed(order, FINAL_AT - 1, Decimal(2)), Final(order, FINAL_AT)) == DUPLICATE
+    assert bench.ledger.get(job.coid) == first and first is not None and first.settled
+    assert len(bench.journal()) == 1 and bench.pending() == 0
+    assert bench.r.llen(bench.keys.refresh_request) == 2
+
+
+def test_a_fill_without_a_price_settles_at_the_reserved_price(bench: Bench):
+    job = reserved_job(bench)
+    order = order_of(job, "filled", "2")  # the broker gave no filled_avg_price
+    assert recorder(bench).final(job, Placed(order, FINAL_AT - 1, Decimal(2)), Final(order, FINAL_AT)) == JOURNALED
+    reservation = bench.ledger.get(job.coid)
+    assert reservation is not None and reservation.settled and reservation.price == ASK
+    assert reservation.cash == bench.ledger.buffered_price(ASK) * 2
+
+
 def test_a_duplicate_is_only_acked(bench: Bench):
     signal = bench.signal()
     delivery = bench.deliver(signal)
@@ -213,3 +247,19 @@ def test_outcome_of_a_fractional_partial_fill():
     order = make_order("canceled", qty="2.50", filled="0.50")
     assert outcome_of(order, canceled_by_us=True, order_timeout=10.0) == (
         "partially_filled", "filled 0.5 of 2.5, the rest canceled")
+
+
+def test_a_delivery_held_past_its_marker_records_nothing_and_keeps_the_settled_reservation(bench: Bench):
+    """Worker A journals a fill and acks; the done marker expires (retention); a delivery of the same
+    entry held all along (a paused worker B) then ends in a skip: journal_record.lua refuses it (the
+    group acked the entry), and the release that came with the skip is not made, so A's settled
+    reservation keeps counting its cash until the cached account shows the fill."""
+    job = reserved_job(bench)
+    order = order_of(job, "filled", "2", "100.02")
+    stage = recorder(bench)
+    assert stage.final(job, Placed(order, FINAL_AT - 1, Decimal(2)), Final(order, FINAL_AT)) == JOURNALED
+    bench.r.delete(bench.keys.done("nvda", job.signal.source_id))  # the marker's ttl ran out
+    assert stage.skipped(job, Skip("no NVDA shares to sell")) == DUPLICATE
+    assert len(bench.journal()) == 1
+    kept = bench.ledger.get(job.coid)
+    assert kept is not None and kept.settled and kept.cash == Decimal("200.04")
