@@ -46,9 +46,21 @@ soak: $(STAMP)
 stress:
 	tools/stress.sh 3
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python -m benchmarks.run
+# a venv of its own, without the test extras: what a worker's RSS is in a production install
+# (selenium's trio, for one, is imported by httpcore wherever it is installed: ~3 MB a process)
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/bin/python:
+	$(PYTHON) -m venv $(BENCH_VENV)
+
+$(BENCH_STAMP): $(BENCH_VENV)/bin/python setup.cfg pyproject.toml
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) var .pytest_cache

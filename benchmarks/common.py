@@ -3,6 +3,7 @@ process group, all stopped in a finally), the fleet's environment, the paper bro
 feeder, waiting on conditions, and per-process RSS/CPU readings."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -13,9 +14,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import redis
 
@@ -63,7 +65,7 @@ class Dist:
     max: float
 
     @classmethod
-    def of(cls, values_ms: Sequence[float]) -> "Dist":
+    def of(cls, values_ms: Sequence[float]) -> Dist:
         vals = [v for v in values_ms if v is not None and not math.isnan(v)]
         if not vals:
             return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
@@ -160,10 +162,8 @@ class Procs:
 
 
 def _signal_group(proc: Proc, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.popen.pid, sig)  # start_new_session: the group id is the child's pid
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.05,
@@ -366,13 +366,12 @@ class Sent:
 
 
 def signal_fields(i: int, symbols: Sequence[str], sides: str) -> dict[str, str]:
-    """The i-th signal: round-robin over ``symbols``; ``sides`` 'buy' (always b) or 'alternate'
-    (per ticker b, s, b, s...: every sell follows a buy of the same ticker)."""
+    """The i-th signal: round-robin over ``symbols``; ``sides`` 'buy' (always b), 'sell' (always s)
+    or 'alternate' (per ticker b, s, b, s...: every sell follows a buy of the same ticker)."""
     ticker = symbols[i % len(symbols)]
-    if sides == "alternate":
-        direction = "b" if (i // len(symbols)) % 2 == 0 else "s"
-    else:
-        direction = "b"
+    if sides in ("buy", "sell"):
+        return {"ticker": ticker, "direction": sides[0]}
+    direction = "b" if (i // len(symbols)) % 2 == 0 else "s"
     return {"ticker": ticker, "direction": direction}
 
 
@@ -537,7 +536,7 @@ class Sampler:
             if value is not None:
                 self.samples.append(value)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 

@@ -28,6 +28,15 @@ class FloorResult:
     hop: Dist
     reads_sequential: Dist | None = None  # the worker's six pre-trade reads, one round trip each
     reads_pipelined: Dist | None = None  # the same six reads in one pipeline (one round trip)
+    lua: Dist | None = None  # one ledger reservation script call
+
+    @property
+    def pipeline_floor_ms(self) -> float:
+        """Two stream hops + one pipelined read + one Lua call (p50s): the floor of source XADD ->
+        order submitted."""
+        if self.reads_pipelined is None or self.lua is None:
+            return float("nan")
+        return 2 * self.hop.p50 + self.reads_pipelined.p50 + self.lua.p50
 
     @property
     def round_trip_ms(self) -> float:
@@ -35,7 +44,8 @@ class FloorResult:
         return self.ping.p50
 
     def to_dict(self) -> dict:
-        out = {"ping": self.ping.to_dict(), "loop": self.loop.to_dict(), "hop": self.hop.to_dict()}
+        out = {"ping": self.ping.to_dict(), "loop": self.loop.to_dict(), "hop": self.hop.to_dict(),
+               **({"lua": self.lua.to_dict()} if self.lua else {})}
         if self.reads_sequential and self.reads_pipelined:
             out |= {"reads_sequential": self.reads_sequential.to_dict(),
                     "reads_pipelined": self.reads_pipelined.to_dict()}
@@ -68,7 +78,37 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
 
     hops = _hop(r, redis_url, procs, work_dir, count=300 if quick else 2000)
     sequential, pipelined = _pre_trade_reads(redis_url, n)
-    return FloorResult(Dist.of(pings), Dist.of(loops), Dist.of(hops), Dist.of(sequential), Dist.of(pipelined))
+    return FloorResult(Dist.of(pings), Dist.of(loops), Dist.of(hops), Dist.of(sequential), Dist.of(pipelined),
+                       Dist.of(_lua_call(redis_url, n)))
+
+
+def _lua_call(redis_url: str, n: int) -> list[float]:
+    """One ledger reservation of one share, as a worker makes it before a buy (the script reads the
+    cached account and the ledger and writes the reservation), each with its own client_order_id and
+    released before the next, untimed."""
+    from decimal import Decimal
+
+    from bot.keys import Keys
+    from bot.ledger import Ledger
+    from bot.redisconn import connect
+
+    keys = Keys("bench-floor-lua")
+    c = connect(redis_url)
+    c.hset(keys.account, mapping={"cash": "1000000000", "buying_power": "1000000000", "equity": "1000000000",
+                                  "status": "ACTIVE", "trading_blocked": "0", "account_blocked": "0",
+                                  "polled_at": repr(time.time()), "as_of": repr(time.time())})
+    c.hset(keys.positions, mapping={"_polled_at": repr(time.time()), "_as_of": repr(time.time())})
+    ledger = Ledger(c, keys)
+    calls = []
+    for i in range(n + 100):
+        t0 = time.perf_counter()
+        ledger.reserve_buy(f"floor-{i}", "NVDA", Decimal("120.03"), qty=Decimal(1))
+        if i >= 100:
+            calls.append((time.perf_counter() - t0) * 1000)
+        ledger.release(f"floor-{i}")  # untimed: a worker's ledger holds only the orders in flight
+    c.delete(keys.account, keys.positions, keys.ledger)
+    c.close()
+    return calls
 
 
 def _pre_trade_reads(redis_url: str, n: int) -> tuple[list[float], list[float]]:
@@ -89,7 +129,8 @@ def _pre_trade_reads(redis_url: str, n: int) -> tuple[list[float], list[float]]:
                                   "status": "ACTIVE", "trading_blocked": "0", "account_blocked": "0",
                                   "polled_at": "1.0", "as_of": "1.0"})
     c.hset(keys.positions, mapping={"NVDA": '{"qty": "10", "qty_available": "10", "avg_entry_price": "100", '
-                                            '"market_value": "1200", "side": "long"}', "_polled_at": "1", "_as_of": "1"})
+                                            '"market_value": "1200", "side": "long"}',
+                                    "_polled_at": "1", "_as_of": "1"})
 
     def reads(target):  # type: ignore[no-untyped-def]
         target.exists(keys.done("nvda", "1-0"))
@@ -158,7 +199,8 @@ def _env() -> dict[str, str]:
 
 def consume(url: str, stream: str, count: int, out: str) -> None:
     r = redis.Redis.from_url(url, socket_timeout=30)
-    r.xreadgroup("g", "c", {stream: "0"}, count=1)  # a history read registers the consumer (a blocked one is not listed)
+    # a history read registers the consumer (a blocked one is not listed)
+    r.xreadgroup("g", "c", {stream: "0"}, count=1)
     received: dict[str, float] = {}
     while len(received) < count:
         reply = r.xreadgroup("g", "c", {stream: ">"}, count=1, block=2000)

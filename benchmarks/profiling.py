@@ -3,6 +3,7 @@ router and the paper broker spend their time under load. Summaries: the function
 self time (leaf frames) and the project functions with the most inclusive time."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -47,10 +48,8 @@ def start(procs: Procs, targets: list[Proc], seconds: float, out_dir: Path) -> l
 def finish(procs: Procs, running: list[tuple[Proc, Proc, Path]], timeout: float = 30.0) -> list[Profile]:
     profiles = []
     for target, rec, out in running:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             rec.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
         procs.stop([rec])
         if out.exists():
             profiles.append(summarise(target.name, out.read_text()))

@@ -10,15 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Dist, fmt_ms
-from benchmarks.retention import FLAT_BOUND_MB
-
-P99_TARGET_MS = 10.0
-P50_FLOOR_FACTOR = 2.0
-FLOOR_TRIPS = 4
-EFFICIENCY_TARGET = 0.9
-WORKER_RSS_TARGET_MB = 60.0
-TARGET_RATE = 50
-
+from benchmarks.goals import EFFICIENCY_TARGET, P50_FLOOR_FACTOR, P99_FLOOR_FACTOR, TARGET_RATE, Target, floor_ms
 
 # --------------------------------------------------------------------------- facts
 
@@ -58,83 +50,11 @@ def jsonable(value: Any) -> Any:
 
 # --------------------------------------------------------------------------- targets
 
-@dataclasses.dataclass
-class Target:
-    name: str
-    goal: str
-    value: str
-    met: bool | None  # None: not measured
-
-
-def floor_budget_ms(results: dict[str, Any]) -> float:
-    floor = results.get("floor")
-    return FLOOR_TRIPS * floor.round_trip_ms if floor else math.nan
-
-
 def targets(results: dict[str, Any]) -> list[Target]:
-    out: list[Target] = []
-    pipe, floor = results.get("pipeline"), results.get("floor")
-    at = pipe.at(TARGET_RATE) if pipe else None
-    budget = floor_budget_ms(results)
-    if at and floor:
-        p50 = at.stages["overhead"].p50
-        out.append(Target(f"pipeline p50 at {TARGET_RATE}/s", f"<= {P50_FLOOR_FACTOR:g} x {FLOOR_TRIPS} PING RTT "
-                          f"= {fmt_ms(P50_FLOOR_FACTOR * budget, 3)} ms",
-                          f"{fmt_ms(p50, 3)} ms = {p50 / budget:.1f} x {FLOOR_TRIPS} RTT",
-                          p50 <= P50_FLOOR_FACTOR * budget))
-    else:
-        out.append(Target(f"pipeline p50 at {TARGET_RATE}/s", f"<= {P50_FLOOR_FACTOR:g} x {FLOOR_TRIPS} RTT", "n/a", None))
-    if at:
-        p99 = at.stages["overhead"].p99
-        out.append(Target(f"pipeline p99 at {TARGET_RATE}/s", f"<= {P99_TARGET_MS:g} ms", f"{fmt_ms(p99)} ms",
-                          p99 <= P99_TARGET_MS))
-    else:
-        out.append(Target(f"pipeline p99 at {TARGET_RATE}/s", f"<= {P99_TARGET_MS:g} ms", "n/a", None))
-    points = results.get("scaling") or []
-    if points:
-        worst = min(points, key=lambda p: p.efficiency)
-        out.append(Target("scaling efficiency up to 16 workers", f">= {EFFICIENCY_TARGET}",
-                          f"min {worst.efficiency:.2f} (N={worst.workers})", worst.efficiency >= EFFICIENCY_TARGET))
-    else:
-        out.append(Target("scaling efficiency up to 16 workers", f">= {EFFICIENCY_TARGET}", "n/a", None))
-    tq = results.get("taskqueue")
-    if tq and pipe and tq.latency:
-        lines, met = [], True
-        for rate, dq in sorted(tq.latency.items()):
-            ours = pipe.at(rate)
-            if ours is None:
-                continue
-            a, b = ours.stages["end_to_end"], dq["end_to_end"]
-            lines.append(f"{rate}/s: p50 {fmt_ms(a.p50)} vs {fmt_ms(b.p50)}, p99 {fmt_ms(a.p99)} vs {fmt_ms(b.p99)} ms")
-            met &= a.p50 < b.p50 and a.p99 < b.p99
-        out.append(Target("end-to-end latency vs Dramatiq", "lower (p50 and p99)", "; ".join(lines) or "n/a",
-                          met if lines else None))
-    else:
-        out.append(Target("end-to-end latency vs Dramatiq", "lower (p50 and p99)", "n/a", None))
-    mem = [p.memory_load or p.memory_idle for p in points if (p.memory_load or p.memory_idle)]
-    if mem:
-        worst_mb = max(m.worker_max for m in mem)
-        out.append(Target("RSS per worker (under load)", f"<= {WORKER_RSS_TARGET_MB:g} MB", f"max {worst_mb:.1f} MB",
-                          worst_mb <= WORKER_RSS_TARGET_MB))
-    else:
-        out.append(Target("RSS per worker (under load)", f"<= {WORKER_RSS_TARGET_MB:g} MB", "n/a", None))
-    points = results.get("requests")
-    if points:
-        worst = max(p.per_signal for p in points if p.mode == "events")
-        out.append(Target("order-route requests per signal, following by events", "<= 1.05 at every fill delay",
-                          f"{worst:.2f} at worst", worst <= 1.05))
-    res = results.get("retention")
-    if res:
-        out.append(Target("Redis memory flat once retention applies",
-                          f"<= +{FLAT_BOUND_MB:g} MB from 10k to 100k signals",
-                          f"{res.growth_mb:+.2f} MB ({res.points[0].used_mb:.2f} -> {res.points[-1].used_mb:.2f})",
-                          res.flat))
-    poller = results.get("poller")
-    if poller:
-        out.append(Target("poller market-data requests per tick", "1 for 20 symbols",
-                          f"{poller.data_requests_per_tick:.2f} (all requests {poller.requests_per_tick:.2f})",
-                          abs(poller.data_requests_per_tick - 1) < 0.05))
-    return out
+    """Issue 15's goals, judged on this run's own numbers (benchmarks/goals.py)."""
+    from benchmarks import goals
+
+    return goals.targets(results)
 
 
 def _mark(met: bool | None) -> str:
@@ -158,8 +78,13 @@ def floor_table(results: dict[str, Any]) -> list[str]:
         ("stream hop: XADD -> blocked XREADGROUP in another process", floor.hop))]
     if floor.reads_sequential and floor.reads_pipelined:
         rows += [[name, str(d.n), fmt_ms(d.p50, 3), fmt_ms(d.p99, 3)] for name, d in (
-            ("worker's 6 pre-trade reads, one round trip each (as today)", floor.reads_sequential),
-            ("the same 6 reads in one pipeline", floor.reads_pipelined))]
+            ("the worker's pre-trade reads, one round trip each", floor.reads_sequential),
+            ("the same reads in one pipeline", floor.reads_pipelined))]
+    if floor.lua:
+        rows.append(["one ledger reservation (Lua, through bot.ledger)", str(floor.lua.n), fmt_ms(floor.lua.p50, 3),
+                     fmt_ms(floor.lua.p99, 3)])
+        rows.append(["**the pipeline's floor**: 2 hops + pipelined read + Lua (p50s)", "", fmt_ms(floor_ms(results), 3),
+                     ""])
     return _table(["what", "n", "p50 ms", "p99 ms"], rows)
 
 
@@ -167,7 +92,7 @@ def pipeline_table(results: dict[str, Any]) -> list[str]:
     pipe = results.get("pipeline")
     if not pipe:
         return ["(not run)"]
-    budget = floor_budget_ms(results)
+    budget = floor_ms(results)
     rows = []
     for x in pipe.rates:
         o = x.stages["overhead"]
@@ -177,7 +102,7 @@ def pipeline_table(results: dict[str, Any]) -> list[str]:
                      ratio, fmt_ms(x.stages["router_hop"].p50), fmt_ms(x.stages["worker_hop"].p50),
                      fmt_ms(x.stages["pre_trade"].p50), fmt_ms(x.stages["end_to_end"].p50),
                      fmt_ms(x.stages["end_to_end"].p99), str(skipped)])
-    return _table(["signals/s", "sent/s", "orders", "p50 ms", "p95 ms", "p99 ms", "p50 / 4 RTT",
+    return _table(["signals/s", "sent/s", "orders", "p50 ms", "p95 ms", "p99 ms", "p50 / floor",
                    "router hop p50", "worker hop p50", "pre-trade p50", "to final p50", "to final p99",
                    "not filled"], rows)
 
@@ -250,6 +175,39 @@ def latency_table(results: dict[str, Any]) -> list[str]:
                      fmt_ms(s2.p50)])
     return _table(["signals/s", "tradebot p50 ms", "tradebot p99 ms", "dramatiq p50 ms", "dramatiq p99 ms",
                    "tradebot to submit p50", "dramatiq to submit p50"], rows)
+
+
+def peers_table(results: dict[str, Any]) -> list[str]:
+    from benchmarks import peers
+
+    systems = peers.systems(results)
+    if not results.get("peers") or not systems:
+        return ["(not run)"]
+    rates = sorted({rate for s in systems for rate in s.to_submit})
+    counts = sorted({n for s in systems for n in s.throughput})
+    top = max(counts, default=0)
+    rows = []
+    for s in systems:
+        if s.error:
+            why = " ".join(s.error.replace("|", "/").split())[:160]  # one table cell
+            rows.append([s.name, f"failed: {why}", *([""] * (len(rates) + 3))])
+            continue
+        rows.append([s.name, *(f"{fmt_ms(s.to_submit[r].p50)} / {fmt_ms(s.to_submit[r].p99)}" if r in s.to_submit
+                               else "n/a" for r in rates),
+                     " / ".join(f"{s.throughput[n]:.1f}" if n in s.throughput else "n/a" for n in counts),
+                     fmt_ms(s.own_cpu_ms), fmt_ms(s.redis_cpu_ms), fmt_ms(s.per_core, 0)])
+    met, text = peers.goal(systems)
+    table = _table(["system", *(f"{r:g}/s send -> broker call p50 / p99 ms" for r in rates),
+                    f"tasks/s at N={' / '.join(map(str, counts))}", f"own CPU ms/task (N={top})",
+                    f"Redis CPU ms/task (N={top})", f"tasks per CPU-second (N={top})"], rows)
+    return [*table, "", "Goal: tradebot ahead of each on latency, within 10% of the best on throughput per core: "
+                        f"{_mark(met)} ({text})"]
+
+
+def peers_section(results: dict[str, Any]) -> list[str]:
+    from benchmarks import peers
+
+    return ["## 4b. Peers: Dramatiq, taskiq, Celery", "", peers.ABOUT, "", *peers_table(results), ""]
 
 
 def memory_table(results: dict[str, Any]) -> list[str]:
@@ -373,6 +331,7 @@ def render_table(results: dict[str, Any]) -> str:
              "", "   Where a worker's time per order goes", *scaling_stage_table(results),
              "", "4. End-to-end latency: source XADD / enqueue -> order final (2 workers, zero-latency broker)",
              *latency_table(results),
+             "", "4b. Peers: send -> broker call (2 workers), throughput, throughput per core", *peers_table(results),
              "", "5. Memory (RSS)", *memory_table(results),
              "", "6. Price poller (20 symbols, 1 s interval)", *poller_table(results),
              "", "7. Request economy: order-route requests per signal by fill delay", *requests_table(results),
@@ -435,10 +394,12 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         for x in pipe.rates:
             left.hist(x.raw["overhead"], bins=bins, histtype="step", linewidth=1.5,
                       label=f"{x.rate:g}/s (p50 {x.stages['overhead'].p50:.2f}, p99 {x.stages['overhead'].p99:.2f} ms)")
-        budget = floor_budget_ms(results)
+        budget = floor_ms(results)
         if budget == budget:
-            left.axvline(P50_FLOOR_FACTOR * budget, color="red", linestyle=":", label="p50 target (2 x 4 RTT)")
-        left.axvline(P99_TARGET_MS, color="black", linestyle=":", label=f"p99 target {P99_TARGET_MS:g} ms")
+            left.axvline(P50_FLOOR_FACTOR * budget, color="red", linestyle=":",
+                         label=f"p50 goal ({P50_FLOOR_FACTOR:g} x floor)")
+            left.axvline(P99_FLOOR_FACTOR * budget, color="black", linestyle=":",
+                         label=f"p99 goal ({P99_FLOOR_FACTOR:g} x floor)")
         left.set_xscale("log")
         left.set_xlabel("source XADD -> order submitted (ms)")
         left.set_ylabel("signals")
@@ -515,8 +476,8 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         "the XADD reply is back in the harness, so an after-XADD stamp made the first hop negative; the "
         "journal's `source_at` is only the entry id's whole milliseconds); stages from the journal: router hop = -> `routed_at`, "
         "worker hop = `routed_at` -> `claimed_at`, pre-trade = `claimed_at` -> `submitted_at` (risk checks, "
-        "sizing, ledger reservation, rate limiter), to final = -> `final_at`. \"p50 / 4 RTT\" divides the p50 by "
-        "four PING round trips (the floor).",
+        "sizing, ledger reservation, rate limiter), to final = -> `final_at`. \"p50 / floor\" divides the p50 by "
+        "the pipeline's floor of section 1 (two bare stream hops + one pipelined read + one Lua reservation).",
         "",
         *pipeline_table(results),
         "",
@@ -554,6 +515,7 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         *latency_table(results),
         "",
         *([f"![latency histograms](bench/{plots[-1].name})", ""] if len(plots) > 1 or (plots and not results.get("scaling")) else []),
+        *peers_section(results),
         "## 5. Memory",
         "",
         "RSS (psutil) per worker process and of the whole fleet (redis-server, paper broker, poller, router, "

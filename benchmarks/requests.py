@@ -62,7 +62,7 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
             if mode == "events":
                 listeners.append(procs.start("listener", tradebot_cmd("listener"), fleet.env()))
                 events = OrderEvents(r, Keys())
-                wait_for(lambda: events.listener_health().live, 60, "the listener live", procs=procs,
+                wait_for(lambda events=events: events.listener_health().live, 60, "the listener live", procs=procs,
                          watch=[*fleet.members, *listeners])
             fleet.add_workers(r, 1)
             for delay in delays:

@@ -1,12 +1,13 @@
 """`make bench`: run every benchmark section against one real Redis and the real processes, print
 the table, write docs/benchmarks.md and docs/bench/*.png.
 
-    python -m benchmarks.run                # the full run (< 10 min on 2 cores)
-    python -m benchmarks.run --quick        # a smoke run (~2 min); report goes to a temp folder
+    python -m benchmarks.run                # the full run (~14 min on 2 cores, ~4 of them the peers)
+    python -m benchmarks.run --quick        # a smoke run (~5 min); report goes to a temp folder
     python -m benchmarks.run --sections floor,pipeline --keep   # some sections, keep logs
 
-Benchmark-only packages (matplotlib, dramatiq[redis], psutil; py-spy with --profile) are installed
-into this interpreter's environment at start, not declared in setup.cfg.
+Benchmark-only packages (matplotlib, dramatiq[redis], taskiq, taskiq-redis, celery[redis], psutil;
+py-spy with --profile) are installed into this interpreter's environment at start, not declared in
+setup.cfg.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTIONS = ("floor", "pipeline", "scaling", "taskqueue", "poller", "requests", "retention")
+SECTIONS = ("floor", "pipeline", "roundtrips", "scaling", "taskqueue", "peers", "poller", "requests", "retention")
 # import name -> pip requirement
-BENCH_DEPS = {"matplotlib": "matplotlib>=3.7", "dramatiq": "dramatiq[redis]>=1.15", "psutil": "psutil>=5.9"}
+BENCH_DEPS = {"matplotlib": "matplotlib>=3.7", "dramatiq": "dramatiq[redis]>=1.15", "psutil": "psutil>=5.9",
+              "taskiq": "taskiq>=0.11", "taskiq_redis": "taskiq-redis>=1.0", "celery": "celery[redis]>=5.3"}
 PROFILE_DEPS = {"py-spy": "py-spy>=0.3.14"}
 
 log = logging.getLogger("benchmarks")
@@ -59,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sides", choices=("alternate", "buy"), default="alternate",
                         help="signal directions: per ticker b,s,b,s (default) or buys only")
     parser.add_argument("--workers", default=None,
-                        help="worker counts for scaling and taskqueue, e.g. 1,16 (default 1,2,4,8,16)")
+                        help="worker counts for scaling, taskqueue and peers, e.g. 1,16 (default 1,2,4,8,16)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy a worker, the router and the paper broker during the 200/s pipeline run")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (process logs, Redis data)")
@@ -143,16 +146,19 @@ def _command(argv: list[str] | None) -> str:
 
 def _runners(r: Any, url: str, procs: Any, tmp: Path, args: argparse.Namespace,
              extra: dict[str, int]) -> dict[str, Callable[[], Any]]:
-    from benchmarks import floor, pipeline, pollerbench, requests, retention, scaling, taskqueue
+    from benchmarks import floor, peers, pipeline, pollerbench, requests, retention, roundtrips, scaling, taskqueue
 
     return {
         "floor": lambda: floor.run(r, url, procs, tmp, args.quick),
         "pipeline": lambda: pipeline.run(r, url, procs, tmp, args.quick, sides=args.sides, extra_pids=extra,
                                          profile=args.profile),
+        "roundtrips": lambda: roundtrips.run(r, url, procs, tmp, args.quick),
         "scaling": lambda: scaling.run(r, url, procs, tmp, args.quick, sides=args.sides, extra_pids=extra,
                                        **({"counts": args.workers} if args.workers else {})),
         "taskqueue": lambda: taskqueue.run(r, url, procs, tmp, args.quick, extra_pids=extra,
                                            **({"counts": args.workers} if args.workers else {})),
+        "peers": lambda: peers.run(r, url, procs, tmp, args.quick, extra_pids=extra,
+                                   **({"counts": args.workers} if args.workers else {})),
         "poller": lambda: pollerbench.run(r, url, procs, tmp, args.quick),
         "requests": lambda: requests.run(r, url, procs, tmp, args.quick),
         "retention": lambda: retention.run(r, url, procs, tmp, args.quick),

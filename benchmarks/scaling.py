@@ -9,12 +9,13 @@ backlog) and sampled under load.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import redis
 
@@ -153,7 +154,8 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
             cpu_before = cpu_seconds(names)
             calls_before, broker_before = command_calls(r), fleet.broker_stats()["by_route"]
             wall0 = time.time()
-            with Sampler(lambda: rss_mb(names), 0.5) as rss, Sampler(price_age_probe(r, SYMBOLS_20), 0.1) as ages:
+            with Sampler(lambda names=names: rss_mb(names), 0.5) as rss, \
+                    Sampler(price_age_probe(r, SYMBOLS_20), 0.1) as ages:
                 sent = burst(r, count, SYMBOLS_20, sides, start_index=index)
                 index += count
                 budget = 60 + count / (0.3 * (points[0].throughput if points else FIRST_GUESS_PER_WORKER))
@@ -218,6 +220,6 @@ def stage_dists(rows: list[dict[str, str]]) -> dict[str, Dist]:
         by_consumer.setdefault(row.get("consumer", ""), []).append((claimed, journaled))
     for orders in by_consumer.values():
         orders.sort()
-        for (_, done), (next_claimed, _) in zip(orders, orders[1:]):
+        for (_, done), (next_claimed, _) in itertools.pairwise(orders):
             stages["read_gap"].append(ms(next_claimed - done))
     return {k: Dist.of(v) for k, v in stages.items()}
