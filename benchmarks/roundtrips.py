@@ -55,6 +55,7 @@ def run(r: redis.Redis, redis_url: str, procs: Procs, work_dir: Path, quick: boo
         wait_journaled(r, [s.entry_id for s in warm], 60, procs, fleet.members)
         per_side, breakdown = {}, {}
         for side in ("buy", "sell"):
+            time.sleep(0.6)  # the count is dumped twice a second: let the last one cover what came before
             before = _read(out)
             sent = feed(r, RATE, count, SYMBOLS, side, start_index=index)
             index += len(sent)
