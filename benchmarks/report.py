@@ -207,7 +207,45 @@ def peers_table(results: dict[str, Any]) -> list[str]:
 def peers_section(results: dict[str, Any]) -> list[str]:
     from benchmarks import peers
 
-    return ["## 4b. Peers: Dramatiq, taskiq, Celery", "", peers.ABOUT, "", *peers_table(results), ""]
+    shown = [s for s in peers.systems(results) if not s.error]
+    plot = ["![peers side by side](bench/peers.png)", ""] if len(shown) > 1 else []
+    return ["## 4b. Peers: Dramatiq, taskiq, Celery", "", peers.ABOUT, "", *peers_table(results), "", *plot]
+
+
+def _peers_plot(results: dict[str, Any], out_dir: Path, plt: Any) -> Path | None:
+    """Throughput by worker processes and send -> broker call (p50, p99) by rate, every system."""
+    from benchmarks import peers
+
+    shown = [s for s in peers.systems(results) if not s.error]
+    if len(shown) < 2:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for n, system in enumerate(shown):
+        style = ("o-", "s-", "^-", "v-", "D-")[n % 5]
+        counts = sorted(system.throughput)
+        left.plot(counts, [system.throughput[c] for c in counts], style, label=system.name)
+        rates = sorted(system.to_submit)
+        line = right.plot(rates, [system.to_submit[r].p50 for r in rates], style, label=f"{system.name} p50")
+        right.plot(rates, [system.to_submit[r].p99 for r in rates], ":", color=line[0].get_color(),
+                   label=f"{system.name} p99")
+    left.set_xscale("log", base=2)
+    left.set_xticks([1, 2, 4, 8, 16], ["1", "2", "4", "8", "16"])
+    left.set_xlabel("worker processes")
+    left.set_ylabel("tasks / s (50 ms broker)")
+    left.set_title("Throughput")
+    right.set_xscale("log")
+    right.set_yscale("log")
+    right.set_xlabel("tasks / s sent (2 workers)")
+    right.set_ylabel("send -> broker call (ms)")
+    right.set_title("Latency to the broker call")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "peers.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def memory_table(results: dict[str, Any]) -> list[str]:
@@ -431,7 +469,8 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    return written
+    peers_png = _peers_plot(results, out_dir, plt)
+    return written + ([peers_png] if peers_png else [])
 
 
 # --------------------------------------------------------------------------- docs/benchmarks.md
@@ -441,6 +480,7 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     plots = plot(results, out / "bench")
+    names = {p.name for p in plots}
     m = results.get("machine", {})
     lines = [
         "# Benchmarks",
@@ -503,7 +543,7 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         "",
         *scaling_stage_table(results),
         "",
-        *([f"![throughput vs workers](bench/{plots[0].name})", ""] if plots else []),
+        *(["![throughput vs workers](bench/throughput.png)", ""] if "throughput.png" in names else []),
         "## 4. Side by side: end-to-end latency against Dramatiq",
         "",
         "The same order task (read the cached price, submit 1 share to the paper broker, follow it to final) as a "
@@ -514,7 +554,7 @@ def write_docs(results: dict[str, Any], out: Path, command: str) -> Path:
         "",
         *latency_table(results),
         "",
-        *([f"![latency histograms](bench/{plots[-1].name})", ""] if len(plots) > 1 or (plots and not results.get("scaling")) else []),
+        *(["![latency histograms](bench/latency.png)", ""] if "latency.png" in names else []),
         *peers_section(results),
         "## 5. Memory",
         "",
