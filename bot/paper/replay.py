@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
-from bot.paper.clock import ClockState, MarketClock, Now, always_open_state, regular_hours_state
+from bot.paper.clock import ClockState, MarketClock, Now, always_closed_state, always_open_state, regular_hours_state
 from bot.paper.exchange import CODE_INVALID, BrokerError
 from bot.paper.prices import (
     MINUTE_HISTORY,
@@ -175,7 +175,7 @@ class ReplayClock(MarketClock):
         if self.mode == "open":
             session = always_open_state(market)
         elif self.mode == "closed":
-            session = ClockState(market, False, *_next_session(market))
+            session = always_closed_state(market)
         else:
             session = regular_hours_state(market)
         shift = wall - market
@@ -185,11 +185,6 @@ class ReplayClock(MarketClock):
         # a day order expires when the driver moves market time past the close (Replay.advance),
         # never by wall time
         return None
-
-
-def _next_session(market: datetime) -> tuple[datetime, datetime]:
-    real = regular_hours_state(market)
-    return real.next_open, real.next_close
 
 
 @dataclass

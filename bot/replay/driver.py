@@ -8,7 +8,9 @@ machine's speed: that is what makes two replays of one recording give the same o
 """
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,12 +66,8 @@ class ReplayRun:
 
     def market_of(self, wall: float) -> float:
         """The market instant in force at wall instant ``wall`` (market time stands between moves)."""
-        market = self.market_start
-        for moved_wall, moved_market in self.moves:
-            if moved_wall > wall:
-                break
-            market = moved_market
-        return market
+        index = bisect.bisect_right(self.moves, (wall, math.inf)) - 1
+        return self.moves[index][1] if index >= 0 else self.market_start
 
 
 def events(recording: Recording) -> Iterator[tuple[float, RecordedSignal | None]]:
